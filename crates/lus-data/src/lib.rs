@@ -1,0 +1,26 @@
+//! lus-data: everything that makes and reads labelled lung-ultrasound data.
+//!
+//! - [`schema`]: the label schema (classes, colours, line classes, paint order).
+//! - [`annotation`]: vector annotations; [`labelme`]: LabelMe JSON import.
+//! - [`raster`]: one rasterizer, two modes (dense, sparse) -> [`mask::Mask`].
+//! - [`scanner`]: the seeded synthetic B-mode scanner with exact ground truth.
+//! - [`augment`] and [`loader`]: augmentation and candle batches with background prefetch.
+
+pub mod annotation;
+pub mod augment;
+pub mod clinical;
+pub mod error;
+pub mod image_io;
+pub mod io;
+pub mod labelme;
+pub mod loader;
+pub mod mask;
+pub mod raster;
+pub mod scanner;
+pub mod schema;
+
+pub use annotation::{Annotation, Geometry, Point, Shape};
+pub use clinical::{Diagnosis, Probe};
+pub use error::{DataError, Result};
+pub use mask::Mask;
+pub use schema::LabelSchema;
