@@ -59,7 +59,7 @@ impl Geometry {
 pub struct Shape {
     /// Class name (canonical or an alias of the schema).
     pub label: String,
-    #[serde(flatten)]
+    /// Its geometry (`{"kind": "polygon" | "polyline" | "band", ...}`).
     pub geometry: Geometry,
 }
 
@@ -367,7 +367,8 @@ mod tests {
             "{\"width\": 4}",
             "{\"width\": \"4\", \"height\": 4, \"shapes\": []}",
             "{\"width\": 4, \"height\": 4, \"shapes\": [], \"colour\": 1}",
-            "{\"width\": 4, \"height\": 4, \"shapes\": [{\"label\": \"rib\", \"kind\": \"circle\", \"points\": []}]}",
+            "{\"width\": 4, \"height\": 4, \"shapes\": [{\"label\": \"rib\", \"geometry\": {\"kind\": \"circle\", \"points\": []}}]}",
+            "{\"width\": 4, \"height\": 4, \"shapes\": [{\"label\": \"rib\", \"geometry\": {\"kind\": \"polygon\", \"points\": [], \"extra\": 1}}]}",
         ] {
             let e = Annotation::from_json_str(text, &schema, Path::new("bad.json"))
                 .unwrap_err()

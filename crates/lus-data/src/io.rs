@@ -57,3 +57,142 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| DataError::io(path, e))
 }
+
+/// An output folder built under a temporary sibling name and renamed into place when complete,
+/// so a folder under its final name is always whole. The staging folder survives a killed
+/// process: a rerun that opens the same stage finds the files already written there (each of
+/// them written atomically, so complete) and can skip them.
+#[derive(Debug)]
+pub struct StagedDir {
+    final_path: PathBuf,
+    staging: PathBuf,
+}
+
+impl StagedDir {
+    /// Opens (creating if needed) the staging folder for `final_path`. The parent of
+    /// `final_path` is created too.
+    pub fn open(final_path: &Path) -> Result<Self> {
+        let name = final_path
+            .file_name()
+            .ok_or_else(|| {
+                DataError::io(
+                    final_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "output path has no folder name",
+                    ),
+                )
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = final_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        let staging = parent.join(format!(".{name}.partial"));
+        fs::create_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+        Ok(StagedDir {
+            final_path: final_path.to_path_buf(),
+            staging,
+        })
+    }
+
+    /// Where files are written until [`StagedDir::commit`].
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The folder's final name.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Creates a subfolder of the staging folder.
+    pub fn create_subdir(&self, rel: &str) -> Result<PathBuf> {
+        let dir = self.staging.join(rel);
+        fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// Renames the staging folder to its final name. An existing folder of that name is
+    /// replaced only when `replace` is set (it is moved aside first and removed after the
+    /// rename, so the final name never points at a half-made folder).
+    pub fn commit(self, replace: bool) -> Result<PathBuf> {
+        if self.final_path.exists() {
+            if !replace {
+                return Err(DataError::io(
+                    &self.final_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "output folder already exists",
+                    ),
+                ));
+            }
+            let old = self.staging.with_extension("old");
+            let _ = fs::remove_dir_all(&old);
+            fs::rename(&self.final_path, &old).map_err(|e| DataError::io(&self.final_path, e))?;
+            fs::rename(&self.staging, &self.final_path)
+                .map_err(|e| DataError::io(&self.final_path, e))?;
+            fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, e))?;
+        } else {
+            fs::rename(&self.staging, &self.final_path)
+                .map_err(|e| DataError::io(&self.final_path, e))?;
+        }
+        Ok(self.final_path)
+    }
+
+    /// Removes the staging folder (after an error that makes its contents useless).
+    pub fn discard(self) {
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn failed_atomic_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |_| Err(std::io::Error::other("disk full"))).unwrap_err();
+        assert!(err.to_string().contains("a.txt"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn staged_dir_appears_only_on_commit_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("x"), b"1").unwrap();
+        assert!(!out.exists());
+        drop(stage); // a killed run: the stage stays
+        let stage = StagedDir::open(&out).unwrap();
+        assert!(stage.path().join("x").exists(), "a rerun finds the staged file");
+        stage.commit(false).unwrap();
+        assert_eq!(fs::read(out.join("x")).unwrap(), b"1");
+
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("y"), b"2").unwrap();
+        assert!(stage.commit(false).is_err(), "no silent replace");
+        let stage = StagedDir::open(&out).unwrap();
+        stage.commit(true).unwrap();
+        assert!(out.join("y").exists() && !out.join("x").exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -14,6 +14,7 @@ pub mod image_io;
 pub mod io;
 pub mod labelme;
 pub mod loader;
+pub mod manifest;
 pub mod mask;
 pub mod raster;
 pub mod scanner;

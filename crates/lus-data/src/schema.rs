@@ -98,19 +98,29 @@ pub fn normalize_label(label: &str) -> String {
         .collect()
 }
 
-/// Levenshtein distance, for "did you mean" suggestions.
+/// Edit distance with adjacent transpositions (optimal string alignment), for "did you mean"
+/// suggestions: a swapped pair of letters ("b-lnie") is one typo, not two.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 impl Default for LabelSchema {
@@ -245,14 +255,14 @@ impl LabelSchema {
     /// nearest name.
     pub fn resolve(&self, label: &str) -> std::result::Result<&ClassDef, String> {
         self.lookup(label).ok_or_else(|| {
-            let key = normalize_label(label);
+            let key = &normalize_label(label);
             let nearest = self
                 .classes
                 .iter()
                 .flat_map(|c| {
                     std::iter::once(&c.name)
                         .chain(&c.aliases)
-                        .map(move |s| (edit_distance(&key, &normalize_label(s)), &c.name))
+                        .map(move |s| (edit_distance(key, &normalize_label(s)), &c.name))
                 })
                 .min_by_key(|(d, _)| *d);
             let names: Vec<&str> = self.classes.iter().map(|c| c.name.as_str()).collect();
@@ -341,6 +351,9 @@ mod tests {
         let s = LabelSchema::default();
         let msg = s.resolve("b-lnie").unwrap_err();
         assert!(msg.contains("did you mean \"b-line\""), "{msg}");
+        assert_eq!(edit_distance("blnie", "bline"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
         let msg = s.resolve("xyzzy-quux").unwrap_err();
         assert!(!msg.contains("did you mean"), "{msg}");
         assert!(msg.contains("pleural-line"), "{msg}");
