@@ -153,9 +153,7 @@ impl Annotation {
         };
         if let Some(fov) = &self.field_of_view {
             if let Some(p) = fov.iter().find(|p| !p[0].is_finite() || !p[1].is_finite()) {
-                return Err(whole(format!(
-                    "field of view has a non-finite point {p:?}"
-                )));
+                return Err(whole(format!("field of view has a non-finite point {p:?}")));
             }
             if fov.len() < 3 || polygon_area(fov) < 1.0 {
                 return Err(whole(
@@ -228,9 +226,7 @@ impl Annotation {
                         ));
                     }
                     if outline.len() < 3 || polygon_area(outline) <= 0.0 {
-                        return Err(fail(
-                            "band outline is not a polygon with area".into(),
-                        ));
+                        return Err(fail("band outline is not a polygon with area".into()));
                     }
                 }
             }
@@ -240,11 +236,10 @@ impl Annotation {
 
     /// Parses our own JSON format and validates it against the schema.
     pub fn from_json_str(text: &str, schema: &LabelSchema, source: &Path) -> Result<Self> {
-        let annotation: Annotation =
-            serde_json::from_str(text).map_err(|e| DataError::Json {
-                path: source.to_path_buf(),
-                source: e,
-            })?;
+        let annotation: Annotation = serde_json::from_str(text).map_err(|e| DataError::Json {
+            path: source.to_path_buf(),
+            source: e,
+        })?;
         annotation.validate(schema, source)?;
         Ok(annotation)
     }

@@ -45,7 +45,9 @@ impl FromStr for Diagnosis {
         Diagnosis::ALL
             .into_iter()
             .find(|d| d.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown diagnosis {s:?} (expected healthy, covid or pneumonia)"))
+            .ok_or_else(|| {
+                format!("unknown diagnosis {s:?} (expected healthy, covid or pneumonia)")
+            })
     }
 }
 

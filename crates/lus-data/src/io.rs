@@ -168,7 +168,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.txt");
         write_atomic(&path, b"old").unwrap();
-        let err = write_atomic_with(&path, |_| Err(std::io::Error::other("disk full"))).unwrap_err();
+        let err =
+            write_atomic_with(&path, |_| Err(std::io::Error::other("disk full"))).unwrap_err();
         assert!(err.to_string().contains("a.txt"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -183,7 +184,10 @@ mod tests {
         assert!(!out.exists());
         drop(stage); // a killed run: the stage stays
         let stage = StagedDir::open(&out).unwrap();
-        assert!(stage.path().join("x").exists(), "a rerun finds the staged file");
+        assert!(
+            stage.path().join("x").exists(),
+            "a rerun finds the staged file"
+        );
         stage.commit(false).unwrap();
         assert_eq!(fs::read(out.join("x")).unwrap(), b"1");
 

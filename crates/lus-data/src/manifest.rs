@@ -59,7 +59,12 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
             path: path.to_path_buf(),
             reason: format!("line {line}: {e}"),
         })?;
-        for rel in [&row.image, &row.dense_mask, &row.sparse_mask, &row.annotation] {
+        for rel in [
+            &row.image,
+            &row.dense_mask,
+            &row.sparse_mask,
+            &row.annotation,
+        ] {
             resolve_inside(root, rel).map_err(|reason| DataError::Annotation {
                 path: path.to_path_buf(),
                 reason: format!("line {line}: {reason}"),
@@ -131,7 +136,10 @@ mod tests {
         escaping.image = "../outside.png".into();
         write_manifest(&path, &[escaping]).unwrap();
         let e = read_manifest(&path).unwrap_err().to_string();
-        assert!(e.contains("manifest.csv: line 2") && e.contains("must not leave"), "{e}");
+        assert!(
+            e.contains("manifest.csv: line 2") && e.contains("must not leave"),
+            "{e}"
+        );
 
         let missing = row("000003");
         write_manifest(&path, &[missing]).unwrap();
