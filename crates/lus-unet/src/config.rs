@@ -8,7 +8,8 @@ use crate::error::{Result, UNetError};
 /// and give a bottleneck with `base * 64` channels; deeper nets do not fit LUS frame sizes.
 pub const MAX_DEPTH: usize = 6;
 
-/// Normalisation after each 3x3 convolution of the double-conv blocks.
+/// Normalisation after each 3x3 convolution of the double-conv blocks. In TOML:
+/// `norm = "batch"`, `norm = "none"`, `norm = { group = { groups = 8 } }`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Norm {
@@ -24,7 +25,8 @@ pub enum Norm {
     None,
 }
 
-/// How the decoder doubles the resolution before concatenating the skip connection.
+/// How the decoder doubles the resolution before concatenating the skip connection. In TOML:
+/// `upsampling = "transposed-conv"` or `"bilinear-conv"`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Upsampling {
@@ -148,5 +150,45 @@ impl UNetConfig {
     /// Channels of the last decoder features, those the 1x1 head reads (`base_channels`).
     pub fn decoder_channels(&self) -> usize {
         self.base_channels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::IntoDeserializer;
+    use serde::de::value::{Error as ValueError, MapDeserializer};
+
+    #[test]
+    fn missing_fields_take_defaults_and_unknown_fields_are_rejected() {
+        let entries = vec![("depth", 3u64), ("num_classes", 4)];
+        let config =
+            UNetConfig::deserialize(MapDeserializer::<_, ValueError>::new(entries.into_iter()))
+                .unwrap();
+        assert_eq!(
+            config,
+            UNetConfig {
+                depth: 3,
+                num_classes: 4,
+                ..Default::default()
+            }
+        );
+        let typo = vec![("dept", 3u64)];
+        let err = UNetConfig::deserialize(MapDeserializer::<_, ValueError>::new(typo.into_iter()))
+            .unwrap_err();
+        assert!(err.to_string().contains("dept"), "{err}");
+    }
+
+    #[test]
+    fn variant_names_are_kebab_case() {
+        let norm =
+            |s: &str| Norm::deserialize(IntoDeserializer::<ValueError>::into_deserializer(s));
+        assert_eq!(norm("batch").unwrap(), Norm::Batch);
+        assert_eq!(norm("none").unwrap(), Norm::None);
+        assert!(norm("Batch").is_err());
+        let up =
+            |s: &str| Upsampling::deserialize(IntoDeserializer::<ValueError>::into_deserializer(s));
+        assert_eq!(up("bilinear-conv").unwrap(), Upsampling::BilinearConv);
+        assert_eq!(up("transposed-conv").unwrap(), Upsampling::TransposedConv);
     }
 }

@@ -286,6 +286,22 @@ impl UpLayer {
     }
 }
 
+/// 2x2 max-pooling with stride 2 of an `N x C x H x W` tensor (H and W even).
+///
+/// Not candle's `max_pool2d`: its backward pass (candle-core 0.11.1) multiplies the incoming
+/// gradient by the *fraction* of maxima in the window (1/4 for a unique maximum) instead of
+/// dividing by their count, so every gradient that crosses it is 4x too small. Here the window
+/// is split into its own axes and reduced with `max`, whose backward routes the gradient to
+/// the maximum (to every maximum on exact ties, which after a ReLU only happen among zeros,
+/// where the ReLU stops the gradient anyway).
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
+        candle_core::bail!("2x2 max-pool needs even height and width, got {h} x {w}")
+    }
+    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
+}
+
 /// Bilinear x2 up-sampling of an `N x C x H x W` tensor with PyTorch's `align_corners=False`
 /// semantics (`F.interpolate(x, scale_factor=2, mode="bilinear")`), built from differentiable
 /// tensor ops.
@@ -352,4 +368,103 @@ pub fn dropout_mask(
 /// first (the order of the reference implementation and of most U-Net code).
 pub(crate) fn concat_skip(skip: &Tensor, up: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[skip, up], D::Minus(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use rand::SeedableRng;
+
+    #[test]
+    fn dropout_mask_zero_fraction_is_near_p_and_kept_values_are_rescaled() {
+        for p in [0.1f32, 0.3, 0.5, 0.9] {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let n = 200_000;
+            let mask = dropout_mask(&[n], p, &mut rng, DType::F32, &Device::Cpu).unwrap();
+            let values = mask.to_vec1::<f32>().unwrap();
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            let fraction = zeros as f64 / n as f64;
+            // Binomial standard deviation is at most sqrt(0.25 / n) = 0.0011; allow 5 of them.
+            assert!(
+                (fraction - f64::from(p)).abs() < 0.0056,
+                "p {p}: zero fraction {fraction}"
+            );
+            let scale = (1.0 / (1.0 - f64::from(p))) as f32;
+            assert!(values.iter().all(|v| *v == 0.0 || *v == scale));
+            let mean = values.iter().map(|v| f64::from(*v)).sum::<f64>() / n as f64;
+            assert!((mean - 1.0).abs() < 0.05, "p {p}: mean {mean}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let ones = dropout_mask(&[1000], 0.0, &mut rng, DType::F64, &Device::Cpu).unwrap();
+        assert!(ones.to_vec1::<f64>().unwrap().iter().all(|v| *v == 1.0));
+        assert!(dropout_mask(&[4], 1.0, &mut rng, DType::F32, &Device::Cpu).is_err());
+        assert!(dropout_mask(&[4], f32::NAN, &mut rng, DType::F32, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn dropout_mask_depends_only_on_the_rng_state() {
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            dropout_mask(&[2, 3, 4, 4], 0.5, &mut rng, DType::F32, &Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn max_pool2x2_forward_matches_candle_and_routes_the_whole_gradient_to_the_maximum() {
+        #[rustfmt::skip]
+        let x = Tensor::new(&[[[
+            [1.0f64, 5.0, -2.0, 0.5],
+            [3.0, 4.0, -1.0, -3.0],
+            [0.0, 0.0, 7.0, 6.0],
+            [-4.0, 2.0, 8.0, 9.5],
+        ]]], &Device::Cpu).unwrap();
+        let pooled = max_pool2x2(&x).unwrap();
+        assert_eq!(
+            pooled.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            vec![5.0, 0.5, 2.0, 9.5]
+        );
+        assert_eq!(
+            pooled.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            x.max_pool2d(2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        );
+        let var = Var::from_tensor(&x).unwrap();
+        let weights = Tensor::new(&[[[[1.0f64, 2.0], [3.0, 4.0]]]], &Device::Cpu).unwrap();
+        let loss = (max_pool2x2(var.as_tensor()).unwrap() * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        #[rustfmt::skip]
+        let expected = vec![
+            0.0, 1.0, 0.0, 2.0,
+            0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0,
+            0.0, 3.0, 0.0, 4.0,
+        ];
+        assert_eq!(
+            grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            expected
+        );
+        let odd = Tensor::zeros((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(max_pool2x2(&odd).is_err());
+    }
 }

@@ -6,7 +6,8 @@
 //! With `C_l = base_channels * 2^l` and `D = depth`:
 //!
 //! - encoder level `l` (0..D): `[conv3x3 (pad 1) -> norm -> ReLU] x 2` to `C_l` channels; its
-//!   output is the skip connection of level `l`, then a 2x2 max-pool halves the resolution;
+//!   output is the skip connection of level `l`, then a 2x2 max-pool halves the resolution
+//!   ([`max_pool2x2`]; candle's `max_pool2d` has a wrong backward pass);
 //! - bottleneck: the same double conv to `C_D` channels at `1/2^D` resolution, then element-wise
 //!   (inverted) dropout with probability `dropout` in training mode;
 //! - decoder level `l` (run from `D-1` down to 0): `up` doubles the resolution and maps
@@ -86,6 +87,7 @@ pub use config::{MAX_DEPTH, Norm, UNetConfig, Upsampling};
 pub use error::{Result, TensorMismatch, UNetError, WeightsReport};
 pub use io::{load_weights, load_weights_prefixed, save_weights, save_weights_prefixed};
 pub use layers::{
-    BATCH_NORM_MOMENTUM, NORM_EPS, ParamKind, ParamSpec, Part, dropout_mask, upsample_bilinear2x,
+    BATCH_NORM_MOMENTUM, NORM_EPS, ParamKind, ParamSpec, Part, dropout_mask, max_pool2x2,
+    upsample_bilinear2x,
 };
 pub use model::{EncoderFeatures, Mode, UNet};

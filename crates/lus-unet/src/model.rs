@@ -6,10 +6,11 @@ use candle_nn::{Conv2d, VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::config::{UNetConfig, Upsampling};
+use crate::config::{Norm, UNetConfig, Upsampling};
 use crate::error::{Result, UNetError};
 use crate::layers::{
     DoubleConv, ParamKind, ParamSpec, Part, Registry, UpLayer, concat_skip, conv2d, dropout_mask,
+    max_pool2x2,
 };
 
 /// Training or evaluation behaviour of a forward pass.
@@ -285,11 +286,27 @@ impl UNet {
             )
         }
         let train = mode.is_train();
+        if train && self.config.norm == Norm::Batch {
+            // Batch statistics need two values per channel at the bottleneck; with one, the
+            // variance is 0/0 (PyTorch refuses the same input).
+            let (n, _, h, w) = x.dims4()?;
+            let per_channel = n * (h >> self.config.depth) * (w >> self.config.depth);
+            if per_channel < 2 {
+                candle_core::bail!(
+                    "U-Net input of shape {:?}: batch norm in training mode needs more than one \
+                     value per channel at the bottleneck, got {per_channel} (batch {n}, \
+                     bottleneck {} x {})",
+                    x.dims(),
+                    h >> self.config.depth,
+                    w >> self.config.depth
+                )
+            }
+        }
         let mut skips = Vec::with_capacity(self.config.depth);
         let mut h = x.clone();
         for level in &self.encoder {
             let features = level.forward(&h, train)?;
-            h = features.max_pool2d(2)?;
+            h = max_pool2x2(&features)?;
             skips.push(features);
         }
         let mut bottleneck = self.bottleneck.forward(&h, train)?;
