@@ -1,0 +1,470 @@
+//! The building blocks of the U-Net, built from a `VarBuilder` in candle-nn's style, and the two
+//! operations candle lacks in a usable form: a differentiable bilinear x2 up-sampling (candle's
+//! `upsample_bilinear2d` has no backward pass) and a dropout whose mask comes from our seeded
+//! host RNG (candle-nn's `Dropout` draws from candle's RNG, which cannot be seeded on the CPU).
+
+use candle_core::{D, DType, Device, Module, ModuleT, Result, Tensor};
+use candle_nn::{
+    BatchNorm, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, GroupNorm, Init,
+    VarBuilder,
+};
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Norm;
+
+/// Epsilon of both normalisations (PyTorch's default for `BatchNorm2d` and `GroupNorm`).
+pub const NORM_EPS: f64 = 1e-5;
+/// Weight of the current batch in the running statistics (PyTorch's default).
+pub const BATCH_NORM_MOMENTUM: f64 = 0.1;
+
+/// What a parameter tensor is, which decides its initialisation and whether it is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Weight of a convolution or transposed convolution; `fan_in` is the number of input
+    /// values that reach one output value (see [`crate::UNet::init_weights`]).
+    ConvWeight { fan_in: usize },
+    /// Bias of a convolution.
+    ConvBias,
+    /// Scale (gamma) of a batch or group norm.
+    NormScale,
+    /// Shift (beta) of a batch or group norm.
+    NormShift,
+    /// Running mean of a batch norm: updated in training mode, never by the optimiser.
+    RunningMean,
+    /// Running (unbiased) variance of a batch norm: updated in training mode, never by the
+    /// optimiser.
+    RunningVar,
+}
+
+impl ParamKind {
+    /// Whether an optimiser should update this tensor (running statistics are state, not
+    /// parameters).
+    pub fn is_trainable(self) -> bool {
+        !matches!(self, Self::RunningMean | Self::RunningVar)
+    }
+
+    /// The value the `VarBuilder` fills a new variable with. Weights start at zero rather than
+    /// from candle's unseeded RNG: a fresh model is meant to go through `init_weights` (or a
+    /// weights file), and a forgotten init then shows up as constant logits, not as a silently
+    /// irreproducible run.
+    fn placeholder(self) -> f64 {
+        match self {
+            Self::NormScale | Self::RunningVar => 1.0,
+            Self::ConvWeight { .. } | Self::ConvBias | Self::NormShift | Self::RunningMean => 0.0,
+        }
+    }
+}
+
+/// The part of the U-Net a parameter belongs to (what freezing settings select).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    Encoder,
+    Bottleneck,
+    Decoder,
+    Head,
+}
+
+/// One tensor the U-Net registered in its `VarBuilder`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// Full name, including the `VarBuilder` prefix the model was built under.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    pub part: Part,
+}
+
+/// Records every tensor requested from the `VarBuilder`, so that initialisation, freezing and
+/// weight IO work from the exact list of this model's tensors.
+pub(crate) struct Registry {
+    pub(crate) specs: Vec<ParamSpec>,
+    pub(crate) part: Part,
+}
+
+impl Registry {
+    pub(crate) fn get(
+        &mut self,
+        vb: &VarBuilder,
+        shape: &[usize],
+        name: &str,
+        kind: ParamKind,
+    ) -> Result<Tensor> {
+        let tensor = vb.get_with_hints(shape, name, Init::Const(kind.placeholder()))?;
+        let prefix = vb.prefix();
+        let full = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        self.specs.push(ParamSpec {
+            name: full,
+            shape: shape.to_vec(),
+            kind,
+            part: self.part,
+        });
+        Ok(tensor)
+    }
+}
+
+/// A 3x3 (padding 1) or 1x1 convolution; `bias` is false before a norm layer, whose shift
+/// makes a bias redundant.
+pub(crate) fn conv2d(
+    reg: &mut Registry,
+    vb: &VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    bias: bool,
+) -> Result<Conv2d> {
+    let weight = reg.get(
+        vb,
+        &[out_channels, in_channels, kernel, kernel],
+        "weight",
+        ParamKind::ConvWeight {
+            fan_in: in_channels * kernel * kernel,
+        },
+    )?;
+    let bias = if bias {
+        Some(reg.get(vb, &[out_channels], "bias", ParamKind::ConvBias)?)
+    } else {
+        None
+    };
+    let config = Conv2dConfig {
+        padding: kernel / 2,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(weight, bias, config))
+}
+
+/// The normalisation of one conv-norm-ReLU unit.
+#[derive(Debug, Clone)]
+pub(crate) enum NormLayer {
+    Batch(BatchNorm),
+    Group(GroupNorm),
+    Identity,
+}
+
+impl NormLayer {
+    fn new(reg: &mut Registry, vb: &VarBuilder, norm: Norm, channels: usize) -> Result<Self> {
+        match norm {
+            Norm::Batch => {
+                let running_mean =
+                    reg.get(vb, &[channels], "running_mean", ParamKind::RunningMean)?;
+                let running_var = reg.get(vb, &[channels], "running_var", ParamKind::RunningVar)?;
+                let weight = reg.get(vb, &[channels], "weight", ParamKind::NormScale)?;
+                let bias = reg.get(vb, &[channels], "bias", ParamKind::NormShift)?;
+                // The running statistics come from the VarMap as variables, and
+                // `Var::from_tensor` shares a variable's storage: the updates made in training
+                // mode land in the VarMap, so they are saved with the weights.
+                Ok(Self::Batch(BatchNorm::new_with_momentum(
+                    channels,
+                    running_mean,
+                    running_var,
+                    weight,
+                    bias,
+                    NORM_EPS,
+                    BATCH_NORM_MOMENTUM,
+                )?))
+            }
+            Norm::Group { groups } => {
+                let weight = reg.get(vb, &[channels], "weight", ParamKind::NormScale)?;
+                let bias = reg.get(vb, &[channels], "bias", ParamKind::NormShift)?;
+                Ok(Self::Group(GroupNorm::new(
+                    weight, bias, channels, groups, NORM_EPS,
+                )?))
+            }
+            Norm::None => Ok(Self::Identity),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::Batch(bn) => bn.forward_t(x, train),
+            Self::Group(gn) => gn.forward(x),
+            Self::Identity => Ok(x.clone()),
+        }
+    }
+}
+
+/// `[conv3x3 -> norm -> ReLU] x 2`, tensors `conv1`, `norm1`, `conv2`, `norm2` under its prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct DoubleConv {
+    conv1: Conv2d,
+    norm1: NormLayer,
+    conv2: Conv2d,
+    norm2: NormLayer,
+}
+
+impl DoubleConv {
+    pub(crate) fn new(
+        reg: &mut Registry,
+        vb: &VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        norm: Norm,
+    ) -> Result<Self> {
+        let bias = norm == Norm::None;
+        let conv1 = conv2d(reg, &vb.pp("conv1"), in_channels, out_channels, 3, bias)?;
+        let norm1 = NormLayer::new(reg, &vb.pp("norm1"), norm, out_channels)?;
+        let conv2 = conv2d(reg, &vb.pp("conv2"), out_channels, out_channels, 3, bias)?;
+        let norm2 = NormLayer::new(reg, &vb.pp("norm2"), norm, out_channels)?;
+        Ok(Self {
+            conv1,
+            norm1,
+            conv2,
+            norm2,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.norm1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        self.norm2.forward(&self.conv2.forward(&x)?, train)?.relu()
+    }
+}
+
+/// The decoder's up-sampling step (tensor `up`): doubles height and width and halves the
+/// channels. Both variants are linear with a bias, so they differ only in the interpolation.
+#[derive(Debug, Clone)]
+pub(crate) enum UpLayer {
+    Transposed(ConvTranspose2d),
+    BilinearConv(Conv2d),
+}
+
+impl UpLayer {
+    pub(crate) fn transposed(
+        reg: &mut Registry,
+        vb: &VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+    ) -> Result<Self> {
+        // PyTorch's layout for transposed convolutions: (in, out, kh, kw). With kernel 2 and
+        // stride 2 every output pixel receives exactly one kernel tap from each input channel,
+        // so its fan-in is `in_channels` (not in * 2 * 2): that is what keeps the forward
+        // variance with Kaiming's rule.
+        let weight = reg.get(
+            vb,
+            &[in_channels, out_channels, 2, 2],
+            "weight",
+            ParamKind::ConvWeight {
+                fan_in: in_channels,
+            },
+        )?;
+        let bias = reg.get(vb, &[out_channels], "bias", ParamKind::ConvBias)?;
+        let config = ConvTranspose2dConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        Ok(Self::Transposed(ConvTranspose2d::new(
+            weight,
+            Some(bias),
+            config,
+        )))
+    }
+
+    pub(crate) fn bilinear_conv(
+        reg: &mut Registry,
+        vb: &VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+    ) -> Result<Self> {
+        Ok(Self::BilinearConv(conv2d(
+            reg,
+            vb,
+            in_channels,
+            out_channels,
+            3,
+            true,
+        )?))
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Transposed(conv) => conv.forward(x),
+            Self::BilinearConv(conv) => conv.forward(&upsample_bilinear2x(x)?),
+        }
+    }
+}
+
+/// 2x2 max-pooling with stride 2 of an `N x C x H x W` tensor (H and W even).
+///
+/// Not candle's `max_pool2d`: its backward pass (candle-core 0.11.1) multiplies the incoming
+/// gradient by the *fraction* of maxima in the window (1/4 for a unique maximum) instead of
+/// dividing by their count, so every gradient that crosses it is 4x too small. Here the window
+/// is split into its own axes and reduced with `max`, whose backward routes the gradient to
+/// the maximum (to every maximum on exact ties, which after a ReLU only happen among zeros,
+/// where the ReLU stops the gradient anyway).
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
+        candle_core::bail!("2x2 max-pool needs even height and width, got {h} x {w}")
+    }
+    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
+}
+
+/// Bilinear x2 up-sampling of an `N x C x H x W` tensor with PyTorch's `align_corners=False`
+/// semantics (`F.interpolate(x, scale_factor=2, mode="bilinear")`), built from differentiable
+/// tensor ops.
+///
+/// Along one axis of length n, output 2i samples source coordinate i - 1/4 and output 2i+1
+/// samples i + 1/4, with coordinates clamped to the edge pixels:
+/// `out[2i] = x[max(i-1, 0)]/4 + 3 x[i]/4` and `out[2i+1] = 3 x[i]/4 + x[min(i+1, n-1)]/4`.
+/// The 2-D operation is this along H, then along W (bilinear interpolation is separable).
+pub fn upsample_bilinear2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, _, _) = x.dims4()?;
+    let x = upsample_axis_linear2x(x, 2)?;
+    upsample_axis_linear2x(&x, 3)
+}
+
+fn upsample_axis_linear2x(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let n = x.dim(axis)?;
+    // Neighbours with the edge pixel repeated (clamping of the source coordinate).
+    let (prev, next) = if n > 1 {
+        let prev = Tensor::cat(&[x.narrow(axis, 0, 1)?, x.narrow(axis, 0, n - 1)?], axis)?;
+        let next = Tensor::cat(
+            &[x.narrow(axis, 1, n - 1)?, x.narrow(axis, n - 1, 1)?],
+            axis,
+        )?;
+        (prev, next)
+    } else {
+        (x.clone(), x.clone())
+    };
+    let even = (prev.affine(0.25, 0.0)? + x.affine(0.75, 0.0)?)?;
+    let odd = (x.affine(0.75, 0.0)? + next.affine(0.25, 0.0)?)?;
+    // Stacking on the axis after `axis` and merging the two interleaves even and odd outputs.
+    let mut dims = x.dims().to_vec();
+    dims[axis] *= 2;
+    Tensor::stack(&[even, odd], axis + 1)?.reshape(dims)
+}
+
+/// An inverted-dropout mask of `shape`: each element is 0 with probability `p` and `1/(1-p)`
+/// otherwise, so the expected value of `x * mask` is `x`. Drawn element by element, in
+/// row-major order, from `rng` on the host.
+pub fn dropout_mask(
+    shape: &[usize],
+    p: f32,
+    rng: &mut ChaCha8Rng,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+        candle_core::bail!("dropout probability must be in [0, 1), is {p}")
+    }
+    let count: usize = shape.iter().product();
+    let keep_scale = 1.0 / (1.0 - f64::from(p));
+    let values: Vec<f64> = (0..count)
+        .map(|_| {
+            if rng.random::<f64>() < f64::from(p) {
+                0.0
+            } else {
+                keep_scale
+            }
+        })
+        .collect();
+    Tensor::from_vec(values, shape, device)?.to_dtype(dtype)
+}
+
+/// Concatenation of the skip connection and the up-sampled features along channels, skip
+/// first (the order of the reference implementation and of most U-Net code).
+pub(crate) fn concat_skip(skip: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[skip, up], D::Minus(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use rand::SeedableRng;
+
+    #[test]
+    fn dropout_mask_zero_fraction_is_near_p_and_kept_values_are_rescaled() {
+        for p in [0.1f32, 0.3, 0.5, 0.9] {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let n = 200_000;
+            let mask = dropout_mask(&[n], p, &mut rng, DType::F32, &Device::Cpu).unwrap();
+            let values = mask.to_vec1::<f32>().unwrap();
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            let fraction = zeros as f64 / n as f64;
+            // Binomial standard deviation is at most sqrt(0.25 / n) = 0.0011; allow 5 of them.
+            assert!(
+                (fraction - f64::from(p)).abs() < 0.0056,
+                "p {p}: zero fraction {fraction}"
+            );
+            let scale = (1.0 / (1.0 - f64::from(p))) as f32;
+            assert!(values.iter().all(|v| *v == 0.0 || *v == scale));
+            let mean = values.iter().map(|v| f64::from(*v)).sum::<f64>() / n as f64;
+            assert!((mean - 1.0).abs() < 0.05, "p {p}: mean {mean}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let ones = dropout_mask(&[1000], 0.0, &mut rng, DType::F64, &Device::Cpu).unwrap();
+        assert!(ones.to_vec1::<f64>().unwrap().iter().all(|v| *v == 1.0));
+        assert!(dropout_mask(&[4], 1.0, &mut rng, DType::F32, &Device::Cpu).is_err());
+        assert!(dropout_mask(&[4], f32::NAN, &mut rng, DType::F32, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn dropout_mask_depends_only_on_the_rng_state() {
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            dropout_mask(&[2, 3, 4, 4], 0.5, &mut rng, DType::F32, &Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn max_pool2x2_forward_matches_candle_and_routes_the_whole_gradient_to_the_maximum() {
+        #[rustfmt::skip]
+        let x = Tensor::new(&[[[
+            [1.0f64, 5.0, -2.0, 0.5],
+            [3.0, 4.0, -1.0, -3.0],
+            [0.0, 0.0, 7.0, 6.0],
+            [-4.0, 2.0, 8.0, 9.5],
+        ]]], &Device::Cpu).unwrap();
+        let pooled = max_pool2x2(&x).unwrap();
+        assert_eq!(
+            pooled.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            vec![5.0, 0.5, 2.0, 9.5]
+        );
+        assert_eq!(
+            pooled.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            x.max_pool2d(2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        );
+        let var = Var::from_tensor(&x).unwrap();
+        let weights = Tensor::new(&[[[[1.0f64, 2.0], [3.0, 4.0]]]], &Device::Cpu).unwrap();
+        let loss = (max_pool2x2(var.as_tensor()).unwrap() * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        #[rustfmt::skip]
+        let expected = vec![
+            0.0, 1.0, 0.0, 2.0,
+            0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0,
+            0.0, 3.0, 0.0, 4.0,
+        ];
+        assert_eq!(
+            grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            expected
+        );
+        let odd = Tensor::zeros((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(max_pool2x2(&odd).is_err());
+    }
+}
