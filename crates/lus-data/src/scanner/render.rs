@@ -87,40 +87,61 @@ fn gaussian_kernel(sigma: f32) -> Vec<f32> {
     k
 }
 
-/// Convolves rows (`along_rows`: within each row) or columns of a `cols x rows` field with a
-/// kernel, zero outside and renormalised at the borders.
-fn convolve(field: &[f32], cols: usize, rows: usize, kernel: &[f32], along_rows: bool) -> Vec<f32> {
-    let r = (kernel.len() / 2) as isize;
+/// Convolves every row `j` of a row-major `cols x rows` field with `kernels[j]` (so the
+/// lateral blur can follow the pixel size of the beam grid at each depth), zero outside and
+/// renormalised at the borders.
+fn convolve_rows(field: &[f32], cols: usize, kernels: &[Vec<f32>]) -> Vec<f32> {
     let mut out = vec![0.0f32; field.len()];
-    let (n, m) = if along_rows {
-        (rows, cols)
-    } else {
-        (cols, rows)
-    };
-    for line in 0..n {
-        for pos in 0..m {
-            let mut acc = 0.0f32;
-            let mut weight = 0.0f32;
-            for (k, &kv) in kernel.iter().enumerate() {
-                let q = pos as isize + k as isize - r;
-                if q < 0 || q >= m as isize {
-                    continue;
-                }
-                let idx = if along_rows {
-                    line * cols + q as usize
-                } else {
-                    q as usize * cols + line
-                };
-                acc += kv * field[idx];
-                weight += kv;
-            }
-            let idx = if along_rows {
-                line * cols + pos
+    for ((row_in, row_out), kernel) in field
+        .chunks_exact(cols)
+        .zip(out.chunks_exact_mut(cols))
+        .zip(kernels)
+    {
+        let r = kernel.len() / 2;
+        for (i, o) in row_out.iter_mut().enumerate() {
+            if i >= r && i + r < cols {
+                *o = kernel
+                    .iter()
+                    .zip(&row_in[i - r..=i + r])
+                    .map(|(k, v)| k * v)
+                    .sum();
             } else {
-                pos * cols + line
-            };
-            out[idx] = acc / weight;
+                let (mut acc, mut weight) = (0.0f32, 0.0f32);
+                for (t, &k) in kernel.iter().enumerate() {
+                    let q = i as isize + t as isize - r as isize;
+                    if q >= 0 && (q as usize) < cols {
+                        acc += k * row_in[q as usize];
+                        weight += k;
+                    }
+                }
+                *o = acc / weight;
+            }
         }
+    }
+    out
+}
+
+/// Convolves the columns of a row-major `cols x rows` field with one kernel, zero outside and
+/// renormalised at the borders.
+fn convolve_columns(field: &[f32], cols: usize, kernel: &[f32]) -> Vec<f32> {
+    let rows = field.len() / cols;
+    let r = kernel.len() / 2;
+    let mut out = vec![0.0f32; field.len()];
+    for (j, row_out) in out.chunks_exact_mut(cols).enumerate() {
+        let mut weight = 0.0f32;
+        for (t, &k) in kernel.iter().enumerate() {
+            let q = j as isize + t as isize - r as isize;
+            if q < 0 || q as usize >= rows {
+                continue;
+            }
+            weight += k;
+            let row_in = &field[q as usize * cols..(q as usize + 1) * cols];
+            for (o, v) in row_out.iter_mut().zip(row_in) {
+                *o += k * v;
+            }
+        }
+        let inv = 1.0 / weight;
+        row_out.iter_mut().for_each(|o| *o *= inv);
     }
     out
 }
@@ -159,13 +180,18 @@ fn echogenicity(scene: &Scene, nz: usize, compensation: &[f32]) -> (Vec<f32>, Ve
         let a_here: Vec<(f32, f32, f32)> = scene
             .a_lines
             .iter()
-            .filter(|a| a.spans.iter().any(|&(p, q)| i >= p && i < q))
-            .map(|a| {
-                (
+            .filter_map(|a| {
+                let &(p, q) = a.spans.iter().find(|&&(p, q)| i >= p && i < q)?;
+                // Patchy along the line, fading in over a few pixels at segment ends.
+                let from_end = (i - p).min(q - 1 - i) as f32 + 0.5;
+                let taper = 0.45 + 0.55 * smoothstep(from_end / a.taper);
+                let patch = 0.7 + 0.3 * a.patchiness.at(u);
+                let amplitude = a.amplitude * taper * patch;
+                Some((
                     a.order as f32 * scene.pleura_base[i],
-                    a.amplitude,
+                    amplitude,
                     a.thickness,
-                )
+                ))
             })
             .collect();
         let lines: Vec<(f32, f32, f32)> = wall
@@ -208,9 +234,10 @@ fn echogenicity(scene: &Scene, nz: usize, compensation: &[f32]) -> (Vec<f32>, Ve
                 }
             } else {
                 let below = z - zp;
-                p = scene.lung_echo
-                    * (0.35 + 0.65 * libm::expf(-below / (0.35 * lung_depth)))
-                    * (0.5 + 0.5 * tex + 0.6 * scene.lung_texture.at(u, z / depth));
+                p = scene.lung_echo * (0.35 + 0.65 * libm::expf(-below / (0.35 * lung_depth))) * {
+                    let streak = scene.lung_texture.at(u, z / depth);
+                    0.35 + 0.4 * tex + 1.2 * streak * streak
+                };
                 if let Some(e) = effusion {
                     let r = &e.region;
                     let k = i - r.span.0;
@@ -295,14 +322,34 @@ pub(crate) fn render(
     let compensation: Vec<f32> = attenuation.iter().map(|a| libm::powf(*a, -0.9)).collect();
     let (power, spec) = echogenicity(scene, nz, &compensation);
 
-    // Point-spread function in grid units (lateral at mid-depth).
+    // Point-spread function in grid units. The lateral width is constant in pixels, so in
+    // beam columns it depends on depth (columns widen with depth under a convex probe).
     let sigma_px = params.blur_px * scene.scale;
-    let col_px_mid = 0.5 * (scene.col_px_near + scene.col_px_far);
-    let k_lat = gaussian_kernel(sigma_px / col_px_mid);
+    let lateral_kernels = |sigma_px: f32| -> Vec<Vec<f32>> {
+        let mut cache: Vec<(usize, Vec<f32>)> = Vec::new();
+        (0..nz)
+            .map(|j| {
+                let col_px = scene.col_px_near + (scene.col_px_far - scene.col_px_near) * rel(j);
+                // Quantise the width so rows share kernels (a few distinct sizes per image).
+                let key = libm::roundf(sigma_px / col_px * 8.0) as usize;
+                if let Some((_, k)) = cache.iter().find(|(q, _)| *q == key) {
+                    return k.clone();
+                }
+                let k = gaussian_kernel(key as f32 / 8.0);
+                cache.push((key, k.clone()));
+                k
+            })
+            .collect()
+    };
+    let k_lat = lateral_kernels(sigma_px);
     let k_ax = gaussian_kernel(params.axial_ratio * sigma_px / dz);
     // Blurring sums independent noise: rescale so diffuse power survives the blur.
     let energy = |k: &[f32]| k.iter().map(|v| v * v).sum::<f32>();
-    let noise_gain = 1.0 / libm::sqrtf(energy(&k_lat) * energy(&k_ax));
+    let axial_energy = energy(&k_ax);
+    let row_noise_gain: Vec<f32> = k_lat
+        .iter()
+        .map(|k| 1.0 / libm::sqrtf(energy(k) * axial_energy))
+        .collect();
 
     let speckle = params.speckle;
     let mut re = vec![0.0f32; nu * nz];
@@ -310,28 +357,34 @@ pub(crate) fn render(
     for idx in 0..nu * nz {
         let (n0, n1) = normal_pair(rng);
         let amp = libm::sqrtf(power[idx]);
-        let diffuse = noise_gain * std::f32::consts::FRAC_1_SQRT_2 * speckle;
+        let diffuse = row_noise_gain[idx / nu] * std::f32::consts::FRAC_1_SQRT_2 * speckle;
         re[idx] = amp * (diffuse * n0 + (1.0 - speckle)) + spec[idx];
         im[idx] = amp * diffuse * n1;
     }
-    let re = convolve(&convolve(&re, nu, nz, &k_lat, true), nu, nz, &k_ax, false);
-    let im = convolve(&convolve(&im, nu, nz, &k_lat, true), nu, nz, &k_ax, false);
+    let re = convolve_columns(&convolve_rows(&re, nu, &k_lat), nu, &k_ax);
+    let im = convolve_columns(&convolve_rows(&im, nu, &k_lat), nu, &k_ax);
 
     // Echo power, then incoherent averaging (spatial/frequency compounding): it lowers the
     // speckle contrast as real scanners and downsampled frames do, without changing the grain.
     let mut power: Vec<f32> = re.iter().zip(&im).map(|(r, i)| r * r + i * i).collect();
     if params.compounding_px > 0.0 {
         let sigma = params.compounding_px * scene.scale;
-        let k_lat = gaussian_kernel(sigma / col_px_mid);
-        let k_ax = gaussian_kernel(sigma / dz);
-        power = convolve(
-            &convolve(&power, nu, nz, &k_lat, true),
+        power = convolve_columns(
+            &convolve_rows(&power, nu, &lateral_kernels(sigma)),
             nu,
-            nz,
-            &k_ax,
-            false,
+            &gaussian_kernel(sigma / dz),
         );
     }
+    // A convex array loses sensitivity towards the edges of its fan (element directivity).
+    let edge_loss: Vec<f32> = (0..nu)
+        .map(|i| match geometry {
+            ScanGeometry::Convex { .. } => {
+                let off = ((i as f32 + 0.5) / nu as f32 - 0.5).abs();
+                1.0 - 0.55 * smoothstep((off - 0.28) / 0.22)
+            }
+            ScanGeometry::Linear { .. } => 1.0,
+        })
+        .collect();
     let low_db = WHITE_DB - params.gain_db - params.dynamic_range_db;
     let mut display = vec![0.0f32; nu * nz];
     for ((out_row, power_row), &loss) in display
@@ -339,8 +392,8 @@ pub(crate) fn render(
         .zip(power.chunks_exact(nu))
         .zip(&attenuation)
     {
-        for (out, &e2) in out_row.iter_mut().zip(power_row) {
-            let db = 10.0 * libm::log10f(e2 * loss + NOISE_FLOOR);
+        for ((out, &e2), &edge) in out_row.iter_mut().zip(power_row).zip(&edge_loss) {
+            let db = 10.0 * libm::log10f(e2 * loss * edge + NOISE_FLOOR);
             *out = ((db - low_db) / params.dynamic_range_db).clamp(0.0, 1.0) * 255.0;
         }
     }
@@ -389,14 +442,21 @@ mod tests {
         let k = gaussian_kernel(1.3);
         assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         let field = vec![2.0f32; 7 * 5];
-        for along in [true, false] {
-            let out = convolve(&field, 7, 5, &k, along);
+        let kernels = vec![k.clone(); 5];
+        for out in [
+            convolve_rows(&field, 7, &kernels),
+            convolve_columns(&field, 7, &k),
+        ] {
             assert!(out.iter().all(|v| (v - 2.0).abs() < 1e-5), "{out:?}");
         }
-        // An impulse spreads along the chosen axis only.
+        // An impulse spreads along the chosen axis only, symmetrically.
         let mut impulse = vec![0.0f32; 9 * 9];
         impulse[4 * 9 + 4] = 1.0;
-        let out = convolve(&impulse, 9, 9, &k, true);
-        assert!(out[4 * 9 + 3] > 0.1 && out[3 * 9 + 4] == 0.0);
+        let rows = convolve_rows(&impulse, 9, &vec![k.clone(); 9]);
+        assert!(rows[4 * 9 + 3] > 0.1 && rows[3 * 9 + 4] == 0.0);
+        assert_eq!(rows[4 * 9 + 3], rows[4 * 9 + 5]);
+        let cols = convolve_columns(&impulse, 9, &k);
+        assert!(cols[3 * 9 + 4] > 0.1 && cols[4 * 9 + 3] == 0.0);
+        assert_eq!(cols[3 * 9 + 4], cols[5 * 9 + 4]);
     }
 }

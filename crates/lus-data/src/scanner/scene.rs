@@ -163,6 +163,10 @@ pub(crate) struct ALine {
     pub spans: Vec<Span>,
     pub amplitude: f32,
     pub thickness: f32,
+    /// Brightness along the line (real reverberations are patchy), sampled at `u`.
+    pub patchiness: Noise1,
+    /// Columns over which a segment fades in at its ends.
+    pub taper: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -283,7 +287,8 @@ fn place(rng: &mut SampleRng, free: &[Span], width: usize) -> Option<Span> {
     if positions == 0 {
         return None;
     }
-    let mut r = rng.random_range(0..positions);
+    // Drawn as u32 so 32- and 64-bit targets consume the stream alike.
+    let mut r = rng.random_range(0..positions as u32) as usize;
     for &(a, b) in free {
         let n = (b - a + 1).saturating_sub(width);
         if r < n {
@@ -435,7 +440,7 @@ impl Scene {
         scene.wall.lines.push(fascia_line);
         let striations = {
             use rand::RngExt;
-            rng.random_range(3..=7usize)
+            rng.random_range(3..=7u32) as usize
         };
         for k in 0..striations + 2 {
             let in_fat = k >= striations;
@@ -544,7 +549,7 @@ impl Scene {
         if plan.pleura == PleuraState::Fragmented {
             let count = {
                 use rand::RngExt;
-                rng.random_range(1..=3usize)
+                rng.random_range(1..=3u32) as usize
             };
             for _ in 0..count {
                 let width = scene
@@ -736,7 +741,7 @@ impl Scene {
                     break;
                 }
                 let visible = Self::visible_columns(geometry, nu, deepest, 1.5);
-                let min_len = scene.px_to_cols(4.0 * scale, deepest);
+                let min_len = scene.px_to_cols(6.0 * scale, deepest);
                 let spans: Vec<Span> = subtract(
                     &aerated
                         .iter()
@@ -748,12 +753,15 @@ impl Scene {
                 .into_iter()
                 .filter(|s| s.1 - s.0 >= min_len)
                 .collect();
+                let patchiness = Noise1::new(rng, 7);
                 if !spans.is_empty() {
                     scene.a_lines.push(ALine {
                         order,
                         spans,
                         amplitude,
                         thickness,
+                        patchiness,
+                        taper: scene.px_to_cols(4.0 * scale, deepest) as f32,
                     });
                 }
                 amplitude *= decay;
@@ -777,7 +785,7 @@ impl Scene {
         use rand::RngExt;
         let mut out = Vec::new();
         let trees = match kind {
-            ConsolidationKind::Large => rng.random_range(2..=4usize),
+            ConsolidationKind::Large => rng.random_range(2..=4u32) as usize,
             ConsolidationKind::Small => 1,
         };
         let span_w = (region.span.1 - region.span.0) as f32;
@@ -791,7 +799,7 @@ impl Scene {
             let z = top + uniform(rng, 0.2, 0.7) * (bottom - top);
             let mut tips = vec![([col, z], uniform(rng, 0.0, std::f32::consts::TAU))];
             let generations = match kind {
-                ConsolidationKind::Large => rng.random_range(2..=3usize),
+                ConsolidationKind::Large => rng.random_range(2..=3u32) as usize,
                 ConsolidationKind::Small => 1,
             };
             for _ in 0..generations {
@@ -826,8 +834,8 @@ impl Scene {
         }
         // Isolated bright specks.
         let specks = match kind {
-            ConsolidationKind::Large => rng.random_range(3..=9usize),
-            ConsolidationKind::Small => rng.random_range(1..=3usize),
+            ConsolidationKind::Large => rng.random_range(3..=9u32) as usize,
+            ConsolidationKind::Small => rng.random_range(1..=3u32) as usize,
         };
         for _ in 0..specks {
             let col = region.span.0 as f32 + uniform(rng, 0.1, 0.9) * span_w;
