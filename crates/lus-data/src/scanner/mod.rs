@@ -22,8 +22,10 @@
 //!   border (shred sign) and, when present, air bronchograms (bright branching specks).
 //! - **Effusion**: anechoic fluid, either deep under a consolidation (compressed lung above
 //!   it) or a lens directly under the pleura over a bright visceral pleural line.
-//! - **Image formation**: see [`render`](self) (speckle from a complex Gaussian field, an
-//!   anisotropic point-spread function, net attenuation, log compression, scan conversion).
+//! - **Image formation** (the private `render` submodule): echoes on a beam grid, speckle from
+//!   a complex Gaussian field, an anisotropic point-spread function whose lateral width is
+//!   constant in pixels, incoherent compounding, net attenuation, log compression, then scan
+//!   conversion; outside the field of view every pixel is exactly 0.
 //!
 //! The annotation uses the default schema's canonical names: `chest-wall` and `lung` tile the
 //! field of view, `rib` (cortex and shadow), `pleural-line`, `a-line` and `b-line` bands (one
