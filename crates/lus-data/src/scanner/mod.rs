@@ -1,0 +1,381 @@
+//! The seeded synthetic lung-ultrasound scanner: B-mode images with exact ground truth, so the
+//! whole study runs on a fresh machine with no download.
+//!
+//! Sample `i` of seed `s` is a pure function of `(config, s, i)`: its generator is
+//! `ChaCha8Rng::seed_from_u64(s)` on stream `i`, and every transcendental function goes
+//! through `libm` (pure Rust), so the bytes are the same on every machine and for any number
+//! of rayon threads.
+//!
+//! # What a sample contains
+//! - **Geometry** ([`ScanGeometry`]): a linear probe fills the image with a rectangle; a convex
+//!   probe gives an annular sector (apex above the image, 60-75 degree opening) clipped by the
+//!   image, black outside. Depth, fan angle and pleural depth vary per sample.
+//! - **Chest wall**: bright skin, dark subcutaneous fat, muscle with fascia and striations.
+//! - **Ribs** (0-2): a bright curved cortex above the pleura and an acoustic shadow to the
+//!   bottom; the pleural line shows only between ribs.
+//! - **Pleural line** at depth `dp`: thin and smooth, or irregular, thickened or fragmented.
+//! - **A-lines**: reverberations at `k * dp` (`k = 2, 3, ...`) with decaying brightness, only
+//!   under aerated pleura, cut by B-lines, consolidations, effusions, ribs and pleural gaps.
+//! - **B-lines**: bright beam-aligned bands from the pleura to the bottom that do not fade;
+//!   under a convex probe they widen with depth. A confluent B-line is one wide band.
+//! - **Consolidation**: tissue-like echotexture under the pleura with a ragged, bright deep
+//!   border (shred sign) and, when present, air bronchograms (bright branching specks).
+//! - **Effusion**: anechoic fluid, either deep under a consolidation (compressed lung above
+//!   it) or a lens directly under the pleura over a bright visceral pleural line.
+//! - **Image formation** (the private `render` submodule): echoes on a beam grid, speckle from
+//!   a complex Gaussian field, an anisotropic point-spread function whose lateral width is
+//!   constant in pixels, incoherent compounding, net attenuation, log compression, then scan
+//!   conversion; outside the field of view every pixel is exactly 0.
+//!
+//! The annotation uses the default schema's canonical names: `chest-wall` and `lung` tile the
+//! field of view, `rib` (cortex and shadow), `pleural-line`, `a-line` and `b-line` bands (one
+//! per visible segment), `consolidation` and `effusion` polygons. [`Findings`] agree with it:
+//! `b_lines` is the number of `b-line` shapes, `a_lines` the number of distinct A-line depths,
+//! `ribs` the number of `rib` shapes.
+//!
+//! # Findings by diagnosis
+//! The diagnosis is drawn from `diagnosis_weights`; it then draws findings with these
+//! probabilities, which overlap between classes as in real patients (a finding that does not
+//! fit, e.g. a B-line with no room between ribs, is left out, and [`Findings`] report what is
+//! shown):
+//!
+//! | finding                               | healthy          | covid                      | pneumonia              |
+//! |---------------------------------------|------------------|----------------------------|------------------------|
+//! | pleura smooth/irregular/thick/fragm.  | .85/.15/0/0      | .20/.35/.20/.25            | .60/.25/.10/.05        |
+//! | A-lines shown (halved if >= 3 B-lines)| .90              | .35                        | .40                    |
+//! | B-lines 0/1/2/3/4/5/6                 | .75/.17/.08/0... | .08/.12/.16/.16/.16/.16/.16 | .50/.25/.15/.10/0...  |
+//! | confluent (when >= 2 B-lines)         | 0                | .50                        | .15                    |
+//! | consolidation                         | 0                | .30 small subpleural       | .80 large              |
+//! | air bronchograms (if consolidation)   | -                | .10                        | .75                    |
+//! | effusion                              | .03              | .05                        | .45                    |
+//! | ribs 0/1/2                            | .25/.40/.35      | .25/.40/.35                | .25/.40/.35            |
+//!
+//! A confluent band merges 2-4 of the drawn B-lines into one band, so it counts as one
+//! `b-line` shape. An effusion in pneumonia lies under the consolidation in 65% of cases when
+//! there is one, otherwise it is a lens beside it.
+
+mod geometry;
+mod noise;
+mod render;
+mod scene;
+
+use std::ops::Range;
+
+use image::GrayImage;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::annotation::Annotation;
+use crate::clinical::{Diagnosis, Probe};
+use crate::error::{DataError, Result};
+
+pub use geometry::ScanGeometry;
+
+use noise::{SampleRng, chance, uniform, weighted_index};
+use render::RenderParams;
+use scene::{Plan, Scene};
+
+/// Smallest and largest supported image side.
+pub const MIN_SIZE: u32 = 64;
+pub const MAX_SIZE: u32 = 512;
+
+/// How the scanner draws and renders samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScannerConfig {
+    /// Side of the square output image in pixels (64..=512).
+    pub size: u32,
+    /// Share of convex (fan) probe samples; the rest are linear.
+    pub convex_fraction: f32,
+    /// Prevalence weights of healthy, covid, pneumonia (non-negative, not all zero).
+    pub diagnosis_weights: [f32; 3],
+    /// Speckle strength in `[0, 1]`: 1 is fully developed (Rayleigh) speckle, 0 none.
+    pub speckle: f32,
+    /// Lateral standard deviation of the point-spread function in pixels of a 128-px image
+    /// (scaled with `size`, so an image looks the same at every size).
+    pub blur_px: f32,
+    /// Axial over lateral point-spread width, in `(0, 1]` (ultrasound resolves depth better).
+    pub axial_blur_ratio: f32,
+    /// Incoherent averaging (compounding) of the echo power: Gaussian standard deviation in
+    /// pixels of a 128-px image; 0 turns it off. Lowers the speckle contrast.
+    pub compounding_px: f32,
+    /// Net echo loss (dB) from the top to the bottom of the image after time-gain
+    /// compensation.
+    pub attenuation: f32,
+    /// Display dynamic range (dB) of the log compression.
+    pub dynamic_range_db: f32,
+    /// Per-sample overall gain is drawn uniformly from `+-gain_jitter_db`.
+    pub gain_jitter_db: f32,
+}
+
+impl Default for ScannerConfig {
+    fn default() -> Self {
+        ScannerConfig {
+            size: 128,
+            convex_fraction: 0.5,
+            diagnosis_weights: [1.0, 1.0, 1.0],
+            speckle: 1.0,
+            blur_px: 1.4,
+            axial_blur_ratio: 0.4,
+            compounding_px: 0.6,
+            attenuation: 6.0,
+            dynamic_range_db: 45.0,
+            gain_jitter_db: 3.0,
+        }
+    }
+}
+
+impl ScannerConfig {
+    /// Checks every value; errors name the offending key.
+    pub fn validate(&self) -> Result<()> {
+        let bad =
+            |key: &str, reason: String| Err(DataError::config(format!("scanner.{key}"), reason));
+        if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
+            return bad(
+                "size",
+                format!(
+                    "must be between {MIN_SIZE} and {MAX_SIZE} px, got {}",
+                    self.size
+                ),
+            );
+        }
+        let ranged = |key: &str, v: f32, lo: f32, hi: f32, lo_open: bool| -> Result<()> {
+            let ok = v.is_finite() && v <= hi && if lo_open { v > lo } else { v >= lo };
+            if ok {
+                Ok(())
+            } else {
+                let open = if lo_open { "(" } else { "[" };
+                bad(
+                    key,
+                    format!("must be a number in {open}{lo}, {hi}], got {v}"),
+                )
+            }
+        };
+        ranged("convex_fraction", self.convex_fraction, 0.0, 1.0, false)?;
+        ranged("speckle", self.speckle, 0.0, 1.0, false)?;
+        ranged("blur_px", self.blur_px, 0.0, 8.0, true)?;
+        ranged("axial_blur_ratio", self.axial_blur_ratio, 0.0, 1.0, true)?;
+        ranged("compounding_px", self.compounding_px, 0.0, 8.0, false)?;
+        ranged("attenuation", self.attenuation, 0.0, 60.0, false)?;
+        ranged(
+            "dynamic_range_db",
+            self.dynamic_range_db,
+            10.0,
+            120.0,
+            false,
+        )?;
+        ranged("gain_jitter_db", self.gain_jitter_db, 0.0, 20.0, false)?;
+        for (name, &w) in ["healthy", "covid", "pneumonia"]
+            .iter()
+            .zip(&self.diagnosis_weights)
+        {
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(
+                    "diagnosis_weights",
+                    format!("the {name} weight must be a finite number >= 0, got {w}"),
+                );
+            }
+        }
+        if self.diagnosis_weights.iter().sum::<f32>() <= 0.0 {
+            return bad(
+                "diagnosis_weights",
+                "at least one weight must be positive (all are 0)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The state of the pleural line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PleuraState {
+    /// Thin, smooth, continuous (healthy).
+    Smooth,
+    /// Irregular depth and brightness.
+    Irregular,
+    /// Thickened and mildly irregular.
+    Thickened,
+    /// Irregular with gaps.
+    Fragmented,
+}
+
+/// What a sample shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Findings {
+    pub pleura: PleuraState,
+    /// Number of distinct A-line depths shown.
+    pub a_lines: u32,
+    /// Number of B-line bands (a confluent band counts once).
+    pub b_lines: u32,
+    /// Some band is several merged B-lines.
+    pub confluent_b_lines: bool,
+    pub consolidation: bool,
+    pub air_bronchograms: bool,
+    pub effusion: bool,
+    /// Number of ribs in the field of view.
+    pub ribs: u32,
+}
+
+/// One synthetic frame with its ground truth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub index: u64,
+    pub image: GrayImage,
+    pub annotation: Annotation,
+    pub diagnosis: Diagnosis,
+    pub probe: Probe,
+    pub findings: Findings,
+    /// Where the field of view lies (maps probe coordinates to pixels).
+    pub geometry: ScanGeometry,
+}
+
+/// The scanner: a validated configuration and a seed.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    config: ScannerConfig,
+    seed: u64,
+}
+
+impl Scanner {
+    /// A scanner; fails if the configuration is invalid.
+    pub fn new(config: ScannerConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        Ok(Scanner { config, seed })
+    }
+
+    pub fn config(&self) -> &ScannerConfig {
+        &self.config
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Sample `index`: a pure function of (config, seed, index).
+    pub fn sample(&self, index: u64) -> Sample {
+        let mut rng = SampleRng::seed_from_u64(self.seed);
+        rng.set_stream(index);
+        let cfg = &self.config;
+        let diagnosis = Diagnosis::ALL[weighted_index(&mut rng, &cfg.diagnosis_weights)];
+        let probe = if chance(&mut rng, cfg.convex_fraction) {
+            Probe::Convex
+        } else {
+            Probe::Linear
+        };
+        let geometry = draw_geometry(probe, cfg.size as f32, &mut rng);
+        let plan = Plan::draw(diagnosis, &mut rng);
+        let nu = lateral_columns(&geometry);
+        let scene = Scene::build(&geometry, &plan, nu, &mut rng);
+        let annotation = scene.annotation(&geometry);
+        let params = RenderParams {
+            speckle: cfg.speckle,
+            blur_px: cfg.blur_px,
+            axial_ratio: cfg.axial_blur_ratio,
+            compounding_px: cfg.compounding_px,
+            attenuation_db: cfg.attenuation,
+            dynamic_range_db: cfg.dynamic_range_db,
+            gain_db: uniform(&mut rng, -cfg.gain_jitter_db, cfg.gain_jitter_db),
+        };
+        let fov = annotation
+            .field_of_view
+            .as_deref()
+            .expect("the scanner always sets the field of view");
+        let image = render::render(&scene, &geometry, fov, &params, &mut rng);
+        Sample {
+            index,
+            image,
+            annotation,
+            diagnosis,
+            probe,
+            findings: scene.findings(),
+            geometry,
+        }
+    }
+
+    /// Samples `indices`, in parallel; the result equals the sequential one.
+    pub fn generate(&self, indices: Range<u64>) -> Vec<Sample> {
+        indices.into_par_iter().map(|i| self.sample(i)).collect()
+    }
+}
+
+/// Draws the probe geometry of one sample.
+fn draw_geometry(probe: Probe, size: f32, rng: &mut SampleRng) -> ScanGeometry {
+    match probe {
+        Probe::Linear => ScanGeometry::Linear {
+            width: size,
+            height: size,
+        },
+        Probe::Convex => {
+            let half_angle = uniform(rng, 30.0, 37.5).to_radians();
+            // Transducer footprint: the top arc spans about a third of the image.
+            let footprint_half = uniform(rng, 0.14, 0.2) * size;
+            let inner_radius = footprint_half / libm::sinf(half_angle);
+            // The ends of the top arc sit lower than its middle; keep them inside the image.
+            let sag = inner_radius * (1.0 - libm::cosf(half_angle));
+            let top = sag + uniform(rng, 0.01, 0.035) * size;
+            let bottom = uniform(rng, 0.965, 0.995) * size;
+            ScanGeometry::Convex {
+                width: size,
+                height: size,
+                apex: [0.5 * size, top - inner_radius],
+                inner_radius,
+                outer_radius: inner_radius + (bottom - top),
+                half_angle,
+            }
+        }
+    }
+}
+
+/// Number of lateral beams of the render grid: about one per pixel at mid-depth.
+fn lateral_columns(geometry: &ScanGeometry) -> usize {
+    let (w, _) = geometry.image_size();
+    let mid = geometry.lateral_scale(0.5 * geometry.depth());
+    libm::roundf(mid.clamp(0.5 * w, 2.0 * w)) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_round_trips_through_toml() {
+        let c = ScannerConfig::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back: ScannerConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let partial: ScannerConfig = toml::from_str("size = 256").unwrap();
+        assert_eq!(partial.size, 256);
+        assert_eq!(partial.speckle, c.speckle);
+        assert!(toml::from_str::<ScannerConfig>("sise = 256").is_err());
+    }
+
+    #[test]
+    fn convex_geometry_fits_the_image() {
+        let mut rng = SampleRng::seed_from_u64(5);
+        for _ in 0..200 {
+            let g = draw_geometry(Probe::Convex, 128.0, &mut rng);
+            let ScanGeometry::Convex {
+                apex,
+                inner_radius,
+                outer_radius,
+                half_angle,
+                ..
+            } = g
+            else {
+                unreachable!()
+            };
+            let opening = 2.0 * half_angle.to_degrees();
+            assert!((60.0..=75.0).contains(&opening), "{opening}");
+            assert!(apex[1] < 0.0, "apex inside the image: {apex:?}");
+            // Top arc ends inside, bottom of the central beam inside.
+            let corner = g.to_pixel(0.0, 0.0);
+            assert!(corner[1] >= 0.0 && corner[0] > 0.0, "{corner:?}");
+            assert!(apex[1] + outer_radius <= 128.0);
+            assert!(inner_radius > 20.0);
+        }
+    }
+}
