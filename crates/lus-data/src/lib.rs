@@ -25,3 +25,5 @@ pub use clinical::{Diagnosis, Probe};
 pub use error::{DataError, Result};
 pub use mask::Mask;
 pub use schema::LabelSchema;
+pub use labelme::{LabelmeOptions, load_annotation, load_labelme};
+pub use raster::{LabelMode, RasterOptions, Rasterizer, rasterize};
