@@ -72,7 +72,7 @@ use crate::annotation::{Annotation, Geometry, Point};
 use crate::error::{DataError, Result};
 use crate::image_io::MAX_IMAGE_SIDE;
 use crate::mask::Mask;
-use crate::schema::{ClassDef, LabelSchema};
+use crate::schema::LabelSchema;
 
 /// How objects are labelled (see the module documentation).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -219,6 +219,10 @@ pub struct Rasterizer {
     stroke_vertices: Vec<[f64; 2]>,
     /// (layer, shape index, class id) of the shapes to paint.
     order: Vec<(i32, usize, u8)>,
+    /// The schema `labels` were resolved against.
+    labels_schema: Option<LabelSchema>,
+    /// Labels seen so far, resolved against `labels_schema`.
+    labels: Vec<ResolvedLabel>,
     centerline: Vec<Point>,
     centerline_scratch: CenterlineScratch,
 }
@@ -230,6 +234,18 @@ impl fmt::Debug for Rasterizer {
             .field("field_of_view_capacity", &self.field_of_view.capacity())
             .finish_non_exhaustive()
     }
+}
+
+/// At most this many label spellings are kept resolved (a guard against an endless stream of
+/// spellings; a schema has a few dozen).
+const MAX_CACHED_LABELS: usize = 1024;
+
+/// A label as written in annotations, with what rasterization needs of its class.
+struct ResolvedLabel {
+    label: String,
+    id: u8,
+    layer: i32,
+    line: bool,
 }
 
 /// What to paint for one shape.
@@ -305,12 +321,16 @@ impl Rasterizer {
         }
 
         self.order.clear();
-        // Labels repeat (a frame has several A- and B-lines): resolve each spelling once, since
-        // a schema lookup normalizes every class name and alias.
-        let mut resolved: Vec<(&str, &ClassDef)> = Vec::new();
+        // A schema lookup normalizes every class name and alias, so resolved labels are kept
+        // between calls for as long as the schema stays the same.
+        if self.labels_schema.as_ref() != Some(schema) || self.labels.len() > MAX_CACHED_LABELS {
+            self.labels_schema = Some(schema.clone());
+            self.labels.clear();
+        }
         for (index, shape) in annotation.shapes.iter().enumerate() {
-            let class = match resolved.iter().find(|(label, _)| *label == shape.label) {
-                Some(&(_, class)) => class,
+            let known = self.labels.iter().find(|l| l.label == shape.label);
+            let label = match known {
+                Some(label) => label,
                 None => {
                     // Validation resolved every label; this cannot fail, but stays an error.
                     let class =
@@ -322,14 +342,19 @@ impl Rasterizer {
                                 label: shape.label.clone(),
                                 reason,
                             })?;
-                    resolved.push((&shape.label, class));
-                    class
+                    self.labels.push(ResolvedLabel {
+                        label: shape.label.clone(),
+                        id: class.id,
+                        layer: class.layer,
+                        line: class.line,
+                    });
+                    self.labels.last().expect("just pushed")
                 }
             };
-            if options.mode == LabelMode::Sparse && !class.line {
+            if options.mode == LabelMode::Sparse && !label.line {
                 continue;
             }
-            self.order.push((class.layer, index, class.id));
+            self.order.push((label.layer, index, label.id));
         }
         // The index breaks ties, so equal layers keep annotation order.
         self.order
