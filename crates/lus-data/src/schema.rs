@@ -73,12 +73,17 @@ pub struct ClassDef {
 
 /// A validated label schema. Construct it with [`LabelSchema::from_toml_str`],
 /// [`LabelSchema::load`] or [`LabelSchema::default`]; the fields are read-only so a schema
-/// that exists is a valid one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// that exists is a valid one (deserialising validates too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SchemaFile")]
 pub struct LabelSchema {
     name: String,
     #[serde(rename = "class")]
     classes: Vec<ClassDef>,
+    /// Every accepted spelling, normalised, with the index of its class: built once, because
+    /// `lookup` runs for every shape of every annotation.
+    #[serde(skip)]
+    spellings: Vec<(String, usize)>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +92,29 @@ struct SchemaFile {
     name: String,
     #[serde(rename = "class")]
     classes: Vec<ClassDef>,
+}
+
+impl TryFrom<SchemaFile> for LabelSchema {
+    type Error = String;
+    fn try_from(file: SchemaFile) -> std::result::Result<Self, String> {
+        let spellings = file
+            .classes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                std::iter::once(&c.name)
+                    .chain(&c.aliases)
+                    .map(move |s| (normalize_label(s), i))
+            })
+            .collect();
+        let schema = LabelSchema {
+            name: file.name,
+            classes: file.classes,
+            spellings,
+        };
+        schema.validate()?;
+        Ok(schema)
+    }
 }
 
 /// Lower-cases and drops '-', '_' and spaces, so "A_Line", "a-line" and "aline" match.
@@ -145,15 +173,10 @@ impl LabelSchema {
             path: source.to_path_buf(),
             message: e.to_string(),
         })?;
-        let schema = LabelSchema {
-            name: file.name,
-            classes: file.classes,
-        };
-        schema.validate().map_err(|reason| DataError::Schema {
+        LabelSchema::try_from(file).map_err(|reason| DataError::Schema {
             path: source.to_path_buf(),
             reason,
-        })?;
-        Ok(schema)
+        })
     }
 
     /// The schema as TOML (saved beside results so a run records the classes it used).
@@ -248,9 +271,10 @@ impl LabelSchema {
     /// The class named `label` (canonical name or alias, ignoring case, '-', '_' and spaces).
     pub fn lookup(&self, label: &str) -> Option<&ClassDef> {
         let key = normalize_label(label);
-        self.classes.iter().find(|c| {
-            normalize_label(&c.name) == key || c.aliases.iter().any(|a| normalize_label(a) == key)
-        })
+        self.spellings
+            .iter()
+            .find(|(spelling, _)| *spelling == key)
+            .map(|&(_, i)| &self.classes[i])
     }
 
     /// The class named `label`, or an error message that lists the classes and suggests the

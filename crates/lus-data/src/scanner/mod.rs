@@ -201,6 +201,24 @@ pub enum PleuraState {
     Fragmented,
 }
 
+impl PleuraState {
+    /// The lower-case name used in files (manifests, reports).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PleuraState::Smooth => "smooth",
+            PleuraState::Irregular => "irregular",
+            PleuraState::Thickened => "thickened",
+            PleuraState::Fragmented => "fragmented",
+        }
+    }
+}
+
+impl std::fmt::Display for PleuraState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a sample shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,6 +20,9 @@ use super::{Findings, PleuraState};
 pub(crate) type Span = (usize, usize);
 
 /// How far (pixels) annotation chains may deviate from the exact curves they simplify.
+/// How far (pixels) the chest-wall and lung polygons reach past the field of view, which then
+/// clips them (see `Scene::tiling_polygon`).
+const TILING_OVERSHOOT_PX: f32 = 2.0;
 const SIMPLIFY_TOLERANCE_PX: f32 = 0.15;
 
 /// What the diagnosis asks for; the scene then shows what fits (see the module table in
@@ -902,6 +905,34 @@ impl Scene {
         geometry.clip(&poly)
     }
 
+    /// A region that tiles the field of view (the chest wall above the pleura, the lung below
+    /// it). It is drawn `TILING_OVERSHOOT_PX` past the fan's sides (and past its top or bottom
+    /// where the caller passes a curve out there), so that the field-of-view polygon alone decides
+    /// the border pixels: two polygons whose border edges agree only up to float rounding would
+    /// otherwise leave a pixel here and there inside the field of view unlabelled in dense masks.
+    fn tiling_polygon(
+        &self,
+        geometry: &ScanGeometry,
+        top: impl Fn(usize) -> f32,
+        bottom: impl Fn(usize) -> f32,
+    ) -> Vec<Point> {
+        let all = (0, self.nu);
+        let last = self.nu - 1;
+        let overshoot = |chain: &mut Vec<Point>, z_first: f32, z_last: f32| {
+            let du_first = TILING_OVERSHOOT_PX / geometry.lateral_scale(z_first.max(1.0));
+            let du_last = TILING_OVERSHOOT_PX / geometry.lateral_scale(z_last.max(1.0));
+            chain.insert(0, geometry.to_pixel(-du_first, z_first));
+            chain.push(geometry.to_pixel(1.0 + du_last, z_last));
+        };
+        let mut polygon = self.chain(geometry, all, &top);
+        overshoot(&mut polygon, top(0), top(last));
+        let mut lower = self.chain(geometry, all, &bottom);
+        overshoot(&mut lower, bottom(0), bottom(last));
+        lower.reverse();
+        polygon.extend(lower);
+        geometry.clip(&polygon)
+    }
+
     /// A band along a curve: centre line plus an outline `thickness` wide.
     fn band(
         &self,
@@ -951,13 +982,13 @@ impl Scene {
         push(
             "chest-wall",
             Geometry::Polygon {
-                points: self.region_polygon(geometry, all, |_| 0.0, pleura),
+                points: self.tiling_polygon(geometry, |_| -TILING_OVERSHOOT_PX, pleura),
             },
         );
         push(
             "lung",
             Geometry::Polygon {
-                points: self.region_polygon(geometry, all, pleura, |_| depth),
+                points: self.tiling_polygon(geometry, pleura, |_| depth + TILING_OVERSHOOT_PX),
             },
         );
         for e in &self.effusions {
