@@ -16,10 +16,17 @@ pub mod confusion;
 pub mod error;
 pub mod io;
 pub mod objects;
+pub mod plot;
+pub mod table;
 
 pub use components::{Components, Connectivity, label_binary, label_class};
 pub use confusion::{ClassScores, ConfusionMatrix, MeanScores, nan_mean};
 pub use error::{MetricsError, Result};
 pub use io::write_atomic;
 pub use objects::{ObjectConfig, ObjectCounts, object_counts};
+pub use plot::{OverlayLayout, OverlayRow, overlay_grid, plot_curves};
+pub use table::{MetricsTable, Row, Value, read_table_csv, read_table_parquet, write_table};
 
+/// The polars `DataFrame` type used by the table functions, re-exported so callers need no
+/// direct polars dependency.
+pub use polars::prelude::DataFrame;
