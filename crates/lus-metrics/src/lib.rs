@@ -1,1 +1,32 @@
-//! (in progress)
+//! Segmentation metrics, result tables and figures for lus.
+//!
+//! This crate depends on no other lus crate: it works on plain slices (`&[u8]` class-id masks,
+//! row-major; `&[f64]` values; palettes as `&[[u8; 3]]`), so the trainers and the experiment
+//! runner can use it without a dependency cycle.
+//!
+//! - [`confusion`]: pixel confusion matrix, per-class IoU / Dice / precision / recall and
+//!   nan-means (the NaN conventions are documented there).
+//! - [`components`]: connected-component labelling identical to `scipy.ndimage.label`.
+//! - [`objects`]: object-level TP / FP / FN for the line classes.
+//! - [`table`]: result tables (polars) written as CSV + Parquet.
+//! - [`plot`]: training curves and image/mask overlay grids as PNG.
+
+pub mod components;
+pub mod confusion;
+pub mod error;
+pub mod io;
+pub mod objects;
+pub mod plot;
+pub mod table;
+
+pub use components::{Components, Connectivity, label_binary, label_class};
+pub use confusion::{ClassScores, ConfusionMatrix, MeanScores, nan_mean};
+pub use error::{MetricsError, Result};
+pub use io::write_atomic;
+pub use objects::{ObjectConfig, ObjectCounts, object_counts};
+pub use plot::{OverlayLayout, OverlayRow, overlay_grid, plot_curves};
+pub use table::{MetricsTable, Row, Value, read_table_csv, read_table_parquet, write_table};
+
+/// The polars `DataFrame` type used by the table functions, re-exported so callers need no
+/// direct polars dependency.
+pub use polars::prelude::DataFrame;
