@@ -49,41 +49,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut rng = ChaCha8Rng::seed_from_u64(1);
             let n = batch * size * size;
             let pixels: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
-            let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..classes as u32)).collect();
+            let labels: Vec<u32> = (0..n)
+                .map(|_| rng.random_range(0..classes as u32))
+                .collect();
             let seg = SegBatch {
                 images: Tensor::from_vec(pixels, (batch, 1, size, size), &device)?,
                 masks: Tensor::from_vec(labels, (batch, size, size), &device)?,
                 indices: (0..batch).collect(),
             };
-            let mut step = |s: u64| -> Result<(), Box<dyn std::error::Error>> {
-                let mut dropout = stream_rng(0, Stream::Dropout, 0, s);
-                let loss = task.train_loss(&seg, &mut Mode::train(&mut dropout))?;
-                let grads = loss.backward()?;
-                optimizer.step(&grads, 1e-3)?;
-                Ok(())
-            };
-            step(0)?; // warm-up
+            train_step(&mut task, &mut optimizer, &seg, 0)?; // warm-up
             // Synchronise before and after: read one weight back.
-            let sync = |task: &SegmentationTask| -> Result<(), Box<dyn std::error::Error>> {
-                let var = task.unet().trainable_vars(lus_train::Task::varmap(task))?[0].clone();
-                var.as_tensor().sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-                Ok(())
-            };
             sync(&task)?;
             let start = Instant::now();
             for s in 1..=repeats as u64 {
-                step(s)?;
+                train_step(&mut task, &mut optimizer, &seg, s)?;
             }
             sync(&task)?;
             let ms = start.elapsed().as_secs_f64() * 1e3 / repeats as f64;
             println!(
                 "{label}, batch {batch} x {size} px, {} trainable params, loss {}: {ms:8.1} ms/step, {:7.1} images/s ({})",
                 task.unet().num_trainable_parameters(),
-                if loss.dice_weight > 0.0 { "CE + Dice" } else { "CE" },
+                if loss.dice_weight > 0.0 {
+                    "CE + Dice"
+                } else {
+                    "CE"
+                },
                 batch as f64 * 1e3 / ms,
                 lus_train::device_name(&device),
             );
         }
     }
+    Ok(())
+}
+
+fn train_step(
+    task: &mut SegmentationTask,
+    optimizer: &mut Optimizer,
+    batch: &SegBatch,
+    step: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut dropout = stream_rng(0, Stream::Dropout, 0, step);
+    let loss = task.train_loss(batch, &mut Mode::train(&mut dropout))?;
+    let grads = loss.backward()?;
+    optimizer.step(&grads, 1e-3)?;
+    Ok(())
+}
+
+/// Waits for the device: reads one weight back.
+fn sync(task: &SegmentationTask) -> Result<(), Box<dyn std::error::Error>> {
+    let var = task.unet().trainable_vars(task.varmap())?[0].clone();
+    var.as_tensor()
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
     Ok(())
 }

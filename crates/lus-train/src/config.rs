@@ -206,17 +206,48 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cases: Vec<(TrainConfig, &str)> = vec![
-            (TrainConfig { epochs: 0, ..Default::default() }, "epochs"),
-            (TrainConfig { lr: f64::NAN, ..Default::default() }, "lr"),
-            (TrainConfig { log_every: 0, ..Default::default() }, "log_every"),
-            (TrainConfig { device: "tpu".into(), ..Default::default() }, "device"),
             (
-                TrainConfig { grad_clip_norm: Some(0.0), ..Default::default() },
+                TrainConfig {
+                    epochs: 0,
+                    ..Default::default()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    lr: f64::NAN,
+                    ..Default::default()
+                },
+                "lr",
+            ),
+            (
+                TrainConfig {
+                    log_every: 0,
+                    ..Default::default()
+                },
+                "log_every",
+            ),
+            (
+                TrainConfig {
+                    device: "tpu".into(),
+                    ..Default::default()
+                },
+                "device",
+            ),
+            (
+                TrainConfig {
+                    grad_clip_norm: Some(0.0),
+                    ..Default::default()
+                },
                 "grad_clip_norm",
             ),
             (
                 TrainConfig {
-                    optimizer: OptimizerConfig::AdamW { beta1: 1.0, beta2: 0.999, eps: 1e-8 },
+                    optimizer: OptimizerConfig::AdamW {
+                        beta1: 1.0,
+                        beta2: 0.999,
+                        eps: 1e-8,
+                    },
                     ..Default::default()
                 },
                 "beta1",

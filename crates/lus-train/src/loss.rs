@@ -74,7 +74,10 @@ impl LossConfig {
             if let Some(bad) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
                 return Err(TrainError::config(
                     "loss.class_weights",
-                    format!("weight {bad} is {}; weights must be finite and >= 0", weights[bad]),
+                    format!(
+                        "weight {bad} is {}; weights must be finite and >= 0",
+                        weights[bad]
+                    ),
                 ));
             }
             if weights.iter().all(|w| *w == 0.0) {
@@ -157,7 +160,11 @@ impl SegLoss {
 }
 
 fn scale(t: Tensor, factor: f64) -> candle_core::Result<Tensor> {
-    if factor == 1.0 { Ok(t) } else { t.affine(factor, 0.0) }
+    if factor == 1.0 {
+        Ok(t)
+    } else {
+        t.affine(factor, 0.0)
+    }
 }
 
 /// Mean cross-entropy of `logits` (`N x C x ...`) against class ids `targets` (`N x ...`).
@@ -211,7 +218,10 @@ fn one_hot_targets(logits: &Tensor, targets: &Tensor, ignore_id: Option<u32>) ->
             targets.dims()
         )));
     }
-    if !matches!(logits.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+    if !matches!(
+        logits.dtype(),
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16
+    ) {
         return Err(TrainError::Batch(format!(
             "logits have dtype {:?}; expected a float dtype",
             logits.dtype()
@@ -416,12 +426,23 @@ mod tests {
             class_weights: Some(vec![1.0, f32::NAN]),
             ..Default::default()
         };
-        assert!(bad.validate(None).unwrap_err().to_string().contains("class_weights"));
+        assert!(
+            bad.validate(None)
+                .unwrap_err()
+                .to_string()
+                .contains("class_weights")
+        );
         let short = LossConfig {
             class_weights: Some(vec![1.0, 2.0]),
             ..Default::default()
         };
-        assert!(short.validate(Some(3)).unwrap_err().to_string().contains("2 weights for 3"));
+        assert!(
+            short
+                .validate(Some(3))
+                .unwrap_err()
+                .to_string()
+                .contains("2 weights for 3")
+        );
         let nothing = LossConfig {
             ce_weight: 0.0,
             ..Default::default()

@@ -100,7 +100,11 @@ impl OptimizerConfig {
         let unit = |name: &str, value: f64, closed_top: bool| {
             let ok = value.is_finite()
                 && value >= 0.0
-                && if closed_top { value <= 1.0 } else { value < 1.0 };
+                && if closed_top {
+                    value <= 1.0
+                } else {
+                    value < 1.0
+                };
             if ok {
                 Ok(())
             } else {
@@ -211,7 +215,11 @@ pub struct Optimizer {
 impl Optimizer {
     /// An optimizer over `groups`; `weight_decay` applies to groups that do not set their own.
     /// Parameter names must be unique, and no variable may appear twice.
-    pub fn new(config: OptimizerConfig, weight_decay: f64, groups: Vec<ParamGroup>) -> Result<Self> {
+    pub fn new(
+        config: OptimizerConfig,
+        weight_decay: f64,
+        groups: Vec<ParamGroup>,
+    ) -> Result<Self> {
         config.validate()?;
         check_weight_decay("weight_decay", weight_decay)?;
         let mut names = HashMap::new();
@@ -422,7 +430,8 @@ impl Optimizer {
         };
         save_tensors_atomic(&tensors, &dir.join(OPTIMIZER_TENSORS_FILE))?;
         let json_path = dir.join(OPTIMIZER_STATE_FILE);
-        let json = serde_json::to_vec_pretty(&saved).map_err(|e| TrainError::file(&json_path, e))?;
+        let json =
+            serde_json::to_vec_pretty(&saved).map_err(|e| TrainError::file(&json_path, e))?;
         lus_data::io::write_atomic(&json_path, &json)?;
         Ok(())
     }
@@ -438,7 +447,10 @@ impl Optimizer {
         if saved.format != STATE_FORMAT {
             return Err(TrainError::file(
                 &json_path,
-                format!("unknown format {:?} (expected {STATE_FORMAT:?})", saved.format),
+                format!(
+                    "unknown format {:?} (expected {STATE_FORMAT:?})",
+                    saved.format
+                ),
             ));
         }
         if saved.kind != self.config.kind() {
@@ -454,7 +466,12 @@ impl Optimizer {
         let ours: Vec<(String, Vec<String>)> = self
             .groups
             .iter()
-            .map(|g| (g.name.clone(), g.params.iter().map(|(n, _)| n.clone()).collect()))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    g.params.iter().map(|(n, _)| n.clone()).collect(),
+                )
+            })
             .collect();
         let theirs: Vec<(String, Vec<String>)> = saved
             .groups
@@ -464,7 +481,10 @@ impl Optimizer {
         if ours != theirs {
             return Err(TrainError::file(
                 &json_path,
-                format!("parameter groups differ: {}", describe_group_difference(&ours, &theirs)),
+                format!(
+                    "parameter groups differ: {}",
+                    describe_group_difference(&ours, &theirs)
+                ),
             ));
         }
         let tensors_path = dir.join(OPTIMIZER_TENSORS_FILE);
@@ -628,9 +648,13 @@ fn adamw_update(
     let bias_correction1 = 1.0 - h.beta1.powf(step);
     let bias_correction2 = 1.0 - h.beta2.powf(step);
     let step_size = h.lr / bias_correction1;
+    // A true division by the scalar (not a multiplication by its reciprocal), as torch does.
+    let bias_correction2_sqrt =
+        Tensor::new(bias_correction2.sqrt(), param.device())?.to_dtype(param.dtype())?;
     let denom = exp_avg_sq
         .sqrt()?
-        .affine(1.0 / bias_correction2.sqrt(), h.eps)?;
+        .broadcast_div(&bias_correction2_sqrt)?
+        .affine(1.0, h.eps)?;
     let decayed = if h.weight_decay != 0.0 {
         param.affine(1.0 - h.lr * h.weight_decay, 0.0)?
     } else {
@@ -692,7 +716,10 @@ pub(crate) fn save_tensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path
         });
     if let Err(reason) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(TrainError::file(path, format!("cannot write tensors: {reason}")));
+        return Err(TrainError::file(
+            path,
+            format!("cannot write tensors: {reason}"),
+        ));
     }
     Ok(())
 }

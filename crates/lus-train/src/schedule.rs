@@ -123,7 +123,9 @@ mod tests {
         let factors: Vec<f64> = (0..13).map(|s| step.factor(s, 3, 100)).collect();
         assert_eq!(
             factors,
-            vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25]
+            vec![
+                1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25
+            ]
         );
         let cosine = LrSchedule::Cosine {
             warmup_steps: 4,
@@ -157,11 +159,21 @@ mod tests {
             every_epochs: 0,
             gamma: 0.5,
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("every_epochs"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("every_epochs")
+        );
         let bad = LrSchedule::Cosine {
             warmup_steps: 0,
             final_factor: 1.5,
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("final_factor"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("final_factor")
+        );
     }
 }

@@ -123,7 +123,11 @@ impl SegmentationTask {
     /// The host copy of a batch's masks as u8, checked: every id is a class or the ignore id.
     /// The error names the source example.
     fn host_truth(&self, batch: &SegBatch) -> Result<Vec<u8>> {
-        let values = batch.masks.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let values = batch
+            .masks
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
         let per_example = values.len() / batch.indices.len().max(1);
         let classes = self.class_names.len() as u32;
         let mut truth = Vec::with_capacity(values.len());
@@ -204,9 +208,7 @@ impl Task for SegmentationTask {
             .to_dtype(DType::U8)?
             .flatten_all()?
             .to_vec1::<u8>()?;
-        evaluation
-            .confusion
-            .update(&truth, &pred, self.ignore_id)?;
+        evaluation.confusion.update(&truth, &pred, self.ignore_id)?;
         Ok(loss)
     }
 
@@ -306,7 +308,11 @@ impl SegRunConfig {
             shuffle: train,
             drop_last: train && self.data.drop_last,
             prefetch: self.data.prefetch,
-            augment: if train { self.data.augment.clone() } else { None },
+            augment: if train {
+                self.data.augment.clone()
+            } else {
+                None
+            },
             normalize: self.data.normalize,
         }
     }

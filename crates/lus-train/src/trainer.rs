@@ -337,14 +337,35 @@ impl Trainer {
                 optimizer.step(&grads, lr)?;
                 state.step += 1;
                 train_examples += batch.num_examples();
-                window.push(loss.detach(), batch.num_examples(), batch.indices(), state.step);
+                window.push(
+                    loss.detach(),
+                    batch.num_examples(),
+                    batch.indices(),
+                    state.step,
+                );
                 bar.inc(1);
                 if window.len() >= config.log_every {
-                    self.flush(&mut window, &mut epoch_loss, epoch, lr, epoch_start, train_examples, &bar)?;
+                    self.flush(
+                        &mut window,
+                        &mut epoch_loss,
+                        epoch,
+                        lr,
+                        epoch_start,
+                        train_examples,
+                        &bar,
+                    )?;
                 }
             }
             if !window.is_empty() {
-                self.flush(&mut window, &mut epoch_loss, epoch, lr, epoch_start, train_examples, &bar)?;
+                self.flush(
+                    &mut window,
+                    &mut epoch_loss,
+                    epoch,
+                    lr,
+                    epoch_start,
+                    train_examples,
+                    &bar,
+                )?;
             }
             let train_seconds = epoch_start.elapsed().as_secs_f64();
             bar.finish_and_clear();
@@ -445,11 +466,10 @@ impl Trainer {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(format!("epoch {epoch}/{}", self.config.epochs));
         bar
@@ -656,8 +676,7 @@ impl LoopState {
             epoch: self.epoch,
             step: self.step,
             device: device_name(device),
-            config: serde_json::to_value(config)
-                .map_err(|e| TrainError::file(&final_dir, e))?,
+            config: serde_json::to_value(config).map_err(|e| TrainError::file(&final_dir, e))?,
             best: self.best.as_ref().map(|b| SavedBest {
                 epoch: b.epoch,
                 metric: b.metric.clone(),
@@ -693,11 +712,14 @@ impl LoopState {
         if saved.format != TRAINER_FORMAT {
             return Err(TrainError::file(
                 &path,
-                format!("unknown format {:?} (expected {TRAINER_FORMAT:?})", saved.format),
+                format!(
+                    "unknown format {:?} (expected {TRAINER_FORMAT:?})",
+                    saved.format
+                ),
             ));
         }
-        let differences = config_differences(&saved.config, config)
-            .map_err(|e| TrainError::file(&path, e))?;
+        let differences =
+            config_differences(&saved.config, config).map_err(|e| TrainError::file(&path, e))?;
         if !differences.is_empty() {
             return Err(TrainError::file(
                 &path,

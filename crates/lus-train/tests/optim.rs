@@ -31,10 +31,20 @@ fn problem() -> Problem {
 /// Fresh parameters (always the same values), by name.
 fn params() -> Vec<(String, Var)> {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    [("w1", vec![8, 5]), ("b1", vec![8]), ("w2", vec![2, 8]), ("unused", vec![3])]
-        .into_iter()
-        .map(|(name, shape)| (name.to_string(), Var::from_tensor(&randn(&mut rng, &shape)).unwrap()))
-        .collect()
+    [
+        ("w1", vec![8, 5]),
+        ("b1", vec![8]),
+        ("w2", vec![2, 8]),
+        ("unused", vec![3]),
+    ]
+    .into_iter()
+    .map(|(name, shape)| {
+        (
+            name.to_string(),
+            Var::from_tensor(&randn(&mut rng, &shape)).unwrap(),
+        )
+    })
+    .collect()
 }
 
 fn groups(params: &[(String, Var)]) -> Vec<ParamGroup> {
@@ -49,7 +59,10 @@ fn groups(params: &[(String, Var)]) -> Vec<ParamGroup> {
 }
 
 fn step(problem: &Problem, params: &[(String, Var)], optimizer: &mut Optimizer, lr: f64) {
-    let p: HashMap<&str, &Tensor> = params.iter().map(|(n, v)| (n.as_str(), v.as_tensor())).collect();
+    let p: HashMap<&str, &Tensor> = params
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_tensor()))
+        .collect();
     let hidden = problem
         .x
         .matmul(&p["w1"].t().unwrap())
@@ -59,7 +72,12 @@ fn step(problem: &Problem, params: &[(String, Var)], optimizer: &mut Optimizer, 
         .relu()
         .unwrap();
     let out = hidden.matmul(&p["w2"].t().unwrap()).unwrap();
-    let loss = (out - &problem.y).unwrap().sqr().unwrap().mean_all().unwrap();
+    let loss = (out - &problem.y)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap();
     let mut grads = loss.backward().unwrap();
     optimizer.clip_grad_norm(&mut grads, 5.0).unwrap();
     optimizer.step(&grads, lr).unwrap();
@@ -69,7 +87,12 @@ fn bits(params: &[(String, Var)]) -> Vec<(String, Vec<u32>)> {
     params
         .iter()
         .map(|(n, v)| {
-            let values = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let values = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             (n.clone(), values.iter().map(|x| x.to_bits()).collect())
         })
         .collect()
@@ -120,8 +143,8 @@ fn save_load_continue_is_bit_identical() {
 
         // A new process, in effect: fresh variables and optimizer, everything from the files.
         let second = params();
-        let loaded = candle_core::safetensors::load(dir.path().join("w.safetensors"), &Device::Cpu)
-            .unwrap();
+        let loaded =
+            candle_core::safetensors::load(dir.path().join("w.safetensors"), &Device::Cpu).unwrap();
         for (name, var) in &second {
             var.set(&loaded[name]).unwrap();
         }
@@ -137,7 +160,13 @@ fn save_load_continue_is_bit_identical() {
         assert_eq!(bits(&straight)[3], bits(&params())[3]);
 
         // Without the state, continuing diverges (the check above can fail).
-        if config != (OptimizerConfig::Sgd { momentum: 0.0, dampening: 0.0, nesterov: false }) {
+        if config
+            != (OptimizerConfig::Sgd {
+                momentum: 0.0,
+                dampening: 0.0,
+                nesterov: false,
+            })
+        {
             let third = params();
             for (name, var) in &third {
                 var.set(&loaded[name]).unwrap();
@@ -172,7 +201,10 @@ fn mismatched_state_is_refused_and_changes_nothing() {
     )
     .unwrap();
     let err = sgd.load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("optimizer.json") && err.contains("adamw"), "{err}");
+    assert!(
+        err.contains("optimizer.json") && err.contains("adamw"),
+        "{err}"
+    );
     assert_eq!(sgd.steps(), 0);
 
     // Other parameter names.
@@ -185,13 +217,20 @@ fn mismatched_state_is_refused_and_changes_nothing() {
     assert!(err.contains("w1_x") && err.contains("missing"), "{err}");
 
     // A buffer of the wrong shape.
-    let mut tensors = candle_core::safetensors::load(dir.path().join("optimizer.safetensors"), &Device::Cpu)
-        .unwrap();
-    tensors.insert("w1.exp_avg".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    let mut tensors =
+        candle_core::safetensors::load(dir.path().join("optimizer.safetensors"), &Device::Cpu)
+            .unwrap();
+    tensors.insert(
+        "w1.exp_avg".to_string(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&tensors, dir.path().join("optimizer.safetensors")).unwrap();
     let mut same = Optimizer::new(OptimizerConfig::default(), 0.0, groups(&vars)).unwrap();
     let err = same.load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("optimizer.safetensors") && err.contains("w1.exp_avg"), "{err}");
+    assert!(
+        err.contains("optimizer.safetensors") && err.contains("w1.exp_avg"),
+        "{err}"
+    );
     assert_eq!(same.steps(), 0);
 
     // A truncated file.
@@ -241,11 +280,25 @@ fn clipping_bounds_the_gradient_norm() {
     let mut grads = loss.backward().unwrap();
     let norm = optimizer.clip_grad_norm(&mut grads, 1.0).unwrap().unwrap();
     assert!((norm.to_scalar::<f32>().unwrap() - 5.0).abs() < 1e-6);
-    let g = grads.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-    assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
+    let g = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        (g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6,
+        "{g:?}"
+    );
     // Below the bound nothing changes (the coefficient is clamped at 1).
     let mut grads = loss.backward().unwrap();
     optimizer.clip_grad_norm(&mut grads, 10.0).unwrap();
-    let g = grads.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-    assert!((g[0] - 3.0).abs() < 1e-5 && (g[1] - 4.0).abs() < 1e-5, "{g:?}");
+    let g = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        (g[0] - 3.0).abs() < 1e-5 && (g[1] - 4.0).abs() < 1e-5,
+        "{g:?}"
+    );
 }

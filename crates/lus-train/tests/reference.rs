@@ -72,7 +72,10 @@ fn run_loss_case(
     let grads = loss.backward().unwrap();
     let grad = to_f64_vec(grads.get(var.as_tensor()).unwrap());
     (
-        loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+        loss.to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
         grad,
     )
 }
@@ -188,7 +191,8 @@ fn optimizers_match_torch_with_group_multipliers() {
         let (config, weight_decay) = optimizer_config(name);
         let base_lr = case["base_lr"].as_f64().unwrap();
         // f64 checks the update rule to rounding; f32 is what training uses (1e-6 relative).
-        for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+        // Each is compared with torch's run in the same precision.
+        for (dtype, run, tolerance) in [(DType::F64, "f64", 1e-12), (DType::F32, "f32", 1e-6)] {
             let mut vars = HashMap::new();
             let mut groups = Vec::new();
             for param in ["a", "b"] {
@@ -203,31 +207,38 @@ fn optimizers_match_torch_with_group_multipliers() {
                 let var = Var::from_tensor(&init).unwrap();
                 let multiplier = case["multipliers"][param].as_f64().unwrap();
                 groups.push(
-                    ParamGroup::new(format!("group_{param}"), vec![(param.to_string(), var.clone())])
-                        .with_lr_multiplier(multiplier),
+                    ParamGroup::new(
+                        format!("group_{param}"),
+                        vec![(param.to_string(), var.clone())],
+                    )
+                    .with_lr_multiplier(multiplier),
                 );
                 vars.insert(param, var);
             }
             let mut optimizer = Optimizer::new(config.clone(), weight_decay, groups).unwrap();
-            for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
+            let steps = case["runs"][run].as_array().unwrap();
+            for (i, step) in steps.iter().enumerate() {
                 let mut grads = GradStore::default();
                 for param in ["a", "b"] {
                     let var = &vars[param];
-                    let g = Tensor::from_vec(
-                        floats(&step["grads"][param]),
-                        var.dims(),
-                        &Device::Cpu,
-                    )
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap();
+                    let g =
+                        Tensor::from_vec(floats(&step["grads"][param]), var.dims(), &Device::Cpu)
+                            .unwrap()
+                            .to_dtype(dtype)
+                            .unwrap();
                     grads.insert(var.as_tensor(), g);
                 }
                 optimizer.step(&grads, base_lr).unwrap();
                 for param in ["a", "b"] {
                     let ours = to_f64_vec(vars[param].as_tensor());
                     let theirs = floats(&step["params"][param]);
-                    let err = max_rel_error(&ours, &theirs, 1e-3);
+                    // Relative to the tensor's largest entry: steps of lr 0.05 on this problem
+                    // swing parameters through zero, and an entry that lands near zero after a
+                    // cancellation keeps the absolute rounding error of its larger neighbours
+                    // (torch's float32 `add(alpha=...)` is a fused multiply-add, candle's two
+                    // roundings).
+                    let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let err = max_rel_error(&ours, &theirs, scale);
                     assert!(
                         err <= tolerance,
                         "{name} {dtype:?} step {}: {param} relative error {err}",
@@ -235,7 +246,7 @@ fn optimizers_match_torch_with_group_multipliers() {
                     );
                 }
             }
-            assert_eq!(optimizer.steps(), case["steps"].as_array().unwrap().len() as u64);
+            assert_eq!(optimizer.steps(), steps.len() as u64);
         }
     }
 }

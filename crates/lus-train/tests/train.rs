@@ -11,7 +11,7 @@ use candle_nn::VarMap;
 use common::*;
 use lus_data::loader::{SegBatch, epoch_batches_plan};
 use lus_train::{
-    Direction, LrSchedule, ParamGroup, Resume, TrainConfig, SegEvaluation, SegmentationTask, Task,
+    Direction, LrSchedule, ParamGroup, Resume, SegEvaluation, SegmentationTask, Task, TrainConfig,
     TrainError, Trainer, evaluate,
 };
 use lus_unet::Mode;
@@ -19,10 +19,7 @@ use lus_unet::Mode;
 #[test]
 fn overfits_eight_images() {
     let examples = synthetic_examples(8, 1);
-    let config = TrainConfig {
-        epochs: 40,
-        ..train_config(40, 7)
-    };
+    let config = train_config(20, 7);
     let (train, val) = loaders(&config, source(&examples), source(&examples));
     let mut task = task(&config);
     let dir = tempfile::tempdir().unwrap();
@@ -35,17 +32,32 @@ fn overfits_eight_images() {
 
     let first = &summary.history[0];
     let last = summary.history.last().unwrap();
+    for r in summary.history.iter().step_by(4) {
+        eprintln!(
+            "epoch {:2} step {:3}: train loss {:.4}, val loss {:.4}, pixel accuracy {:.4}, mIoU {:.4}",
+            r.epoch,
+            r.step,
+            r.train_loss,
+            r.val_loss,
+            r.get("val_pixel_accuracy").unwrap(),
+            r.get("val_miou").unwrap()
+        );
+    }
     // ln 3 = 1.10 for a uniform guess over 3 classes; the untrained net starts near it.
-    assert!(first.train_loss > 0.5, "first epoch loss {}", first.train_loss);
+    assert!(
+        first.train_loss > 0.5,
+        "first epoch loss {}",
+        first.train_loss
+    );
     assert!(last.train_loss < 0.3, "last epoch loss {}", last.train_loss);
     let accuracy = last.get("val_pixel_accuracy").unwrap();
     assert!(accuracy > 0.9, "pixel accuracy {accuracy}");
     assert!(last.get("val_miou").unwrap() > 0.5);
-    assert_eq!(last.step, 80, "8 images in batches of 4 for 40 epochs");
+    assert_eq!(last.step, 40, "8 images in batches of 4 for 20 epochs");
 
     // Losses are read back every log_every = 2 steps: one report per epoch of 2 steps.
     let logs = logs.lock().unwrap();
-    assert_eq!(logs.len(), 40);
+    assert_eq!(logs.len(), 20);
     assert!(logs.iter().all(|l| l.step % 2 == 0 && l.loss.is_finite()));
 
     // The table on disk has one row per epoch and the announced columns.
@@ -69,7 +81,7 @@ fn overfits_eight_images() {
         assert!(header.contains(&format!("val_dice_{class}").as_str()));
     }
     assert_eq!(header[header.len() - 2..], ["images_per_s", "seconds"]);
-    assert_eq!(csv.lines().count(), 41);
+    assert_eq!(csv.lines().count(), 21);
     assert!(dir.path().join("metrics.parquet").exists());
     assert!(dir.path().join("last/optimizer.safetensors").exists());
 }
@@ -129,19 +141,38 @@ fn same_seed_gives_identical_tables_and_weights() {
 #[test]
 fn best_checkpoint_is_the_best_epoch() {
     for (metric, direction) in [("val_loss", Direction::Min), ("val_miou", Direction::Max)] {
+        // A learning rate that grows 3x every epoch: the net first learns, then Adam's steps
+        // become so large that it unlearns, so the best epoch lies inside the run.
         let config = TrainConfig {
             best_metric: metric.to_string(),
-            // A large rate makes the validation metric move up and down.
-            lr: 3e-2,
-            ..train_config(6, 5)
+            lr: 5e-3,
+            schedule: LrSchedule::Step {
+                every_epochs: 1,
+                gamma: 3.0,
+            },
+            ..train_config(8, 5)
         };
+        let examples = synthetic_examples(8, 1);
+        let (train, val) = loaders(&config, source(&examples[..6]), source(&examples[6..]));
+        // Group norm behaves the same in training and evaluation, so the validation metrics
+        // follow what the net learns from the first epoch on (batch norm's running statistics
+        // would make the first epochs' validation loss huge and hide the turn).
+        let unet = lus_unet::UNetConfig {
+            norm: lus_unet::Norm::Group { groups: 4 },
+            ..unet_config()
+        };
+        let mut task = task_with(&config, &unet);
         let dir = tempfile::tempdir().unwrap();
-        let summary = run(&config, dir.path(), Resume::Never).unwrap();
+        let summary = Trainer::new(config.clone(), dir.path())
+            .unwrap()
+            .fit(&mut task, &train, &val, Resume::Never)
+            .unwrap();
         let values: Vec<f64> = summary
             .history
             .iter()
             .map(|r| r.get(metric).unwrap())
             .collect();
+        eprintln!("{metric}: {values:?}");
         // The first epoch with the best value (ties keep the earlier one).
         let mut expected = 0;
         for (i, v) in values.iter().enumerate() {
@@ -149,18 +180,24 @@ fn best_checkpoint_is_the_best_epoch() {
                 expected = i;
             }
         }
+        // Not the first nor the last epoch, so the selection is really exercised.
+        assert!(
+            expected > 0 && expected + 1 < values.len(),
+            "{metric}: best epoch {} of {values:?}",
+            expected + 1
+        );
         let best = summary.best.clone().unwrap();
         assert_eq!(best.epoch, expected + 1, "{metric}: {values:?}");
         assert_eq!(best.value.to_bits(), values[expected].to_bits());
 
-        // Re-evaluating best.safetensors reproduces that epoch's row exactly.
-        let examples = synthetic_examples(8, 1);
-        let (_, val) = loaders(&config, source(&examples[..6]), source(&examples[6..]));
-        let task = task(&config);
-        lus_unet::load_weights(task.varmap(), dir.path().join("best.safetensors")).unwrap();
-        let (val_loss, metrics) = evaluate(&task, &val).unwrap();
+        // Re-evaluating best.safetensors reproduces that epoch's row exactly, and differs
+        // from the last epoch's.
+        let fresh = task_with(&config, &unet);
+        lus_unet::load_weights(fresh.varmap(), dir.path().join("best.safetensors")).unwrap();
+        let (val_loss, metrics) = evaluate(&fresh, &val).unwrap();
         let row = &summary.history[expected];
         assert_eq!(val_loss.to_bits(), row.val_loss.to_bits(), "{metric}");
+        assert_ne!(val_loss, summary.history.last().unwrap().val_loss);
         for (name, value) in metrics {
             assert_eq!(
                 value.to_bits(),
@@ -171,6 +208,7 @@ fn best_checkpoint_is_the_best_epoch() {
         let info: serde_json::Value =
             serde_json::from_slice(&read(&dir.path().join("best.json"))).unwrap();
         assert_eq!(info["epoch"], serde_json::json!(expected + 1));
+        assert_eq!(info["metric"], serde_json::json!(metric));
     }
 }
 
@@ -215,7 +253,10 @@ impl Task for PoisonedTask {
         self.inner.evaluate_batch(batch, evaluation)
     }
 
-    fn finish_evaluation(&self, evaluation: SegEvaluation) -> lus_train::Result<Vec<(String, f64)>> {
+    fn finish_evaluation(
+        &self,
+        evaluation: SegEvaluation,
+    ) -> lus_train::Result<Vec<(String, f64)>> {
         self.inner.finish_evaluation(evaluation)
     }
 
@@ -257,7 +298,10 @@ fn nan_loss_stops_the_run_naming_epoch_step_and_examples() {
         other => panic!("expected NonFiniteLoss, got {other}"),
     }
     assert!(message.contains("epoch 3, step 5"), "{message}");
-    assert!(message.contains(&format!("{expected_indices:?}")), "{message}");
+    assert!(
+        message.contains(&format!("{expected_indices:?}")),
+        "{message}"
+    );
     // Nothing was written after the NaN: the last checkpoint and the table stop at epoch 2.
     let state: serde_json::Value =
         serde_json::from_slice(&read(&dir.path().join("last/trainer.json"))).unwrap();
@@ -290,7 +334,11 @@ fn resumed_run_equals_uninterrupted_run() {
         deterministic_columns(&resumed.history),
         deterministic_columns(&uninterrupted.history)
     );
-    for file in ["last/model.safetensors", "last/optimizer.safetensors", "best.safetensors"] {
+    for file in [
+        "last/model.safetensors",
+        "last/optimizer.safetensors",
+        "best.safetensors",
+    ] {
         assert_eq!(
             read(&whole.path().join(file)),
             read(&split.path().join(file)),
@@ -307,9 +355,13 @@ fn resumed_run_equals_uninterrupted_run() {
         lr: 5e-3,
         ..config.clone()
     };
-    let err = run(&changed, split.path(), Resume::IfPresent).unwrap_err().to_string();
+    let err = run(&changed, split.path(), Resume::IfPresent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lr: 0.01 -> 0.005"), "{err}");
-    let err = run(&config, split.path(), Resume::Never).unwrap_err().to_string();
+    let err = run(&config, split.path(), Resume::Never)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("earlier run"), "{err}");
 }
 
@@ -328,8 +380,13 @@ fn configuration_errors_are_reported_before_training() {
         best_metric: "val_mIoU".to_string(),
         ..train_config(1, 0)
     };
-    let err = run(&typo, dir.path(), Resume::Never).unwrap_err().to_string();
-    assert!(err.contains("val_mIoU") && err.contains("val_miou"), "{err}");
+    let err = run(&typo, dir.path(), Resume::Never)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("val_mIoU") && err.contains("val_miou"),
+        "{err}"
+    );
     assert!(!dir.path().join("last").exists());
 }
 
@@ -357,7 +414,12 @@ fn labels_outside_the_classes_are_an_error_naming_the_example() {
 fn predictions_have_the_input_size() {
     let config = train_config(1, 0);
     let task = task(&config);
-    let images = Tensor::zeros((2, 1, SIDE as usize, SIDE as usize), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let images = Tensor::zeros(
+        (2, 1, SIDE as usize, SIDE as usize),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let pred = task.predict(&images).unwrap();
     assert_eq!(pred.dims(), &[2, SIDE as usize, SIDE as usize]);
 }

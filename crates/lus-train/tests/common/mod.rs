@@ -10,9 +10,7 @@ use candle_core::Device;
 use lus_data::Mask;
 use lus_data::augment::Normalize;
 use lus_data::loader::{InMemorySource, LoaderConfig, SegmentationLoader, SegmentationSource};
-use lus_train::{
-    LossConfig, LrSchedule, OptimizerConfig, SegmentationTask, TrainConfig,
-};
+use lus_train::{LossConfig, LrSchedule, OptimizerConfig, SegmentationTask, TrainConfig};
 use lus_unet::{Norm, UNetConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -129,14 +127,11 @@ pub fn loaders(
 }
 
 pub fn task(config: &TrainConfig) -> SegmentationTask {
-    SegmentationTask::new(
-        &unet_config(),
-        &config.loss,
-        class_names(),
-        &Device::Cpu,
-        config.seed,
-    )
-    .unwrap()
+    task_with(config, &unet_config())
+}
+
+pub fn task_with(config: &TrainConfig, unet: &UNetConfig) -> SegmentationTask {
+    SegmentationTask::new(unet, &config.loss, class_names(), &Device::Cpu, config.seed).unwrap()
 }
 
 /// The columns that do not depend on the machine's speed, as bits, one row per epoch.
