@@ -43,7 +43,9 @@ impl Direction {
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
-    /// Examples per training and validation batch.
+    /// Examples per training and validation batch (what [`crate::train_segmentation`] builds
+    /// its loaders with; a caller of [`crate::Trainer::fit`] with loaders of its own sets their
+    /// batch size there).
     pub batch_size: usize,
     /// Optimizer and its own hyper-parameters.
     pub optimizer: OptimizerConfig,

@@ -22,6 +22,10 @@ use crate::trainer::{Resume, TrainSummary, Trainer};
 
 /// A U-Net trained to label every pixel.
 ///
+/// Training reads nothing back from the device but the loss (see [`crate::trainer`]);
+/// validation reads each batch's predicted class ids (one byte per pixel) and masks back to
+/// accumulate the confusion matrix on the host.
+///
 /// Validation metrics (from one confusion matrix accumulated over the whole validation set,
 /// pixels whose truth is the ignore id left out): `pixel_accuracy`, `miou` and `mdice`
 /// (nan-means over the classes whose score is defined; background included or not as set by
@@ -246,7 +250,8 @@ impl Task for SegmentationTask {
 pub struct SegDataConfig {
     /// Every example is resampled to `size x size` (a multiple of `2^depth`).
     pub size: u32,
-    /// Augmentation of training examples (validation is never augmented).
+    /// Augmentation of training examples (validation is never augmented). Omitted: none; an
+    /// empty `[data.augment]` table: lus-data's default ranges (the loader's convention).
     pub augment: Option<AugmentConfig>,
     /// Intensity normalisation (training and validation alike).
     pub normalize: Normalize,
@@ -260,7 +265,7 @@ impl Default for SegDataConfig {
     fn default() -> Self {
         SegDataConfig {
             size: 256,
-            augment: Some(AugmentConfig::default()),
+            augment: None,
             normalize: Normalize::PerImage,
             prefetch: 2,
             drop_last: false,
@@ -268,7 +273,8 @@ impl Default for SegDataConfig {
     }
 }
 
-/// Everything a segmentation run needs besides the data: training, model and batching.
+/// Everything a segmentation run needs besides the data: training, model and batching. In
+/// TOML, the tables `[train]` (with `[train.loss]`), `[unet]` and `[data]`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SegRunConfig {
@@ -298,6 +304,14 @@ impl SegRunConfig {
         }
         self.loader_config(true).validate()?;
         Ok(())
+    }
+
+    /// Parses a TOML document (unknown keys are errors), then validates it.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let config: SegRunConfig =
+            toml::from_str(text).map_err(|e| TrainError::config("toml", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// The loader configuration for the training (`train = true`) or validation set.
