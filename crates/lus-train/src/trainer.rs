@@ -1,0 +1,805 @@
+//! The training loop, generic over a [`Task`]: epochs of optimizer steps, a validation pass
+//! after each, the best and last checkpoints, the per-epoch metrics table, resume.
+//!
+//! # Run folder
+//!
+//! | file | written |
+//! |---|---|
+//! | `best.safetensors` | every variable of the task's `VarMap`, when the best metric improves |
+//! | `best.json` | epoch, metric name and value of `best.safetensors` |
+//! | `last/model.safetensors`, `last/optimizer.{safetensors,json}`, `last/trainer.json` | after every epoch; the folder is staged and renamed into place, so it is always whole |
+//! | `metrics.csv`, `metrics.parquet` | after every epoch, one row per epoch |
+//!
+//! Epochs are counted from 1 in the table, in errors and in `trainer.json`; `step` is the number
+//! of optimizer updates done. The table's columns are `epoch, step, lr, train_loss, val_loss`,
+//! then `val_<metric>` for each metric of the task, then `images_per_s` (training examples per
+//! second of the training part of the epoch) and `seconds` (wall time of the epoch, validation
+//! included). Only the last two depend on the machine: two runs with the same seed and
+//! configuration on the same device produce the same values, bit for bit, in every other column.
+//!
+//! # Device traffic
+//!
+//! The loss of each step stays on the device; every `log_every` steps (and at the end of an
+//! epoch) the losses of the window are read back in one transfer, checked for NaN/inf, and
+//! summed on the host. A non-finite loss stops the run with [`crate::TrainError::NonFiniteLoss`]
+//! naming its epoch, step and examples; at most `log_every - 1` further updates have then been
+//! applied to the in-memory weights, but no file is written after it, so `last/` and
+//! `best.safetensors` keep the state of the last good epoch.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lus_unet::Mode;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::device::{DeviceSpec, device_name};
+use crate::error::{NonFiniteLoss, Result, TrainError};
+use crate::optim::Optimizer;
+use crate::rng::{Stream, stream_rng};
+use crate::table::write_metrics_tables;
+use crate::task::{BatchSource, Task, TaskBatch};
+
+/// Checkpoint file of the best epoch's variables.
+pub const BEST_CHECKPOINT: &str = "best.safetensors";
+/// Description of the best checkpoint (epoch, metric, value).
+pub const BEST_INFO: &str = "best.json";
+/// Folder of the last epoch's full state.
+pub const LAST_CHECKPOINT_DIR: &str = "last";
+/// The model's variables inside the last-checkpoint folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Loop state inside the last-checkpoint folder.
+pub const TRAINER_STATE_FILE: &str = "trainer.json";
+/// The per-epoch metrics table.
+pub const METRICS_CSV: &str = "metrics.csv";
+pub const METRICS_PARQUET: &str = "metrics.parquet";
+
+const TRAINER_FORMAT: &str = "lus-trainer-v1";
+/// Fields of the config that may change when a run is resumed: they do not change what is
+/// computed in the epochs already done (a longer run, another log interval, another device).
+const RESUMABLE_CHANGES: [&str; 3] = ["epochs", "log_every", "device"];
+
+/// What to do with a run folder that already holds a `last/` checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Continue from it (after checking that the configuration is the same, but for `epochs`,
+    /// `log_every` and `device`); start fresh when there is none. A finished run returns its
+    /// summary without training.
+    IfPresent,
+    /// Refuse to start: the folder belongs to another run.
+    Never,
+}
+
+/// One row of the metrics table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRecord {
+    /// Epoch, counted from 1.
+    pub epoch: usize,
+    /// Optimizer updates done by the end of this epoch.
+    pub step: u64,
+    /// Learning rate (multiplier 1) of the epoch's last update.
+    pub lr: f64,
+    /// Example-weighted mean of the epoch's training-batch losses.
+    pub train_loss: f64,
+    /// Example-weighted mean of the validation-batch losses.
+    pub val_loss: f64,
+    /// The task's validation metrics, named `val_<metric>`, in the task's order.
+    pub val_metrics: Vec<(String, f64)>,
+    /// Training examples per second (data waiting included, validation excluded).
+    pub images_per_s: f64,
+    /// Wall time of the epoch in seconds, validation included.
+    pub seconds: f64,
+}
+
+impl EpochRecord {
+    /// The value of column `name` (`epoch` and `step` included, as f64).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        match name {
+            "epoch" => Some(self.epoch as f64),
+            "step" => Some(self.step as f64),
+            "lr" => Some(self.lr),
+            "train_loss" => Some(self.train_loss),
+            "val_loss" => Some(self.val_loss),
+            "images_per_s" => Some(self.images_per_s),
+            "seconds" => Some(self.seconds),
+            other => self
+                .val_metrics
+                .iter()
+                .find(|(n, _)| n == other)
+                .map(|(_, v)| *v),
+        }
+    }
+
+    /// The floating-point columns after `epoch` and `step`, in table order.
+    pub fn float_columns(&self) -> Vec<(String, f64)> {
+        let mut columns = vec![
+            ("lr".to_string(), self.lr),
+            ("train_loss".to_string(), self.train_loss),
+            ("val_loss".to_string(), self.val_loss),
+        ];
+        columns.extend(self.val_metrics.iter().cloned());
+        columns.push(("images_per_s".to_string(), self.images_per_s));
+        columns.push(("seconds".to_string(), self.seconds));
+        columns
+    }
+}
+
+/// The best epoch so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestEpoch {
+    /// Epoch, counted from 1.
+    pub epoch: usize,
+    /// The metric (a column of the table).
+    pub metric: String,
+    pub value: f64,
+}
+
+/// A progress report, every `log_every` steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLog {
+    /// Epoch, counted from 1.
+    pub epoch: usize,
+    /// Optimizer updates done.
+    pub step: u64,
+    /// Learning rate of the last update (multiplier 1).
+    pub lr: f64,
+    /// Example-weighted mean training loss of the steps since the previous report.
+    pub loss: f64,
+    /// Training examples per second since the start of the epoch.
+    pub images_per_s: f64,
+}
+
+/// What a finished (or already finished) run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Every epoch's row, the resumed ones included.
+    pub history: Vec<EpochRecord>,
+    /// The best epoch (`None` if the best metric was never finite).
+    pub best: Option<BestEpoch>,
+    /// Optimizer updates done.
+    pub steps: u64,
+    /// The epoch a resumed run continued after (0 for a fresh run).
+    pub resumed_after_epoch: usize,
+    /// The run folder.
+    pub out_dir: PathBuf,
+}
+
+impl TrainSummary {
+    pub fn best_checkpoint(&self) -> PathBuf {
+        self.out_dir.join(BEST_CHECKPOINT)
+    }
+
+    pub fn last_checkpoint_dir(&self) -> PathBuf {
+        self.out_dir.join(LAST_CHECKPOINT_DIR)
+    }
+}
+
+type Observer = Box<dyn FnMut(&StepLog) + Send>;
+type EpochObserver = Box<dyn FnMut(&EpochRecord) + Send>;
+
+/// Trains a [`Task`] as its [`TrainConfig`] says, writing into one run folder.
+pub struct Trainer {
+    config: TrainConfig,
+    device: Device,
+    out_dir: PathBuf,
+    on_step: Option<Observer>,
+    on_epoch: Option<EpochObserver>,
+    progress: bool,
+}
+
+impl Trainer {
+    /// Validates `config` and opens its device (an error if it names CUDA in a build without
+    /// the `cuda` feature). Nothing is written until [`Trainer::fit`].
+    pub fn new(config: TrainConfig, out_dir: impl Into<PathBuf>) -> Result<Self> {
+        config.validate()?;
+        let device = DeviceSpec::parse(&config.device)?.open()?;
+        Ok(Trainer {
+            config,
+            device,
+            out_dir: out_dir.into(),
+            on_step: None,
+            on_epoch: None,
+            progress: std::io::stderr().is_terminal(),
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The device of the run: build the task's model and the loaders on it.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    /// Calls `f` with every progress report (every `log_every` steps and at the end of each
+    /// epoch), e.g. to print log lines where no progress bar is drawn.
+    pub fn on_step(mut self, f: impl FnMut(&StepLog) + Send + 'static) -> Self {
+        self.on_step = Some(Box::new(f));
+        self
+    }
+
+    /// Calls `f` with each epoch's row once it is complete.
+    pub fn on_epoch(mut self, f: impl FnMut(&EpochRecord) + Send + 'static) -> Self {
+        self.on_epoch = Some(Box::new(f));
+        self
+    }
+
+    /// Draws a progress bar on stderr (the default when stderr is a terminal).
+    pub fn with_progress_bar(mut self, show: bool) -> Self {
+        self.progress = show && std::io::stderr().is_terminal();
+        self
+    }
+
+    /// Trains `task` on `train`, validating on `val` after every epoch (validation batches are
+    /// always those of the source's epoch 0: a fixed set, in a fixed order).
+    pub fn fit<T, S>(
+        &mut self,
+        task: &mut T,
+        train: &S,
+        val: &S,
+        resume: Resume,
+    ) -> Result<TrainSummary>
+    where
+        T: Task,
+        S: BatchSource<Batch = T::Batch> + ?Sized,
+    {
+        let config = self.config.clone();
+        self.check_best_metric(task)?;
+        let direction = config.best_direction();
+        let steps_per_epoch = train.batches_per_epoch() as u64;
+        if steps_per_epoch == 0 {
+            return Err(TrainError::config(
+                "training data",
+                "the training set yields no batch (empty, or fewer examples than one batch \
+                 with drop_last)",
+            ));
+        }
+        if val.batches_per_epoch() == 0 {
+            return Err(TrainError::config(
+                "validation data",
+                "the validation set yields no batch",
+            ));
+        }
+        let total_steps = steps_per_epoch * config.epochs as u64;
+        std::fs::create_dir_all(&self.out_dir).map_err(|e| TrainError::file(&self.out_dir, e))?;
+
+        let mut optimizer = Optimizer::new(
+            config.optimizer.clone(),
+            config.weight_decay,
+            task.param_groups()?,
+        )?;
+        let last_dir = self.out_dir.join(LAST_CHECKPOINT_DIR);
+        let mut state = if last_dir.join(TRAINER_STATE_FILE).exists() {
+            match resume {
+                Resume::Never => {
+                    return Err(TrainError::file(
+                        &self.out_dir,
+                        "holds the checkpoint of an earlier run (last/); resume it or choose \
+                         another folder",
+                    ));
+                }
+                Resume::IfPresent => {
+                    let state = LoopState::load(&last_dir, &config)?;
+                    lus_unet::load_weights(task.varmap(), last_dir.join(MODEL_FILE))?;
+                    optimizer.load(&last_dir)?;
+                    if optimizer.steps() != state.step {
+                        return Err(TrainError::file(
+                            last_dir.join(TRAINER_STATE_FILE),
+                            format!(
+                                "the trainer state says {} steps, the optimizer state {}",
+                                state.step,
+                                optimizer.steps()
+                            ),
+                        ));
+                    }
+                    state
+                }
+            }
+        } else {
+            LoopState::fresh()
+        };
+        let resumed_after_epoch = state.epoch;
+
+        for epoch_index in state.epoch..config.epochs {
+            let epoch = epoch_index + 1;
+            let epoch_start = Instant::now();
+            let bar = self.progress_bar(epoch, steps_per_epoch);
+            let mut window = LossWindow::default();
+            let mut epoch_loss = WeightedMean::default();
+            let mut lr = config.lr;
+            let mut train_examples = 0usize;
+            for batch in train.epoch(epoch_index as u64) {
+                let batch = batch?;
+                lr = config
+                    .schedule
+                    .lr(config.lr, state.step, steps_per_epoch, total_steps);
+                let mut dropout_rng =
+                    stream_rng(config.seed, Stream::Dropout, epoch_index as u64, state.step);
+                let loss = task.train_loss(&batch, &mut Mode::train(&mut dropout_rng))?;
+                if loss.rank() != 0 {
+                    return Err(TrainError::Batch(format!(
+                        "the task's training loss has shape {:?}; expected a scalar",
+                        loss.dims()
+                    )));
+                }
+                let mut grads = loss.backward()?;
+                if let Some(max_norm) = config.grad_clip_norm {
+                    optimizer.clip_grad_norm(&mut grads, max_norm)?;
+                }
+                optimizer.step(&grads, lr)?;
+                state.step += 1;
+                train_examples += batch.num_examples();
+                window.push(
+                    loss.detach(),
+                    batch.num_examples(),
+                    batch.indices(),
+                    state.step,
+                );
+                bar.inc(1);
+                if window.len() >= config.log_every {
+                    self.flush(
+                        &mut window,
+                        &mut epoch_loss,
+                        epoch,
+                        lr,
+                        epoch_start,
+                        train_examples,
+                        &bar,
+                    )?;
+                }
+            }
+            if !window.is_empty() {
+                self.flush(
+                    &mut window,
+                    &mut epoch_loss,
+                    epoch,
+                    lr,
+                    epoch_start,
+                    train_examples,
+                    &bar,
+                )?;
+            }
+            let train_seconds = epoch_start.elapsed().as_secs_f64();
+            bar.finish_and_clear();
+
+            let (val_loss, metrics) = evaluate(task, val)?;
+            let record = EpochRecord {
+                epoch,
+                step: state.step,
+                lr,
+                train_loss: epoch_loss.value(),
+                val_loss,
+                val_metrics: metrics
+                    .into_iter()
+                    .map(|(name, value)| (format!("val_{name}"), value))
+                    .collect(),
+                images_per_s: train_examples as f64 / train_seconds.max(1e-9),
+                seconds: epoch_start.elapsed().as_secs_f64(),
+            };
+            let value = record.get(&config.best_metric).ok_or_else(|| {
+                TrainError::config(
+                    "best_metric",
+                    format!(
+                        "{:?} is not a column of epoch {epoch}'s row (the task reported other \
+                         metrics than it announced)",
+                        config.best_metric
+                    ),
+                )
+            })?;
+            let improved = value.is_finite()
+                && state
+                    .best
+                    .as_ref()
+                    .is_none_or(|best| direction.is_better(value, best.value));
+            if improved {
+                let best = BestEpoch {
+                    epoch,
+                    metric: config.best_metric.clone(),
+                    value,
+                };
+                lus_unet::save_weights(task.varmap(), self.out_dir.join(BEST_CHECKPOINT))?;
+                let json = serde_json::to_vec_pretty(&best)
+                    .map_err(|e| TrainError::file(self.out_dir.join(BEST_INFO), e))?;
+                lus_data::io::write_atomic(&self.out_dir.join(BEST_INFO), &json)?;
+                state.best = Some(best);
+            }
+            state.epoch = epoch;
+            state.history.push(record.clone());
+            state.save(&self.out_dir, task, &optimizer, &config, &self.device)?;
+            write_metrics_tables(
+                &state.history,
+                &self.out_dir.join(METRICS_CSV),
+                &self.out_dir.join(METRICS_PARQUET),
+            )?;
+            if let Some(f) = self.on_epoch.as_mut() {
+                f(&record);
+            }
+        }
+        Ok(TrainSummary {
+            history: state.history,
+            best: state.best,
+            steps: state.step,
+            resumed_after_epoch,
+            out_dir: self.out_dir.clone(),
+        })
+    }
+
+    /// Errors if the best metric is not a column this task's table will have.
+    fn check_best_metric<T: Task>(&self, task: &T) -> Result<()> {
+        let mut columns: Vec<String> = ["lr", "train_loss", "val_loss"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        columns.extend(task.metric_names().iter().map(|n| format!("val_{n}")));
+        columns.extend(["images_per_s".to_string(), "seconds".to_string()]);
+        let selectable: Vec<&String> = columns
+            .iter()
+            .filter(|c| c.as_str() == "train_loss" || c.starts_with("val_"))
+            .collect();
+        if !selectable.iter().any(|c| **c == self.config.best_metric) {
+            return Err(TrainError::config(
+                "best_metric",
+                format!(
+                    "{:?} is not a metric of this task; choose one of {}",
+                    self.config.best_metric,
+                    selectable
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn progress_bar(&self, epoch: usize, steps: u64) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+        let style =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("epoch {epoch}/{}", self.config.epochs));
+        bar
+    }
+
+    /// Reads the window's losses back (one transfer), stops on a non-finite one, and reports.
+    #[allow(clippy::too_many_arguments)]
+    fn flush(
+        &mut self,
+        window: &mut LossWindow,
+        epoch_loss: &mut WeightedMean,
+        epoch: usize,
+        lr: f64,
+        epoch_start: Instant,
+        train_examples: usize,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let values = Tensor::stack(&window.losses, 0)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let mut window_mean = WeightedMean::default();
+        for (i, &loss) in values.iter().enumerate() {
+            if !loss.is_finite() {
+                let last = self.out_dir.join(LAST_CHECKPOINT_DIR);
+                return Err(TrainError::NonFiniteLoss(Box::new(NonFiniteLoss {
+                    epoch,
+                    step: window.steps[i],
+                    indices: window.indices[i].clone(),
+                    loss: loss as f32,
+                    last_good_checkpoint: last.join(TRAINER_STATE_FILE).exists().then_some(last),
+                })));
+            }
+            epoch_loss.add(loss, window.examples[i]);
+            window_mean.add(loss, window.examples[i]);
+        }
+        let log = StepLog {
+            epoch,
+            step: *window.steps.last().unwrap_or(&0),
+            lr,
+            loss: window_mean.value(),
+            images_per_s: train_examples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+        };
+        bar.set_message(format!(
+            "loss {:.4} | {:.1} img/s | lr {:.2e}",
+            log.loss, log.images_per_s, log.lr
+        ));
+        if let Some(f) = self.on_step.as_mut() {
+            f(&log);
+        }
+        window.clear();
+        Ok(())
+    }
+}
+
+/// One validation pass of `task` over epoch 0 of `val`: the example-weighted mean loss (the
+/// per-batch losses are summed on the device and read back once) and the task's metrics
+/// (without the `val_` prefix). This is what every epoch of [`Trainer::fit`] records.
+pub fn evaluate<T, S>(task: &T, val: &S) -> Result<(f64, Vec<(String, f64)>)>
+where
+    T: Task,
+    S: BatchSource<Batch = T::Batch> + ?Sized,
+{
+    let mut evaluation = task.start_evaluation();
+    let mut loss_sum: Option<Tensor> = None;
+    let mut examples = 0usize;
+    for batch in val.epoch(0) {
+        let batch = batch?;
+        let loss = task.evaluate_batch(&batch, &mut evaluation)?;
+        let n = batch.num_examples();
+        let weighted = loss.detach().to_dtype(DType::F64)?.affine(n as f64, 0.0)?;
+        loss_sum = Some(match loss_sum {
+            Some(sum) => (sum + weighted)?,
+            None => weighted,
+        });
+        examples += n;
+    }
+    let val_loss = match loss_sum {
+        Some(sum) if examples > 0 => sum.to_scalar::<f64>()? / examples as f64,
+        _ => f64::NAN,
+    };
+    let metrics = task.finish_evaluation(evaluation)?;
+    Ok((val_loss, metrics))
+}
+
+/// Losses of the steps since the last read-back, still on the device.
+#[derive(Default)]
+struct LossWindow {
+    losses: Vec<Tensor>,
+    examples: Vec<usize>,
+    indices: Vec<Vec<usize>>,
+    steps: Vec<u64>,
+}
+
+impl LossWindow {
+    fn push(&mut self, loss: Tensor, examples: usize, indices: &[usize], step: u64) {
+        self.losses.push(loss);
+        self.examples.push(examples);
+        self.indices.push(indices.to_vec());
+        self.steps.push(step);
+    }
+
+    fn len(&self) -> usize {
+        self.losses.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.losses.is_empty()
+    }
+
+    fn clear(&mut self) {
+        *self = LossWindow::default();
+    }
+}
+
+/// An example-weighted mean accumulated in f64, in a fixed order.
+#[derive(Default)]
+struct WeightedMean {
+    sum: f64,
+    weight: usize,
+}
+
+impl WeightedMean {
+    fn add(&mut self, value: f64, weight: usize) {
+        self.sum += value * weight as f64;
+        self.weight += weight;
+    }
+
+    fn value(&self) -> f64 {
+        if self.weight == 0 {
+            f64::NAN
+        } else {
+            self.sum / self.weight as f64
+        }
+    }
+}
+
+/// The loop's own state, saved in `last/trainer.json`.
+struct LoopState {
+    /// Epochs done.
+    epoch: usize,
+    /// Optimizer updates done.
+    step: u64,
+    best: Option<BestEpoch>,
+    history: Vec<EpochRecord>,
+}
+
+/// `trainer.json`. Floats are stored as their IEEE-754 bits so that a resumed run's table is
+/// bit-identical to an uninterrupted one's (and NaN survives, which JSON numbers cannot carry).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedLoopState {
+    format: String,
+    epoch: usize,
+    step: u64,
+    device: String,
+    config: serde_json::Value,
+    best: Option<SavedBest>,
+    history: Vec<SavedRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedBest {
+    epoch: usize,
+    metric: String,
+    value_bits: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedRecord {
+    epoch: usize,
+    step: u64,
+    /// `(column, f64 bits)` for every float column, in table order.
+    columns: Vec<(String, u64)>,
+}
+
+impl LoopState {
+    fn fresh() -> Self {
+        LoopState {
+            epoch: 0,
+            step: 0,
+            best: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Writes `last/` as a whole: model, optimizer and loop state go into a staging folder
+    /// that replaces the previous `last/` by renames.
+    fn save<T: Task>(
+        &self,
+        out_dir: &Path,
+        task: &T,
+        optimizer: &Optimizer,
+        config: &TrainConfig,
+        device: &Device,
+    ) -> Result<()> {
+        let final_dir = out_dir.join(LAST_CHECKPOINT_DIR);
+        let stage = lus_data::io::StagedDir::open(&final_dir)?;
+        lus_unet::save_weights(task.varmap(), stage.path().join(MODEL_FILE))?;
+        optimizer.save(stage.path())?;
+        let saved = SavedLoopState {
+            format: TRAINER_FORMAT.to_string(),
+            epoch: self.epoch,
+            step: self.step,
+            device: device_name(device),
+            config: serde_json::to_value(config).map_err(|e| TrainError::file(&final_dir, e))?,
+            best: self.best.as_ref().map(|b| SavedBest {
+                epoch: b.epoch,
+                metric: b.metric.clone(),
+                value_bits: b.value.to_bits(),
+            }),
+            history: self
+                .history
+                .iter()
+                .map(|r| SavedRecord {
+                    epoch: r.epoch,
+                    step: r.step,
+                    columns: r
+                        .float_columns()
+                        .into_iter()
+                        .map(|(n, v)| (n, v.to_bits()))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let path = stage.path().join(TRAINER_STATE_FILE);
+        let json = serde_json::to_vec_pretty(&saved).map_err(|e| TrainError::file(&path, e))?;
+        lus_data::io::write_atomic(&path, &json)?;
+        stage.commit(true)?;
+        Ok(())
+    }
+
+    /// Reads `last/trainer.json` and checks that it belongs to a run of `config`.
+    fn load(last_dir: &Path, config: &TrainConfig) -> Result<Self> {
+        let path = last_dir.join(TRAINER_STATE_FILE);
+        let text = lus_data::io::read_text(&path)?;
+        let saved: SavedLoopState =
+            serde_json::from_str(&text).map_err(|e| TrainError::file(&path, e))?;
+        if saved.format != TRAINER_FORMAT {
+            return Err(TrainError::file(
+                &path,
+                format!(
+                    "unknown format {:?} (expected {TRAINER_FORMAT:?})",
+                    saved.format
+                ),
+            ));
+        }
+        let differences =
+            config_differences(&saved.config, config).map_err(|e| TrainError::file(&path, e))?;
+        if !differences.is_empty() {
+            return Err(TrainError::file(
+                &path,
+                format!(
+                    "the checkpoint belongs to a run with another configuration ({}); only {} \
+                     may change on resume",
+                    differences.join("; "),
+                    RESUMABLE_CHANGES.join(", ")
+                ),
+            ));
+        }
+        let history = saved
+            .history
+            .into_iter()
+            .map(|r| record_from_saved(r).map_err(|e| TrainError::file(&path, e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LoopState {
+            epoch: saved.epoch,
+            step: saved.step,
+            best: saved.best.map(|b| BestEpoch {
+                epoch: b.epoch,
+                metric: b.metric,
+                value: f64::from_bits(b.value_bits),
+            }),
+            history,
+        })
+    }
+}
+
+fn record_from_saved(saved: SavedRecord) -> std::result::Result<EpochRecord, String> {
+    let mut columns: Vec<(String, f64)> = saved
+        .columns
+        .into_iter()
+        .map(|(n, bits)| (n, f64::from_bits(bits)))
+        .collect();
+    let take = |columns: &mut Vec<(String, f64)>, name: &str| {
+        let at = columns
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| format!("epoch {}: no column {name}", saved.epoch))?;
+        Ok::<f64, String>(columns.remove(at).1)
+    };
+    let lr = take(&mut columns, "lr")?;
+    let train_loss = take(&mut columns, "train_loss")?;
+    let val_loss = take(&mut columns, "val_loss")?;
+    let images_per_s = take(&mut columns, "images_per_s")?;
+    let seconds = take(&mut columns, "seconds")?;
+    Ok(EpochRecord {
+        epoch: saved.epoch,
+        step: saved.step,
+        lr,
+        train_loss,
+        val_loss,
+        val_metrics: columns,
+        images_per_s,
+        seconds,
+    })
+}
+
+/// The fields (other than [`RESUMABLE_CHANGES`]) whose values differ, as `field: saved -> now`.
+fn config_differences(
+    saved: &serde_json::Value,
+    config: &TrainConfig,
+) -> std::result::Result<Vec<String>, String> {
+    let now = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
+        return Err("the saved configuration is not a JSON object".to_string());
+    };
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys
+        .into_iter()
+        .filter(|k| !RESUMABLE_CHANGES.contains(&k.as_str()))
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| {
+                v.map_or_else(|| "(absent)".to_string(), |v| v.to_string())
+            };
+            format!("{k}: {} -> {}", show(saved.get(k)), show(now.get(k)))
+        })
+        .collect())
+}
