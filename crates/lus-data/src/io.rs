@@ -5,17 +5,24 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{DataError, Result};
 
 /// The temporary name used while `path` is being written: same folder (so the rename is
-/// atomic on one file system), hidden, and unique per process.
+/// atomic on one file system), hidden, and unique per process and call (a counter, so two
+/// threads writing the same file never share a temporary).
 pub fn temp_path_for(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".to_string());
-    let tmp = format!(".{name}.{}.tmp", std::process::id());
+    let tmp = format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     match path.parent() {
         Some(parent) => parent.join(tmp),
         None => PathBuf::from(tmp),
@@ -46,6 +53,27 @@ pub fn write_atomic_with(
         return Err(DataError::io(path, source));
     }
     Ok(())
+}
+
+/// Writes `path` atomically through a writer that insists on a path of its own (such as
+/// candle's safetensors `save`): `write` gets the temporary path; the file is then flushed and
+/// renamed into place. On any error the temporary file is removed, `path` is left as it was,
+/// and the reason is returned for the caller to wrap in its own error type.
+pub fn write_atomic_via_path(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let tmp = temp_path_for(path);
+    let result = write(&tmp).and_then(|()| {
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| e.to_string())
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Reads a whole file, naming it in the error.

@@ -17,7 +17,7 @@
 //! taken from the file: they are the caller's, so a deliberate change on resume takes effect.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -705,21 +705,8 @@ fn sgd_update(
 /// Writes `tensors` as safetensors to `path` atomically (temporary file in the same folder,
 /// flushed, renamed into place), so an interrupted save leaves the previous file whole.
 pub(crate) fn save_tensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp: PathBuf = lus_data::io::temp_path_for(path);
-    let result = candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|e| e.to_string())
-        });
-    if let Err(reason) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TrainError::file(
-            path,
-            format!("cannot write tensors: {reason}"),
-        ));
-    }
-    Ok(())
+    lus_data::io::write_atomic_via_path(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp).map_err(|e| e.to_string())
+    })
+    .map_err(|reason| TrainError::file(path, format!("cannot write tensors: {reason}")))
 }

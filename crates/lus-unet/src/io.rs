@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -80,38 +80,10 @@ fn save_selected(varmap: &VarMap, path: &Path, prefix: &str) -> Result<()> {
         .into_iter()
         .map(|(name, var)| (name, var.as_detached_tensor()))
         .collect();
-    let tmp = temp_path_for(path);
-    let result = candle_core::safetensors::save(&tensors, &tmp)
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            // Flush to disk before the rename, so a crash cannot leave an empty file under the
-            // final name.
-            fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .and_then(|()| fs::rename(&tmp, path))
-                .map_err(|e| e.to_string())
-        });
-    if let Err(reason) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(UNetError::weights_file(
-            path,
-            format!("cannot write weights: {reason}"),
-        ));
-    }
-    Ok(())
-}
-
-/// A hidden temporary name next to `path`, unique per process.
-fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "weights".to_string());
-    let tmp = format!(".{name}.{}.tmp", std::process::id());
-    match path.parent() {
-        Some(parent) => parent.join(tmp),
-        None => PathBuf::from(tmp),
-    }
+    lus_data::io::write_atomic_via_path(path, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).map_err(|e| e.to_string())
+    })
+    .map_err(|reason| UNetError::weights_file(path, format!("cannot write weights: {reason}")))
 }
 
 fn load_selected(varmap: &VarMap, path: &Path, prefix: &str) -> Result<()> {
