@@ -991,33 +991,19 @@ impl Scene {
                 points: self.tiling_polygon(geometry, pleura, |_| depth + TILING_OVERSHOOT_PX),
             },
         );
+        let region = |r: &Region| Geometry::Polygon {
+            points: self.region_polygon(
+                geometry,
+                r.span,
+                |i| r.top[i - r.span.0],
+                |i| r.bottom[i - r.span.0],
+            ),
+        };
         for e in &self.effusions {
-            let r = &e.region;
-            push(
-                "effusion",
-                Geometry::Polygon {
-                    points: self.region_polygon(
-                        geometry,
-                        r.span,
-                        |i| r.top[i - r.span.0],
-                        |i| r.bottom[i - r.span.0],
-                    ),
-                },
-            );
+            push("effusion", region(&e.region));
         }
         for c in &self.consolidations {
-            let r = &c.region;
-            push(
-                "consolidation",
-                Geometry::Polygon {
-                    points: self.region_polygon(
-                        geometry,
-                        r.span,
-                        |i| r.top[i - r.span.0],
-                        |i| r.bottom[i - r.span.0],
-                    ),
-                },
-            );
+            push("consolidation", region(&c.region));
         }
         for a in &self.a_lines {
             let order = a.order as f32;
