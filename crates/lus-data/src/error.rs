@@ -59,7 +59,7 @@ impl DataError {
         }
     }
 
-    pub(crate) fn config(what: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn config(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Config {
             what: what.into(),
             reason: reason.into(),

@@ -126,6 +126,14 @@ impl StagedDir {
         })
     }
 
+    /// Like [`StagedDir::open`], but a staging folder left by an earlier, interrupted attempt
+    /// is emptied first (for outputs that are always rebuilt whole, such as reports).
+    pub fn open_fresh(final_path: &Path) -> Result<Self> {
+        let stale = Self::open(final_path)?;
+        fs::remove_dir_all(&stale.staging).map_err(|e| DataError::io(&stale.staging, e))?;
+        Self::open(final_path)
+    }
+
     /// Where files are written until [`StagedDir::commit`].
     pub fn path(&self) -> &Path {
         &self.staging

@@ -128,7 +128,7 @@ pub fn normalize_label(label: &str) -> String {
 
 /// Edit distance with adjacent transpositions (optimal string alignment), for "did you mean"
 /// suggestions: a swapped pair of letters ("b-lnie") is one typo, not two.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];

@@ -6,10 +6,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config;
 mod contact_sheet;
+mod dataset;
+mod eval_seg;
 mod progress;
+mod provenance;
 mod rasterize;
+mod report;
+mod seg_cell;
+mod study;
 mod synth;
+mod train_seg;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +40,17 @@ enum Command {
     ContactSheet(contact_sheet::ContactSheetArgs),
     /// Rasterize a folder of annotations (LabelMe or lus JSON) into dense or sparse masks.
     Rasterize(rasterize::RasterizeArgs),
+    /// Train one segmentation U-Net on dense or sparse labels, then evaluate it on the test
+    /// split (resumes an interrupted run in the same folder).
+    TrainSeg(train_seg::TrainSegArgs),
+    /// Evaluate segmentation weights on a labelled data folder: per-class IoU/Dice and
+    /// object-level TP/FP/FN for the line classes.
+    EvalSeg(eval_seg::EvalSegArgs),
+    /// Run every cell of an experiment (skipping finished ones, resuming interrupted ones)
+    /// and write its report.
+    Run(study::RunArgs),
+    /// Write an experiment's report from the cells finished so far.
+    Report(study::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +59,10 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Rasterize(args) => rasterize::run(args),
         Command::ContactSheet(args) => contact_sheet::run(args),
+        Command::TrainSeg(args) => train_seg::run(args),
+        Command::EvalSeg(args) => eval_seg::run(args),
+        Command::Run(args) => study::run(args),
+        Command::Report(args) => study::report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 //!   reverse-transfer classifier elsewhere): validation every epoch, best and last checkpoints,
 //!   resume, the per-epoch metrics table, NaN detection, a progress bar.
 //! - [`seg`]: the U-Net segmentation task and [`train_segmentation`].
+//! - [`seg_eval`]: a trained U-Net on a labelled set: pixel scores and object-level counts.
 //! - [`rng`]: every random stream of a run, derived from its seed.
 
 pub mod config;
@@ -19,6 +20,7 @@ pub mod optim;
 pub mod rng;
 pub mod schedule;
 pub mod seg;
+pub mod seg_eval;
 pub mod table;
 pub mod task;
 pub mod trainer;
@@ -29,6 +31,10 @@ pub use error::{NonFiniteLoss, Result, TrainError};
 pub use loss::{LossConfig, SegLoss, cross_entropy, soft_dice};
 pub use optim::{Optimizer, OptimizerConfig, ParamGroup};
 pub use schedule::LrSchedule;
-pub use seg::{SegDataConfig, SegEvaluation, SegRunConfig, SegmentationTask, train_segmentation};
+pub use seg::{
+    SegDataConfig, SegEvaluation, SegRunConfig, SegmentationTask, train_segmentation,
+    train_segmentation_with,
+};
+pub use seg_eval::{SegEvalOptions, SegEvalReport, SegModel, evaluate_segmentation};
 pub use task::{BatchSource, Task, TaskBatch};
 pub use trainer::{BestEpoch, EpochRecord, Resume, StepLog, TrainSummary, Trainer, evaluate};

@@ -343,8 +343,22 @@ pub fn train_segmentation(
     out_dir: &Path,
     resume: Resume,
 ) -> Result<TrainSummary> {
+    train_segmentation_with(config, train, val, class_names, out_dir, resume, |t| t)
+}
+
+/// [`train_segmentation`] with the trainer adjusted by `configure` before it runs (observers,
+/// progress bar).
+pub fn train_segmentation_with(
+    config: &SegRunConfig,
+    train: Arc<dyn SegmentationSource>,
+    val: Arc<dyn SegmentationSource>,
+    class_names: Vec<String>,
+    out_dir: &Path,
+    resume: Resume,
+    configure: impl FnOnce(Trainer) -> Trainer,
+) -> Result<TrainSummary> {
     config.validate()?;
-    let mut trainer = Trainer::new(config.train.clone(), out_dir)?;
+    let mut trainer = configure(Trainer::new(config.train.clone(), out_dir)?);
     let device = trainer.device().clone();
     let mut task = SegmentationTask::new(
         &config.unet,

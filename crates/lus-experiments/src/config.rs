@@ -1,0 +1,408 @@
+//! Experiment files: one TOML file declares the data set, the segmentation pretraining, how it
+//! is evaluated, and the grid of arms and seeds. `lus train-seg` runs one cell of it, `lus run`
+//! runs them all and writes the report.
+//!
+//! Loading is strict: unknown keys are errors with the nearest valid key suggested, every
+//! section is validated, and `--set section.key=value` overrides are applied to the parsed
+//! document before it is checked (so an override is validated like a value in the file).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use lus_data::LabelMode;
+use lus_data::scanner::ScannerConfig;
+use lus_data::schema::edit_distance;
+use lus_metrics::ObjectConfig;
+use lus_metrics::components::Connectivity;
+use lus_train::SegRunConfig;
+use serde::{Deserialize, Serialize};
+
+/// Name of the resolved configuration written beside every result.
+pub const RESOLVED_CONFIG_FILE: &str = "config.resolved.toml";
+
+/// A whole experiment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    /// Name of the experiment: runs go to `<runs_dir>/<name>/`, the report to
+    /// `<reports_dir>/<name>/`.
+    pub name: String,
+    /// Folder of the run directories (git-ignored), relative to the working directory.
+    pub runs_dir: PathBuf,
+    /// Folder of the reports (committed), relative to the working directory.
+    pub reports_dir: PathBuf,
+    pub dataset: DatasetConfig,
+    /// The segmentation pretraining: `[pretrain.train]` (with `[pretrain.train.loss]`),
+    /// `[pretrain.unet]`, `[pretrain.data]`. `pretrain.train.seed` is replaced by each grid seed.
+    pub pretrain: SegRunConfig,
+    pub evaluation: EvaluationConfig,
+    pub grid: GridConfig,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig {
+            name: "experiment".to_string(),
+            runs_dir: PathBuf::from("runs"),
+            reports_dir: PathBuf::from("reports"),
+            dataset: DatasetConfig::default(),
+            pretrain: SegRunConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            grid: GridConfig::default(),
+        }
+    }
+}
+
+/// Where the examples come from and how they are split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetConfig {
+    pub source: DataSource,
+    /// For `source = "folder"`: a folder in the layout `lus synth` writes (`manifest.csv` with
+    /// image, dense-mask and sparse-mask paths), relative to the working directory.
+    pub folder: Option<PathBuf>,
+    /// Seed of the data: the scanner's seed, or the seed of the folder's split.
+    pub seed: u64,
+    /// Training, validation and test examples. The scanner draws samples `0..train`,
+    /// `train..train+val` and the next `test` (disjoint by construction); a folder's rows are
+    /// shuffled by `seed` and cut in that order.
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+    /// The scanner's settings (`[dataset.scanner]`); its `size` is the stored image size.
+    pub scanner: ScannerConfig,
+    /// Stroke width in pixels of the sparse labels the scanner's annotations are rasterised with.
+    pub sparse_width: f32,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        DatasetConfig {
+            source: DataSource::Scanner,
+            folder: None,
+            seed: 0,
+            train: 512,
+            val: 128,
+            test: 128,
+            scanner: ScannerConfig::default(),
+            sparse_width: lus_data::RasterOptions::default().sparse_width,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// The embedded synthetic scanner (no download, exact ground truth).
+    Scanner,
+    /// A folder of images and dense + sparse masks with a manifest.
+    Folder,
+}
+
+/// How trained segmentation nets are evaluated on the test split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    /// Predicted objects smaller than this many pixels are ignored by the object-level counts
+    /// (0 keeps every speck: a false positive is a false positive).
+    pub min_object_area: usize,
+    /// Smallest IoU for a predicted and a true object to match.
+    pub object_iou: f32,
+    /// Pixel neighbourhood joining pixels into objects: 4 or 8.
+    pub connectivity: u8,
+    /// Test images shown in the report's overlay grid.
+    pub overlay_examples: usize,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        let objects = ObjectConfig::default();
+        EvaluationConfig {
+            min_object_area: objects.min_area,
+            object_iou: objects.iou_threshold,
+            connectivity: 8,
+            overlay_examples: 6,
+        }
+    }
+}
+
+impl EvaluationConfig {
+    pub fn object_config(&self) -> ObjectConfig {
+        ObjectConfig {
+            connectivity: if self.connectivity == 4 {
+                Connectivity::Four
+            } else {
+                Connectivity::Eight
+            },
+            min_area: self.min_object_area,
+            iou_threshold: self.object_iou,
+        }
+    }
+}
+
+/// The cells of the study.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GridConfig {
+    /// Label modes the U-Net is pretrained on, one arm each.
+    pub arms: Vec<LabelMode>,
+    /// Seeds; each (arm, seed) is one run.
+    pub seeds: Vec<u64>,
+}
+
+impl Default for GridConfig {
+    fn default() -> Self {
+        GridConfig {
+            arms: vec![LabelMode::Dense, LabelMode::Sparse],
+            seeds: vec![0],
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// Checks every section and their agreement; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !self.name.starts_with('.');
+        if !name_ok {
+            bail!(
+                "name: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.' (it names folders)",
+                self.name
+            );
+        }
+        self.pretrain.validate().context("pretrain")?;
+        let d = &self.dataset;
+        match d.source {
+            DataSource::Scanner => {
+                d.scanner.validate().context("dataset.scanner")?;
+                if d.folder.is_some() {
+                    bail!("dataset.folder: only used with source = \"folder\"");
+                }
+            }
+            DataSource::Folder => {
+                if d.folder.is_none() {
+                    bail!("dataset.folder: required with source = \"folder\"");
+                }
+            }
+        }
+        if d.train == 0 || d.val == 0 || d.test == 0 {
+            bail!(
+                "dataset: train, val and test must each be at least 1 (are {}, {}, {})",
+                d.train,
+                d.val,
+                d.test
+            );
+        }
+        if !(d.sparse_width.is_finite() && d.sparse_width > 0.0) {
+            bail!(
+                "dataset.sparse_width: must be finite and > 0, is {}",
+                d.sparse_width
+            );
+        }
+        let schema_classes = lus_data::LabelSchema::default().num_classes();
+        if self.pretrain.unet.num_classes != schema_classes {
+            bail!(
+                "pretrain.unet.num_classes: is {} but the label schema has {schema_classes} classes",
+                self.pretrain.unet.num_classes
+            );
+        }
+        let e = &self.evaluation;
+        if !(e.object_iou.is_finite() && (0.0..=1.0).contains(&e.object_iou)) {
+            bail!(
+                "evaluation.object_iou: must be in [0, 1], is {}",
+                e.object_iou
+            );
+        }
+        if !matches!(e.connectivity, 4 | 8) {
+            bail!(
+                "evaluation.connectivity: must be 4 or 8, is {}",
+                e.connectivity
+            );
+        }
+        if self.grid.arms.is_empty() || self.grid.seeds.is_empty() {
+            bail!("grid: needs at least one arm and one seed");
+        }
+        for (i, arm) in self.grid.arms.iter().enumerate() {
+            if self.grid.arms[..i].contains(arm) {
+                bail!("grid.arms: {arm} appears twice");
+            }
+        }
+        for (i, seed) in self.grid.seeds.iter().enumerate() {
+            if self.grid.seeds[..i].contains(seed) {
+                bail!("grid.seeds: {seed} appears twice");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `path`, applies `overrides` (`key.path=value`), checks unknown keys and values.
+    /// Every error names the file.
+    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        let text = lus_data::io::read_text(path)?;
+        Self::from_toml_str(&text, overrides)
+            .with_context(|| format!("{}: invalid experiment config", path.display()))
+    }
+
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> anyhow::Result<Self> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for assignment in overrides {
+            apply_override(&mut doc, assignment)?;
+        }
+        let config: ExperimentConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!(explain_unknown_key(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML (what is saved as `config.resolved.toml`).
+    pub fn to_toml_string(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("serialising the resolved config")
+    }
+
+    /// Folder of this experiment's runs.
+    pub fn runs_root(&self) -> PathBuf {
+        self.runs_dir.join(&self.name)
+    }
+
+    /// Folder of this experiment's report.
+    pub fn report_root(&self) -> PathBuf {
+        self.reports_dir.join(&self.name)
+    }
+}
+
+/// Applies `a.b.c=value` to `doc`. The value is read as a TOML value (`3`, `1e-3`, `true`,
+/// `"x"`, `[1, 2]`, `{ group = { groups = 8 } }`); anything that is not valid TOML is taken as
+/// a string, so `--set pretrain.train.device=cpu` works without quotes.
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
+    let Some((key, raw)) = assignment.split_once('=') else {
+        bail!("--set {assignment:?}: expected key.path=value");
+    };
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {assignment:?}: empty key segment in {key:?}");
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let (last, parents) = parts.split_last().expect("at least one segment");
+    let mut table = doc;
+    for (depth, part) in parents.iter().enumerate() {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!(
+                "--set {assignment:?}: {} is a value, not a section",
+                parts[..=depth].join(".")
+            ),
+        };
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages.
+pub fn explain_unknown_key(message: &str) -> String {
+    let Some(start) = message.find("unknown field `") else {
+        return message.to_string();
+    };
+    let rest = &message[start + "unknown field `".len()..];
+    let Some(end) = rest.find('`') else {
+        return message.to_string();
+    };
+    let unknown = &rest[..end];
+    let expected: Vec<&str> = rest[end..]
+        .split('`')
+        .skip(2)
+        .step_by(2)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let best = expected
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min_by_key(|(d, k)| (*d, k.len()));
+    match best {
+        Some((d, key)) if d <= 3.max(unknown.len() / 3) => {
+            format!("{} (did you mean `{key}`?)", message.trim_end())
+        }
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let config = ExperimentConfig::default();
+        config.validate().unwrap();
+        let text = config.to_toml_string().unwrap();
+        assert_eq!(ExperimentConfig::from_toml_str(&text, &[]).unwrap(), config);
+    }
+
+    #[test]
+    fn overrides_are_typed_and_validated() {
+        let config = ExperimentConfig::from_toml_str(
+            "name = \"x\"\n",
+            &[
+                "pretrain.train.epochs=3".into(),
+                "pretrain.train.device=cpu".into(),
+                "grid.seeds=[1, 2]".into(),
+                "pretrain.unet.norm={ group = { groups = 4 } }".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.pretrain.train.epochs, 3);
+        assert_eq!(config.pretrain.train.device, "cpu");
+        assert_eq!(config.grid.seeds, vec![1, 2]);
+        let err =
+            ExperimentConfig::from_toml_str("", &["pretrain.train.epochs=0".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("epochs"), "{err:#}");
+        let err =
+            ExperimentConfig::from_toml_str("name = \"x\"", &["name.x=1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("is a value"), "{err:#}");
+        assert!(ExperimentConfig::from_toml_str("", &["noequals".into()]).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest() {
+        let err =
+            ExperimentConfig::from_toml_str("[pretrain.train]\nepoch = 3\n", &[]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("did you mean `epochs`"), "{text}");
+        let err =
+            ExperimentConfig::from_toml_str("[dataset]\nsorce = \"scanner\"\n", &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("did you mean `source`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_sections_are_rejected() {
+        for (text, key) in [
+            ("[dataset]\nsource = \"folder\"\n", "dataset.folder"),
+            ("[dataset]\ntest = 0\n", "dataset"),
+            ("[pretrain.unet]\nnum_classes = 4\n", "num_classes"),
+            ("[grid]\narms = [\"dense\", \"dense\"]\n", "grid.arms"),
+            ("[grid]\narms = [\"dens\"]\n", "dens"),
+            ("name = \"../x\"\n", "name"),
+            ("[evaluation]\nconnectivity = 6\n", "connectivity"),
+        ] {
+            let err = ExperimentConfig::from_toml_str(text, &[]).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The train / validation / test splits of an experiment's data set, each with its dense and
+//! its sparse masks (the two label modes of the same images).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use image::GrayImage;
+use lus_data::loader::{FileSource, InMemorySource, SegmentationSource};
+use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
+use lus_data::raster::{LabelMode, RasterOptions, rasterize};
+use lus_data::scanner::Scanner;
+use lus_data::{LabelSchema, Mask};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::config::{DataSource, DatasetConfig};
+
+/// One split: the same examples under both label modes.
+pub struct Split {
+    /// Example identifiers (scanner sample index or manifest id), in index order.
+    pub ids: Vec<String>,
+    pub dense: Arc<dyn SegmentationSource>,
+    pub sparse: Arc<dyn SegmentationSource>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn labels(&self, mode: LabelMode) -> Arc<dyn SegmentationSource> {
+        match mode {
+            LabelMode::Dense => self.dense.clone(),
+            LabelMode::Sparse => self.sparse.clone(),
+        }
+    }
+
+    /// Image, dense mask and sparse mask of example `index`.
+    pub fn example(&self, index: usize) -> anyhow::Result<(GrayImage, Mask, Mask)> {
+        let (image, dense) = self.dense.load(index)?;
+        let (_, sparse) = self.sparse.load(index)?;
+        Ok((image, dense, sparse))
+    }
+}
+
+pub struct Dataset {
+    pub schema: LabelSchema,
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+}
+
+impl Dataset {
+    /// Draws (scanner) or reads the index of (folder) the data set of `config`.
+    pub fn load(config: &DatasetConfig) -> anyhow::Result<Self> {
+        match config.source {
+            DataSource::Scanner => scanner_dataset(config),
+            DataSource::Folder => {
+                let folder = config
+                    .folder
+                    .as_deref()
+                    .context("dataset.folder: required with source = \"folder\"")?;
+                folder_dataset(config, folder)
+            }
+        }
+    }
+}
+
+fn scanner_dataset(config: &DatasetConfig) -> anyhow::Result<Dataset> {
+    let schema = LabelSchema::default();
+    let scanner = Scanner::new(config.scanner.clone(), config.seed)?;
+    let dense = RasterOptions {
+        mode: LabelMode::Dense,
+        ..RasterOptions::default()
+    };
+    let sparse = RasterOptions {
+        mode: LabelMode::Sparse,
+        sparse_width: config.sparse_width,
+        ..RasterOptions::default()
+    };
+    let mut start = 0u64;
+    let mut next_split = |count: usize| -> anyhow::Result<Split> {
+        let range = start..start + count as u64;
+        start = range.end;
+        let samples = scanner.generate(range);
+        let examples: Vec<(String, GrayImage, Mask, Mask)> = samples
+            .into_par_iter()
+            .map(|s| -> anyhow::Result<_> {
+                let d = rasterize(&s.annotation, &schema, &dense)?;
+                let sp = rasterize(&s.annotation, &schema, &sparse)?;
+                Ok((format!("scanner-{}", s.index), s.image, d, sp))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut ids = Vec::with_capacity(count);
+        let mut dense_pairs = Vec::with_capacity(count);
+        let mut sparse_pairs = Vec::with_capacity(count);
+        for (id, image, d, sp) in examples {
+            ids.push(id);
+            dense_pairs.push((image.clone(), d));
+            sparse_pairs.push((image, sp));
+        }
+        Ok(Split {
+            ids,
+            dense: Arc::new(InMemorySource(dense_pairs)),
+            sparse: Arc::new(InMemorySource(sparse_pairs)),
+        })
+    };
+    let train = next_split(config.train)?;
+    let val = next_split(config.val)?;
+    let test = next_split(config.test)?;
+    Ok(Dataset {
+        schema,
+        train,
+        val,
+        test,
+    })
+}
+
+fn folder_dataset(config: &DatasetConfig, folder: &Path) -> anyhow::Result<Dataset> {
+    let schema = LabelSchema::default();
+    let manifest_path = folder.join(MANIFEST_FILE);
+    if !manifest_path.is_file() {
+        bail!(
+            "{}: no {MANIFEST_FILE} (dataset.folder must be a folder written by `lus synth`)",
+            folder.display()
+        );
+    }
+    let rows = read_manifest(&manifest_path)?;
+    let needed = config.train + config.val + config.test;
+    if rows.len() < needed {
+        bail!(
+            "{}: {} examples, but dataset.train + val + test = {needed}",
+            manifest_path.display(),
+            rows.len()
+        );
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
+    let resolve = |rel: &str| {
+        resolve_inside(folder, rel).map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))
+    };
+    let mut start = 0;
+    let mut next_split = |count: usize| -> anyhow::Result<Split> {
+        let picked = &order[start..start + count];
+        start += count;
+        let mut ids = Vec::with_capacity(count);
+        let mut dense = Vec::with_capacity(count);
+        let mut sparse = Vec::with_capacity(count);
+        for &i in picked {
+            let row = &rows[i];
+            let image = resolve(&row.image)?;
+            ids.push(row.id.clone());
+            dense.push((image.clone(), resolve(&row.dense_mask)?));
+            sparse.push((image, resolve(&row.sparse_mask)?));
+        }
+        Ok(Split {
+            ids,
+            dense: Arc::new(FileSource::new(dense, schema.clone(), None)),
+            sparse: Arc::new(FileSource::new(sparse, schema.clone(), None)),
+        })
+    };
+    let train = next_split(config.train)?;
+    let val = next_split(config.val)?;
+    let test = next_split(config.test)?;
+    Ok(Dataset {
+        schema,
+        train,
+        val,
+        test,
+    })
+}

@@ -1,0 +1,119 @@
+//! `lus eval-seg`: a trained segmentation U-Net on a labelled data folder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use lus_data::LabelMode;
+use lus_data::loader::FileSource;
+use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
+use lus_train::{SegModel, device_name, evaluate_segmentation};
+
+use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::provenance::{RunClock, write_run_manifest};
+use crate::report::markdown_eval_table;
+use crate::train_seg::parse_labels;
+
+#[derive(Args, Debug)]
+pub struct EvalSegArgs {
+    /// Weights (a checkpoint written by train-seg, e.g. RUN/best.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Data folder in the layout `lus synth` writes (manifest.csv); every row is evaluated.
+    #[arg(long)]
+    data: PathBuf,
+    /// Truth to compare with.
+    #[arg(long, value_parser = parse_labels, default_value = "dense")]
+    labels: LabelMode,
+    /// The run's resolved config (default: config.resolved.toml beside the weights).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the per-class table (CSV + Parquet) and run.json into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: EvalSegArgs) -> anyhow::Result<()> {
+    let config_path = match &args.config {
+        Some(p) => p.clone(),
+        None => args
+            .weights
+            .parent()
+            .map(|d| d.join(RESOLVED_CONFIG_FILE))
+            .context("--weights has no parent folder; pass --config")?,
+    };
+    if !config_path.is_file() {
+        bail!(
+            "{}: not found (the U-Net's configuration is read from it; pass --config)",
+            config_path.display()
+        );
+    }
+    let experiment = ExperimentConfig::load(&config_path, &[])?;
+    let manifest_path = args.data.join(MANIFEST_FILE);
+    if !manifest_path.is_file() {
+        bail!(
+            "{}: not found (--data must be a folder written by `lus synth`)",
+            manifest_path.display()
+        );
+    }
+    let rows = read_manifest(&manifest_path)?;
+    if rows.is_empty() {
+        bail!("{}: no examples", manifest_path.display());
+    }
+    let mut pairs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mask = match args.labels {
+            LabelMode::Dense => &row.dense_mask,
+            LabelMode::Sparse => &row.sparse_mask,
+        };
+        let resolve = |rel: &str| {
+            resolve_inside(&args.data, rel)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))
+        };
+        pairs.push((resolve(&row.image)?, resolve(mask)?));
+    }
+    let schema = lus_data::LabelSchema::default();
+    let source = Arc::new(FileSource::new(
+        pairs,
+        schema.clone(),
+        experiment.pretrain.train.loss.ignore_id,
+    ));
+
+    let device = lus_train::parse_device(&args.device)?;
+    let clock = RunClock::start("eval-seg", experiment.pretrain.train.seed, &args.device);
+    let model = SegModel::load(&experiment.pretrain.unet, &args.weights, &device)?;
+    let options = lus_train::SegEvalOptions {
+        class_names: schema.classes().iter().map(|c| c.name.clone()).collect(),
+        object_classes: schema.line_classes().map(|c| c.id).collect(),
+        objects: experiment.evaluation.object_config(),
+        ignore_id: experiment.pretrain.train.loss.ignore_id,
+    };
+    let report = evaluate_segmentation(&model, source, &experiment.pretrain, &options, &device)?;
+    let table = report.per_class_table()?;
+    println!(
+        "{} on {} ({} images, {} truth, {}x{} px):\n",
+        args.weights.display(),
+        args.data.display(),
+        report.images,
+        args.labels,
+        report.size,
+        report.size
+    );
+    println!("{}", markdown_eval_table(&table, report.images));
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let stem = format!("eval-{}", args.labels);
+        table.write(
+            &out.join(format!("{stem}.csv")),
+            &out.join(format!("{stem}.parquet")),
+        )?;
+        let mut manifest = clock.finish();
+        manifest.device = device_name(&device);
+        write_run_manifest(out, &manifest)?;
+    }
+    Ok(())
+}

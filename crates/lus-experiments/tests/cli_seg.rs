@@ -1,0 +1,313 @@
+//! End-to-end tests of `lus train-seg`, `lus eval-seg`, `lus run` and `lus report` on a tiny
+//! experiment: outputs, determinism of two runs with the same seed, skipping finished cells,
+//! and bad input.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lus"))
+        .args(args)
+        .output()
+        .expect("the lus binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A two-arm experiment small enough for a test (a few seconds per cell).
+fn tiny_experiment(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"name = "tiny"
+runs_dir = "{runs}"
+reports_dir = "{reports}"
+[dataset]
+seed = 3
+train = 12
+val = 4
+test = 4
+[dataset.scanner]
+size = 64
+[pretrain.train]
+epochs = 2
+batch_size = 4
+lr = 0.003
+device = "cpu"
+log_every = 1
+[pretrain.train.loss]
+dice_weight = 0.5
+[pretrain.unet]
+depth = 2
+base_channels = 4
+dropout = 0.1
+[pretrain.data]
+size = 32
+[pretrain.data.augment]
+[evaluation]
+overlay_examples = 2
+"#,
+        runs = dir.join("runs").display(),
+        reports = dir.join("reports").display()
+    );
+    let path = dir.join("tiny.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The metrics table without the two machine-dependent columns (throughput and wall time).
+fn deterministic_columns(csv: &Path) -> Vec<Vec<String>> {
+    let text = fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !matches!(header[i], "images_per_s" | "seconds"))
+        .collect();
+    std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .chain(lines.map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            keep.iter().map(|&i| cells[i].to_string()).collect()
+        }))
+        .collect()
+}
+
+#[test]
+fn two_runs_with_the_same_seed_give_identical_tables_and_finished_cells_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_experiment(dir.path());
+    let config = config.to_str().unwrap();
+    let a = lus(&["run", config, "--quiet"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let runs_b = dir.path().join("runs-b");
+    let reports_b = dir.path().join("reports-b");
+    let b = lus(&[
+        "run",
+        config,
+        "--quiet",
+        "--set",
+        &format!("runs_dir={:?}", runs_b.display().to_string()),
+        "--set",
+        &format!("reports_dir={:?}", reports_b.display().to_string()),
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+
+    let report_a = dir.path().join("reports/tiny");
+    let report_b = reports_b.join("tiny");
+    for cell in ["dense-seed0", "sparse-seed0"] {
+        let cell_a = dir.path().join("runs/tiny/pretrain").join(cell);
+        let cell_b = runs_b.join("tiny/pretrain").join(cell);
+        for file in [
+            "best.safetensors",
+            "best.json",
+            "eval/test-dense.csv",
+            "eval/test-sparse.csv",
+        ] {
+            assert_eq!(
+                fs::read(cell_a.join(file)).unwrap(),
+                fs::read(cell_b.join(file)).unwrap(),
+                "{cell}/{file} differs between two runs with the same seed"
+            );
+        }
+        let without_dirs = |p: &Path| -> String {
+            fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with("runs_dir") && !l.starts_with("reports_dir"))
+                .collect()
+        };
+        assert_eq!(
+            without_dirs(&cell_a.join("config.resolved.toml")),
+            without_dirs(&cell_b.join("config.resolved.toml"))
+        );
+        let table = deterministic_columns(&cell_a.join("metrics.csv"));
+        assert_eq!(table.len(), 3, "header + 2 epochs");
+        assert_eq!(table, deterministic_columns(&cell_b.join("metrics.csv")));
+        assert!(cell_a.join("run.json").is_file());
+        assert!(cell_a.join("curves-loss.png").is_file());
+    }
+    assert_eq!(
+        fs::read(report_a.join("seg_results.csv")).unwrap(),
+        fs::read(report_b.join("seg_results.csv")).unwrap()
+    );
+    let report = fs::read_to_string(report_a.join("REPORT.md")).unwrap();
+    for needle in [
+        "FP / image",
+        "dense truth",
+        "What each arm is trained on",
+        "pleural-line",
+    ] {
+        assert!(report.contains(needle), "REPORT.md lacks {needle:?}");
+    }
+    for figure in ["curves-loss.png", "curves-val-miou.png", "overlay.png"] {
+        assert!(report_a.join("figures").join(figure).is_file(), "{figure}");
+    }
+    // The dense arm is scored on 8 classes of dense truth; its table has one row per class for
+    // each truth and arm: 2 arms x 2 truths x 9 classes.
+    let results = fs::read_to_string(report_a.join("seg_results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 1 + 2 * 2 * 9);
+
+    // Running again skips both cells and rewrites the report from them.
+    let again = lus(&["run", config]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stderr(&again).matches("complete, skipped").count(),
+        2,
+        "{}",
+        stderr(&again)
+    );
+    let rebuilt = lus(&["report", config]);
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    assert_eq!(
+        fs::read(report_a.join("seg_results.csv")).unwrap(),
+        fs::read(report_b.join("seg_results.csv")).unwrap()
+    );
+
+    // A changed configuration does not silently reuse the cells.
+    let changed = lus(&["run", config, "--set", "pretrain.train.lr=0.01"]);
+    assert!(!changed.status.success());
+    assert!(
+        stderr(&changed).contains("another configuration"),
+        "{}",
+        stderr(&changed)
+    );
+}
+
+#[test]
+fn train_seg_writes_a_run_folder_and_eval_seg_scores_a_synth_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_experiment(dir.path());
+    let run = dir.path().join("run");
+    let out = lus(&[
+        "train-seg",
+        "--config",
+        config.to_str().unwrap(),
+        "--labels",
+        "sparse",
+        "--out",
+        run.to_str().unwrap(),
+        "--seed",
+        "5",
+        "--set",
+        "pretrain.train.epochs=1",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in [
+        "best.safetensors",
+        "metrics.csv",
+        "metrics.parquet",
+        "config.resolved.toml",
+        "run.json",
+        "eval/test-dense.csv",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let resolved = fs::read_to_string(run.join("config.resolved.toml")).unwrap();
+    assert!(resolved.contains("arms = [\"sparse\"]"), "{resolved}");
+    assert!(resolved.contains("seeds = [5]"), "{resolved}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(manifest["seed"], 5);
+    assert_eq!(manifest["candle"], "0.11.1");
+    assert!(manifest["build_git_revision"].as_str().unwrap().len() >= 7);
+
+    let data = dir.path().join("synth");
+    let synth = lus(&[
+        "synth",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--seed",
+        "9",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let scored = dir.path().join("scored");
+    let eval = lus(&[
+        "eval-seg",
+        "--weights",
+        run.join("best.safetensors").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        scored.to_str().unwrap(),
+    ]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let printed = String::from_utf8_lossy(&eval.stdout);
+    assert!(printed.contains("| b-line |"), "{printed}");
+    assert!(printed.contains("3 images"), "{printed}");
+    let table = fs::read_to_string(scored.join("eval-dense.csv")).unwrap();
+    assert_eq!(table.lines().count(), 1 + 9);
+}
+
+#[test]
+fn bad_requests_fail_with_a_clear_message_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_experiment(dir.path());
+    let config = config.to_str().unwrap();
+    let out_dir = dir.path().join("never");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--set", "pretrain.train.epoch=2"],
+            "did you mean `epochs`",
+        ),
+        (vec!["--set", "pretrain.train.lr=-1"], "lr"),
+        (vec!["--device", "cuda"], "cuda"),
+        (vec!["--set", "dataset.source=\"folder\""], "dataset.folder"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec![
+            "train-seg",
+            "--config",
+            config,
+            "--labels",
+            "dense",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend(extra.iter().copied());
+        let out = lus(&args);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(stderr(&out).contains(needle), "{extra:?}: {}", stderr(&out));
+        assert!(!out_dir.exists(), "{extra:?} wrote {}", out_dir.display());
+    }
+    let missing = lus(&["run", "/nonexistent/exp.toml"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("/nonexistent/exp.toml"),
+        "{}",
+        stderr(&missing)
+    );
+    let labels = lus(&[
+        "train-seg",
+        "--config",
+        config,
+        "--labels",
+        "dens",
+        "--out",
+        "x",
+    ]);
+    assert!(!labels.status.success());
+    assert!(
+        stderr(&labels).contains("dense or sparse"),
+        "{}",
+        stderr(&labels)
+    );
+    let no_config = lus(&[
+        "eval-seg",
+        "--weights",
+        dir.path().join("w.safetensors").to_str().unwrap(),
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!no_config.status.success());
+    assert!(
+        stderr(&no_config).contains("config.resolved.toml"),
+        "{}",
+        stderr(&no_config)
+    );
+}
