@@ -13,6 +13,7 @@
 //! - [`classification`]: example-level classification metrics, ROC curves and bootstrap
 //!   confidence intervals.
 //! - [`stats`]: mean / std and paired tests (Wilcoxon signed-rank, paired t) across arms.
+//! - [`plot_cls`]: ROC curves, confusion-matrix heatmaps and bar charts with error bars.
 
 pub mod classification;
 pub mod components;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod io;
 pub mod objects;
 pub mod plot;
+pub mod plot_cls;
 pub mod stats;
 pub mod table;
 
@@ -34,6 +36,7 @@ pub use error::{MetricsError, Result};
 pub use io::write_atomic;
 pub use objects::{ObjectConfig, ObjectCounts, object_counts};
 pub use plot::{OverlayLayout, OverlayRow, overlay_grid, plot_curves};
+pub use plot_cls::{BarSeries, plot_bars, plot_confusion_matrix, plot_roc_curves};
 pub use stats::{
     PairedComparison, TTestResult, WilcoxonMethod, WilcoxonResult, compare_paired, paired_t_test,
     wilcoxon_signed_rank,
