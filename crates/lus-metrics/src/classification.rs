@@ -278,12 +278,11 @@ impl Predictions {
 
     /// Every metric on these examples.
     pub fn metrics(&self) -> ClassificationMetrics {
-        let ones = vec![1u64; self.num_examples()];
-        let rankings = self.rankings();
-        let auc = rankings
+        let auc = self
+            .rankings()
             .iter()
             .enumerate()
-            .map(|(c, r)| r.curve_counts(|i| self.truth[i] == c, |i| ones[i]).auc())
+            .map(|(c, r)| r.curve_counts(|i| self.truth[i] == c, |_| 1).auc())
             .collect();
         let mut confusion = ConfusionMatrix::new(self.num_classes);
         let truth: Vec<u8> = self.truth.iter().map(|&t| t as u8).collect();

@@ -378,8 +378,9 @@ fn student_t_two_sided_p(t: f64, df: f64) -> f64 {
 /// Regularised incomplete beta function `I_x(a, b)` for `a, b > 0`, `0 <= x <= 1`; NaN
 /// outside that domain. Evaluated with the continued fraction of DLMF 8.17.22 (modified
 /// Lentz), on `I_x(a, b)` or on `1 - I_{1-x}(b, a)` whichever converges faster, with the
-/// prefactor `x^a (1-x)^b / B(a, b)` computed in logarithms (see [`ln_beta`]). Relative
-/// accuracy is about 1e-14 for moderate `a` and `b`.
+/// prefactor `x^a (1-x)^b / B(a, b)` computed in logarithms (`ln B` arranged as in R's
+/// `lbeta`, so that large `a` or `b` do not cancel). Tested against `scipy.special.betainc`
+/// for `a` in 0.5..=200, `b` in 0.5..=80 (tests/cls_reference.rs).
 pub fn regularized_incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
     if !(a > 0.0 && b > 0.0 && a.is_finite() && b.is_finite() && (0.0..=1.0).contains(&x)) {
         return f64::NAN;
