@@ -10,21 +10,37 @@
 //! - [`objects`]: object-level TP / FP / FN for the line classes.
 //! - [`table`]: result tables (polars) written as CSV + Parquet.
 //! - [`plot`]: training curves and image/mask overlay grids as PNG.
+//! - [`classification`]: example-level classification metrics, ROC curves and bootstrap
+//!   confidence intervals.
+//! - [`stats`]: mean / std and paired tests (Wilcoxon signed-rank, paired t) across arms.
+//! - [`plot_cls`]: ROC curves, confusion-matrix heatmaps and bar charts with error bars.
 
+pub mod classification;
 pub mod components;
 pub mod confusion;
 pub mod error;
 pub mod io;
 pub mod objects;
 pub mod plot;
+pub mod plot_cls;
+pub mod stats;
 pub mod table;
 
+pub use classification::{
+    BootstrapSettings, ClassMetrics, ClassificationMetrics, ConfidenceInterval, Predictions,
+    RocCurve,
+};
 pub use components::{Components, Connectivity, label_binary, label_class};
 pub use confusion::{ClassScores, ConfusionMatrix, MeanScores, nan_mean};
 pub use error::{MetricsError, Result};
 pub use io::write_atomic;
 pub use objects::{ObjectConfig, ObjectCounts, object_counts};
 pub use plot::{OverlayLayout, OverlayRow, overlay_grid, plot_curves};
+pub use plot_cls::{BarSeries, plot_bars, plot_confusion_matrix, plot_roc_curves};
+pub use stats::{
+    PairedComparison, TTestResult, WilcoxonMethod, WilcoxonResult, compare_paired, paired_t_test,
+    wilcoxon_signed_rank,
+};
 pub use table::{MetricsTable, Row, Value, read_table_csv, read_table_parquet, write_table};
 
 /// The polars `DataFrame` type used by the table functions, re-exported so callers need no

@@ -38,7 +38,7 @@ pub const SERIES_COLORS: [[u8; 3]; 8] = [
     [240, 228, 66],
 ];
 
-fn ensure_font() -> std::result::Result<(), String> {
+pub(crate) fn ensure_font() -> std::result::Result<(), String> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
@@ -48,7 +48,7 @@ fn ensure_font() -> std::result::Result<(), String> {
         .clone()
 }
 
-fn plot_err(path: &Path, message: impl ToString) -> MetricsError {
+pub(crate) fn plot_err(path: &Path, message: impl ToString) -> MetricsError {
     MetricsError::Plot {
         path: path.to_path_buf(),
         message: message.to_string(),
@@ -56,7 +56,7 @@ fn plot_err(path: &Path, message: impl ToString) -> MetricsError {
 }
 
 /// Encodes an RGB buffer as PNG and writes it atomically.
-fn write_png(path: &Path, rgb: &[u8], (width, height): (u32, u32)) -> Result<()> {
+pub(crate) fn write_png(path: &Path, rgb: &[u8], (width, height): (u32, u32)) -> Result<()> {
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new(&mut bytes)
         .write_image(rgb, width, height, image::ExtendedColorType::Rgb8)
