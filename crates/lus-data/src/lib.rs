@@ -9,6 +9,7 @@
 pub mod annotation;
 pub mod augment;
 pub mod clinical;
+pub mod cls_loader;
 pub mod error;
 pub mod image_io;
 pub mod io;

@@ -33,6 +33,9 @@ pub enum TrainError {
     /// Building, initialising or loading the U-Net failed.
     #[error(transparent)]
     UNet(#[from] UNetError),
+    /// Building or loading the reverse-transfer classifier failed.
+    #[error(transparent)]
+    Transfer(#[from] lus_transfer::TransferError),
     /// Computing metrics or writing a results table failed.
     #[error(transparent)]
     Metrics(#[from] lus_metrics::MetricsError),

@@ -8,10 +8,12 @@
 //! - [`task`] and [`trainer`]: the training loop, generic over a [`Task`] (segmentation here, the
 //!   reverse-transfer classifier elsewhere): validation every epoch, best and last checkpoints,
 //!   resume, the per-epoch metrics table, NaN detection, a progress bar.
+//! - [`cls`]: the reverse-transfer classifier as a task, and [`train_classifier`].
 //! - [`seg`]: the U-Net segmentation task and [`train_segmentation`].
 //! - [`seg_eval`]: a trained U-Net on a labelled set: pixel scores and object-level counts.
 //! - [`rng`]: every random stream of a run, derived from its seed.
 
+pub mod cls;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -25,6 +27,10 @@ pub mod table;
 pub mod task;
 pub mod trainer;
 
+pub use cls::{
+    Backbone, ClassWeighting, ClassificationTask, ClsDataConfig, ClsEvaluation, ClsRunConfig,
+    train_classifier,
+};
 pub use config::{Direction, TrainConfig};
 pub use device::{DeviceSpec, device_name, parse_device};
 pub use error::{NonFiniteLoss, Result, TrainError};
