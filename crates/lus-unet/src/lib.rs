@@ -78,6 +78,7 @@
 //! ```
 
 mod config;
+pub mod cpu_ops;
 mod error;
 mod io;
 mod layers;
