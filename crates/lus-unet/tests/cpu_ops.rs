@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::BatchNorm;
 use common::{randn, values};
-use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d};
+use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d, max_pool2x2};
 use proptest::prelude::*;
 
 /// Largest difference relative to the largest magnitude of the reference (the scale-free
@@ -266,6 +266,35 @@ fn batch_norm_train_backward_matches_finite_differences() {
 }
 
 #[test]
+fn max_pool2x2_matches_the_candle_composition_and_sends_ties_to_the_first_maximum() {
+    for (dims, seed) in [([1, 1, 2, 2], 0), ([3, 16, 6, 10], 1), ([2, 3, 8, 4], 2)] {
+        // Continuous random values: no ties, so both backward conventions agree.
+        let x = randn(&dims, DType::F32, seed);
+        let (ours, our_grad) = grads_of(
+            std::slice::from_ref(&x),
+            |t| max_pool2x2(&t[0]).unwrap(),
+            seed + 1,
+        );
+        let (theirs, their_grad) =
+            grads_of(&[x], |t| lus_unet::max_pool2x2(&t[0]).unwrap(), seed + 1);
+        assert_eq!(values(&ours), values(&theirs), "{dims:?} forward");
+        assert_eq!(
+            values(&our_grad[0]),
+            values(&their_grad[0]),
+            "{dims:?} backward"
+        );
+    }
+    let x = Tensor::new(&[[[[1.0f32, 3.0], [3.0, 0.0]]]], &Device::Cpu).unwrap();
+    let (y, grad) = grads_of(&[x], |t| max_pool2x2(&t[0]).unwrap(), 0);
+    assert_eq!(values(&y), vec![3.0]);
+    let g = values(&grad[0]);
+    assert_ne!(g[1], 0.0);
+    assert_eq!([g[0], g[2], g[3]], [0.0, 0.0, 0.0]);
+    let odd = randn(&[1, 1, 3, 4], DType::F32, 0);
+    assert!(max_pool2x2(&odd).is_err());
+}
+
+#[test]
 fn shape_errors_are_errors_not_panics() {
     let x = randn(&[1, 3, 4, 4], DType::F32, 0);
     assert!(conv2d(&x, &randn(&[2, 4, 3, 3], DType::F32, 1), 1, 1).is_err());
@@ -279,4 +308,146 @@ fn shape_errors_are_errors_not_panics() {
     assert!(batch_norm_train(&single, &c3, &c3, 1e-5, false).is_err());
     let ints = Tensor::zeros((1, 3, 4, 4), DType::U32, &Device::Cpu).unwrap();
     assert!(conv2d(&ints, &ints.narrow(0, 0, 1).unwrap(), 1, 1).is_err());
+}
+
+mod unet {
+    use super::*;
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+    use common::{build, randomize_non_weights};
+    use lus_unet::{Kernels, Mode, Norm, UNet, UNetConfig, Upsampling};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Relative tolerance (to the largest magnitude of each tensor) between the two kernel sets
+    /// in f32: the ops sum in different orders, and batch norm divides by small batch standard
+    /// deviations, which amplifies the rounding differences a little at every level.
+    const UNET_TOL: f64 = 2e-4;
+
+    fn pair(config: &UNetConfig, seed: u64) -> [(VarMap, UNet); 2] {
+        [Kernels::Lus, Kernels::Candle].map(|kernels| {
+            let config = UNetConfig {
+                kernels,
+                ..config.clone()
+            };
+            let (varmap, unet) = build(&config, DType::F32, seed);
+            randomize_non_weights(&varmap, &unet, seed + 1);
+            (varmap, unet)
+        })
+    }
+
+    fn compare_logits_and_gradients(config: UNetConfig, train: bool) {
+        let models = pair(&config, 3);
+        let x = randn(&[3, config.in_channels, 16, 16], DType::F32, 4);
+        let r = randn(&[3, config.num_classes, 16, 16], DType::F32, 5);
+        let mut results = Vec::new();
+        for (varmap, unet) in &models {
+            let mut rng = ChaCha8Rng::seed_from_u64(6);
+            let mut mode = if train {
+                Mode::train(&mut rng)
+            } else {
+                Mode::Eval
+            };
+            let logits = unet.forward_t(&x, &mut mode).unwrap();
+            let grads = (&logits * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let per_var: Vec<(String, Tensor)> = unet
+                .param_specs()
+                .iter()
+                .map(|spec| {
+                    let var = varmap.data().lock().unwrap()[&spec.name].clone();
+                    let value = if spec.kind.is_trainable() {
+                        grads.get(var.as_tensor()).expect("gradient").clone()
+                    } else {
+                        // Running statistics: compare their values after the forward pass.
+                        var.as_tensor().copy().unwrap()
+                    };
+                    (spec.name.clone(), value)
+                })
+                .collect();
+            results.push((logits, per_var));
+        }
+        let context = format!("{config:?}, train {train}");
+        assert_close(
+            &format!("{context}: logits"),
+            &results[0].0,
+            &results[1].0,
+            UNET_TOL,
+        );
+        assert_eq!(results[0].1.len(), results[1].1.len());
+        for ((name, ours), (_, theirs)) in results[0].1.iter().zip(&results[1].1) {
+            assert_close(&format!("{context}: {name}"), ours, theirs, UNET_TOL);
+        }
+    }
+
+    fn config(norm: Norm, upsampling: Upsampling) -> UNetConfig {
+        UNetConfig {
+            num_classes: 4,
+            depth: 3,
+            base_channels: 4,
+            norm,
+            upsampling,
+            dropout: 0.2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn logits_gradients_and_running_statistics_agree_with_candle_kernels() {
+        compare_logits_and_gradients(config(Norm::Batch, Upsampling::TransposedConv), true);
+        compare_logits_and_gradients(config(Norm::Batch, Upsampling::TransposedConv), false);
+        compare_logits_and_gradients(config(Norm::Batch, Upsampling::BilinearConv), true);
+        compare_logits_and_gradients(config(Norm::None, Upsampling::TransposedConv), true);
+        compare_logits_and_gradients(
+            config(Norm::Group { groups: 2 }, Upsampling::BilinearConv),
+            true,
+        );
+    }
+
+    #[test]
+    fn a_short_adamw_run_follows_the_candle_kernels_loss_curve() {
+        let config = config(Norm::Batch, Upsampling::TransposedConv);
+        let models = pair(&config, 11);
+        let x = randn(&[4, 1, 16, 16], DType::F32, 12);
+        // A fixed smooth target, so that the loss falls steadily.
+        let target = randn(&[4, config.num_classes, 16, 16], DType::F32, 13);
+        let curves: Vec<Vec<f64>> = models
+            .iter()
+            .map(|(varmap, unet)| {
+                let params = ParamsAdamW {
+                    lr: 1e-2,
+                    ..Default::default()
+                };
+                let mut opt = AdamW::new(unet.trainable_vars(varmap).unwrap(), params).unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(14);
+                (0..6)
+                    .map(|_| {
+                        let logits = unet.forward_t(&x, &mut Mode::train(&mut rng)).unwrap();
+                        let loss = (logits - &target)
+                            .unwrap()
+                            .sqr()
+                            .unwrap()
+                            .mean_all()
+                            .unwrap();
+                        opt.backward_step(&loss).unwrap();
+                        f64::from(loss.to_scalar::<f32>().unwrap())
+                    })
+                    .collect()
+            })
+            .collect();
+        assert!(
+            curves[0].last() < curves[0].first(),
+            "the loss must fall: {:?}",
+            curves[0]
+        );
+        for (step, (a, b)) in curves[0].iter().zip(&curves[1]).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs(),
+                "step {step}: loss {a} (lus) vs {b} (candle); curves {curves:?}"
+            );
+        }
+    }
 }

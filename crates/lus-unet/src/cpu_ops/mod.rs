@@ -11,7 +11,9 @@
 //!   plus a scatter (backward: a gather plus GEMMs);
 //! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
 //!   forward op; its backward computes the per-channel sums in one pass and the input gradient
-//!   in a second one.
+//!   in a second one;
+//! - [`max_pool2x2`]: one pass forward, one pass backward (candle's `max` backward needs a
+//!   comparison, a cast and a product over the full-resolution tensor).
 //!
 //! All ops accept f32 and f64 tensors on the CPU (f64 so that gradient checks can use them);
 //! they make their inputs contiguous first. GEMMs use the `gemm` crate (the one candle uses).
@@ -23,6 +25,7 @@
 mod batch_norm;
 mod conv;
 mod conv_transpose;
+mod pool;
 
 use std::cell::RefCell;
 
@@ -33,6 +36,7 @@ use gemm::Parallelism;
 pub use batch_norm::{BatchStats, batch_norm_train};
 pub use conv::conv2d;
 pub use conv_transpose::conv_transpose2d_k2s2;
+pub use pool::max_pool2x2;
 
 /// The element types the kernels support (f32 and f64), with a per-thread scratch buffer each.
 pub(crate) trait Float: WithDType {
