@@ -1,115 +1,178 @@
-//! Scratch timing of the U-Net on the CPU: eval forward, train forward, and a training step
-//! (forward, cross-entropy, backward, AdamW) for the default-sized network.
+//! Timing of the U-Net on the CPU with lus's kernels and with candle's ops, interleaved round by
+//! round in one run so that the ratio holds on a busy machine: eval forward, train forward,
+//! train forward + backward of `sum(logits * r)`, and a full training step (forward,
+//! cross-entropy, backward, AdamW). Prints the median of the rounds and the GEMM-equivalent
+//! GFLOP/s (convolution FLOPs only: `2 * MACs`, backward counted as twice the forward).
 //!
-//! `cargo run --release -p lus-unet --example unet_timing [batch] [size] [repeats]`
+//! `cargo run --release -p lus-unet --example unet_timing [batch] [size] [rounds] [kernels]`
+//! with `kernels` = `both` (default), `lus` or `candle`.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use lus_unet::{Mode, UNet, UNetConfig};
+use lus_unet::{Kernels, Mode, UNet, UNetConfig, Upsampling};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+/// Multiply-adds of one forward pass of the convolutions (3x3, transposed 2x2, 1x1 head).
+fn forward_macs(config: &UNetConfig, batch: usize, size: usize) -> f64 {
+    let px = |level: usize| ((size >> level) * (size >> level) * batch) as f64;
+    let mut macs = 0.0;
+    let mut c_in = config.in_channels;
+    for level in 0..=config.depth {
+        let c = config.channels_at(level) as f64;
+        macs += px(level) * 9.0 * (c_in as f64 * c + c * c);
+        c_in = config.channels_at(level);
+    }
+    for level in 0..config.depth {
+        let (c, below) = (
+            config.channels_at(level) as f64,
+            config.channels_at(level + 1) as f64,
+        );
+        macs += match config.upsampling {
+            Upsampling::TransposedConv => px(level + 1) * below * c * 4.0,
+            Upsampling::BilinearConv => px(level) * 9.0 * below * c,
+        };
+        macs += px(level) * 9.0 * (2.0 * c * c + c * c);
+    }
+    macs + px(0) * (config.base_channels * config.num_classes) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    let batch = args.first().copied().unwrap_or(8);
-    let size = args.get(1).copied().unwrap_or(128);
-    let repeats = args.get(2).copied().unwrap_or(3);
-    let device = if cfg!(feature = "cuda") {
-        Device::new_cuda(0)?
-    } else {
-        Device::Cpu
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: usize| -> Result<usize, std::num::ParseIntError> {
+        args.get(i).map_or(Ok(default), |a| a.parse())
     };
-    let config = UNetConfig {
-        num_classes: 6,
+    let batch = arg(0, 8)?;
+    let size = arg(1, 128)?;
+    let rounds = arg(2, 5)?;
+    let kernel_sets: Vec<Kernels> = match args.get(3).map(String::as_str) {
+        None | Some("both") => vec![Kernels::Lus, Kernels::Candle],
+        Some("lus") => vec![Kernels::Lus],
+        Some("candle") => vec![Kernels::Candle],
+        Some(other) => {
+            return Err(format!("kernels must be both, lus or candle, got {other}").into());
+        }
+    };
+    let device = Device::Cpu;
+    let classes = 6;
+    let base = UNetConfig {
+        num_classes: classes,
         ..Default::default()
     };
-    let varmap = VarMap::new();
-    let unet = UNet::new(
-        &config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-    )?;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    unet.init_weights(&varmap, &mut rng)?;
     let n = batch * size * size;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let pixels: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
     let x = Tensor::from_vec(pixels, (batch, 1, size, size), &device)?;
-    let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..6u32)).collect();
+    let labels: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect();
     let labels = Tensor::from_vec(labels, n, &device)?;
-    let mut optimizer = AdamW::new(unet.trainable_vars(&varmap)?, ParamsAdamW::default())?;
+    let r = Tensor::randn(0f32, 1.0, (batch, classes, size, size), &device)?;
+    let macs = forward_macs(&base, batch, size);
     println!(
-        "{batch} x 1 x {size} x {size}, depth {}, base {}, {} classes, {:?}, {:?}; {} trainable parameters; {device:?}",
-        config.depth,
-        config.base_channels,
-        config.num_classes,
-        config.norm,
-        config.upsampling,
-        unet.num_trainable_parameters()
+        "{batch} x 1 x {size} x {size}, depth {}, base {}, {classes} classes, {:?}, {:?}; \
+         {:.2} GFLOP per forward, {:.2} per training step; {} rayon threads; median of {rounds}",
+        base.depth,
+        base.base_channels,
+        base.norm,
+        base.upsampling,
+        2.0 * macs / 1e9,
+        6.0 * macs / 1e9,
+        rayon::current_num_threads(),
     );
 
-    let time =
-        |label: &str, f: &mut dyn FnMut() -> candle_core::Result<()>| -> candle_core::Result<()> {
-            f()?; // warm-up
-            let start = Instant::now();
-            for _ in 0..repeats {
-                f()?;
-            }
-            let ms = start.elapsed().as_secs_f64() * 1e3 / repeats as f64;
-            println!("{label:<40} {ms:9.1} ms");
-            Ok(())
+    struct Net {
+        kernels: Kernels,
+        unet: UNet,
+        optimizer: AdamW,
+    }
+    let mut nets = Vec::new();
+    for kernels in kernel_sets {
+        let config = UNetConfig {
+            kernels,
+            ..base.clone()
         };
-    time("forward (eval)", &mut || {
-        unet.forward_t(&x, &mut Mode::Eval)?
-            .sum_all()?
-            .to_scalar::<f32>()
-            .map(|_| ())
-    })?;
-    time("forward (train)", &mut || {
-        let mut r = ChaCha8Rng::seed_from_u64(1);
-        unet.forward_t(&x, &mut Mode::train(&mut r))?
-            .sum_all()?
-            .to_scalar::<f32>()
-            .map(|_| ())
-    })?;
-    time("train step (fwd + CE + bwd + AdamW)", &mut || {
-        let mut r = ChaCha8Rng::seed_from_u64(1);
-        let logits = unet.forward_t(&x, &mut Mode::train(&mut r))?;
-        let flat = logits.permute((0, 2, 3, 1))?.reshape((n, 6))?;
-        let loss = candle_nn::loss::cross_entropy(&flat, &labels)?;
-        optimizer.backward_step(&loss)
-    })?;
-    time("  of which encode (eval)", &mut || {
-        unet.encode(&x, &mut Mode::Eval)?
-            .bottleneck
-            .sum_all()?
-            .to_scalar::<f32>()
-            .map(|_| ())
-    })?;
-    let encoded = unet.encode(&x, &mut Mode::Eval)?;
-    time("  of which decode (eval)", &mut || {
-        unet.decode(&encoded, &mut Mode::Eval)?
-            .sum_all()?
-            .to_scalar::<f32>()
-            .map(|_| ())
-    })?;
-    let features = encoded.skips[0].clone();
-    time("max_pool2x2 of level-0 features", &mut || {
-        lus_unet::max_pool2x2(&features)?
-            .sum_all()?
-            .to_scalar::<f32>()
-            .map(|_| ())
-    })?;
-    time("candle max_pool2d of level-0 features", &mut || {
-        features
-            .max_pool2d(2)?
-            .sum_all()?
-            .to_scalar::<f32>()
-            .map(|_| ())
-    })?;
+        let varmap = VarMap::new();
+        let unet = UNet::new(
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )?;
+        unet.init_weights(&varmap, &mut ChaCha8Rng::seed_from_u64(1))?;
+        let optimizer = AdamW::new(unet.trainable_vars(&varmap)?, ParamsAdamW::default())?;
+        nets.push(Net {
+            kernels,
+            unet,
+            optimizer,
+        });
+    }
+
+    type Task = fn(&mut Net, &Tensor, &Tensor, &Tensor) -> candle_core::Result<()>;
+    let tasks: [(&str, f64, Task); 4] = [
+        ("forward (eval)", 2.0, |net, x, _, _| {
+            net.unet
+                .forward_t(x, &mut Mode::Eval)?
+                .sum_all()?
+                .to_scalar::<f32>()
+                .map(|_| ())
+        }),
+        ("forward (train)", 2.0, |net, x, _, _| {
+            let mut rng = ChaCha8Rng::seed_from_u64(2);
+            net.unet
+                .forward_t(x, &mut Mode::train(&mut rng))?
+                .sum_all()?
+                .to_scalar::<f32>()
+                .map(|_| ())
+        }),
+        ("train fwd + bwd of sum(logits*r)", 6.0, |net, x, _, r| {
+            let mut rng = ChaCha8Rng::seed_from_u64(2);
+            let logits = net.unet.forward_t(x, &mut Mode::train(&mut rng))?;
+            (logits * r)?.sum_all()?.backward().map(|_| ())
+        }),
+        (
+            "train step (fwd + CE + bwd + AdamW)",
+            6.0,
+            |net, x, labels, _| {
+                let mut rng = ChaCha8Rng::seed_from_u64(2);
+                let logits = net.unet.forward_t(x, &mut Mode::train(&mut rng))?;
+                let (b, c, h, w) = logits.dims4()?;
+                let flat = logits.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?;
+                let loss = candle_nn::loss::cross_entropy(&flat, labels)?;
+                net.optimizer.backward_step(&loss)
+            },
+        ),
+    ];
+    for (label, flops_per_mac, task) in tasks {
+        let mut times = vec![Vec::new(); nets.len()];
+        for net in nets.iter_mut() {
+            task(net, &x, &labels, &r)?; // warm-up (scratch buffers, page faults)
+        }
+        for _ in 0..rounds {
+            for (net, t) in nets.iter_mut().zip(times.iter_mut()) {
+                let start = Instant::now();
+                task(net, &x, &labels, &r)?;
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let medians: Vec<f64> = times.into_iter().map(median).collect();
+        for (net, m) in nets.iter().zip(&medians) {
+            println!(
+                "{label:<38} {:<7} {:9.1} ms {:7.1} GFLOP/s",
+                format!("{:?}", net.kernels).to_lowercase(),
+                m * 1e3,
+                flops_per_mac * macs / m / 1e9
+            );
+        }
+        if medians.len() == 2 {
+            println!("{label:<38} candle / lus = {:.2}x", medians[1] / medians[0]);
+        }
+    }
     Ok(())
 }

@@ -38,6 +38,20 @@ pub enum Upsampling {
     BilinearConv,
 }
 
+/// Which implementation runs the convolutions, transposed convolutions and batch norms of a
+/// U-Net on the CPU. In TOML: `kernels = "lus"` or `"candle"`. On a GPU candle's ops always
+/// run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernels {
+    /// The custom ops of [`crate::cpu_ops`] (im2col + GEMM convolutions, one-pass batch norm
+    /// fused with its ReLU) for f32 and f64 tensors on the CPU: several times faster to train.
+    #[default]
+    Lus,
+    /// candle's own ops everywhere (the reference the custom ops are tested against).
+    Candle,
+}
+
 /// The architecture of a [`crate::UNet`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +72,8 @@ pub struct UNetConfig {
     pub upsampling: Upsampling,
     /// Drop probability of the element-wise dropout on the bottleneck output, in [0, 1).
     pub dropout: f32,
+    /// Which kernels run the layers on the CPU (no effect on the weights or their names).
+    pub kernels: Kernels,
 }
 
 impl Default for UNetConfig {
@@ -70,6 +86,7 @@ impl Default for UNetConfig {
             norm: Norm::Batch,
             upsampling: Upsampling::TransposedConv,
             dropout: 0.0,
+            kernels: Kernels::Lus,
         }
     }
 }
@@ -190,5 +207,10 @@ mod tests {
             |s: &str| Upsampling::deserialize(IntoDeserializer::<ValueError>::into_deserializer(s));
         assert_eq!(up("bilinear-conv").unwrap(), Upsampling::BilinearConv);
         assert_eq!(up("transposed-conv").unwrap(), Upsampling::TransposedConv);
+        let kernels =
+            |s: &str| Kernels::deserialize(IntoDeserializer::<ValueError>::into_deserializer(s));
+        assert_eq!(kernels("lus").unwrap(), Kernels::Lus);
+        assert_eq!(kernels("candle").unwrap(), Kernels::Candle);
+        assert!(kernels("Lus").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! `upsample_bilinear2d` has no backward pass) and a dropout whose mask comes from our seeded
 //! host RNG (candle-nn's `Dropout` draws from candle's RNG, which cannot be seeded on the CPU).
 
-use candle_core::{D, DType, Device, Module, ModuleT, Result, Tensor};
+use candle_core::{D, DType, Device, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{
     BatchNorm, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, GroupNorm, Init,
     VarBuilder,
@@ -11,7 +11,8 @@ use candle_nn::{
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::Norm;
+use crate::config::{Kernels, Norm};
+use crate::cpu_ops;
 
 /// Epsilon of both normalisations (PyTorch's default for `BatchNorm2d` and `GroupNorm`).
 pub const NORM_EPS: f64 = 1e-5;
@@ -80,6 +81,8 @@ pub struct ParamSpec {
 pub(crate) struct Registry {
     pub(crate) specs: Vec<ParamSpec>,
     pub(crate) part: Part,
+    /// The kernels the layers built through this registry run with.
+    pub(crate) kernels: Kernels,
 }
 
 impl Registry {
@@ -107,6 +110,38 @@ impl Registry {
     }
 }
 
+/// Whether `x` can go through the custom ops of [`cpu_ops`] (CPU, f32 or f64).
+pub(crate) fn lus_kernels_apply(kernels: Kernels, x: &Tensor) -> bool {
+    kernels == Kernels::Lus && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// `x + bias` with the bias broadcast over the channels of `N x C x H x W`.
+fn add_channel_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(bias) => x.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+        None => Ok(x),
+    }
+}
+
+/// A stride-1 convolution that runs on [`cpu_ops::conv2d`] or on candle's op.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv {
+    inner: Conv2d,
+    kernels: Kernels,
+}
+
+impl Conv {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if lus_kernels_apply(self.kernels, x) {
+            let padding = self.inner.config().padding;
+            let y = cpu_ops::conv2d(x, self.inner.weight(), 1, padding)?;
+            add_channel_bias(y, self.inner.bias())
+        } else {
+            self.inner.forward(x)
+        }
+    }
+}
+
 /// A 3x3 (padding 1) or 1x1 convolution; `bias` is false before a norm layer, whose shift
 /// makes a bias redundant.
 pub(crate) fn conv2d(
@@ -116,7 +151,7 @@ pub(crate) fn conv2d(
     out_channels: usize,
     kernel: usize,
     bias: bool,
-) -> Result<Conv2d> {
+) -> Result<Conv> {
     let weight = reg.get(
         vb,
         &[out_channels, in_channels, kernel, kernel],
@@ -134,13 +169,16 @@ pub(crate) fn conv2d(
         padding: kernel / 2,
         ..Default::default()
     };
-    Ok(Conv2d::new(weight, bias, config))
+    Ok(Conv {
+        inner: Conv2d::new(weight, bias, config),
+        kernels: reg.kernels,
+    })
 }
 
 /// The normalisation of one conv-norm-ReLU unit.
 #[derive(Debug, Clone)]
 pub(crate) enum NormLayer {
-    Batch(BatchNorm),
+    Batch(BatchNorm, Kernels),
     Group(GroupNorm),
     Identity,
 }
@@ -157,7 +195,7 @@ impl NormLayer {
                 // The running statistics come from the VarMap as variables, and
                 // `Var::from_tensor` shares a variable's storage: the updates made in training
                 // mode land in the VarMap, so they are saved with the weights.
-                Ok(Self::Batch(BatchNorm::new_with_momentum(
+                let bn = BatchNorm::new_with_momentum(
                     channels,
                     running_mean,
                     running_var,
@@ -165,7 +203,8 @@ impl NormLayer {
                     bias,
                     NORM_EPS,
                     BATCH_NORM_MOMENTUM,
-                )?))
+                )?;
+                Ok(Self::Batch(bn, reg.kernels))
             }
             Norm::Group { groups } => {
                 let weight = reg.get(vb, &[channels], "weight", ParamKind::NormScale)?;
@@ -178,21 +217,52 @@ impl NormLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// `relu(norm(x))`; batch norm in training mode on the lus kernels runs as one fused op.
+    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            Self::Batch(bn) => bn.forward_t(x, train),
-            Self::Group(gn) => gn.forward(x),
-            Self::Identity => Ok(x.clone()),
+            Self::Batch(bn, kernels) if train && lus_kernels_apply(*kernels, x) => {
+                batch_norm_relu_train(bn, x)
+            }
+            Self::Batch(bn, _) => bn.forward_t(x, train)?.relu(),
+            Self::Group(gn) => gn.forward(x)?.relu(),
+            Self::Identity => x.relu(),
         }
     }
+}
+
+/// Training-mode batch norm + ReLU on [`cpu_ops::batch_norm_train`], with the running
+/// statistics updated as candle-nn's `BatchNorm` (and PyTorch) do:
+/// `running = (1 - momentum) running + momentum batch`, with the unbiased batch variance.
+fn batch_norm_relu_train(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+    let Some((weight, bias)) = bn.weight_and_bias() else {
+        candle_core::bail!("the U-Net's batch norms always have a scale and a shift")
+    };
+    let (y, stats) = cpu_ops::batch_norm_train(x, weight, bias, bn.eps(), true)?;
+    let momentum = bn.momentum();
+    let update = |running: &Tensor, batch: &[f64]| -> Result<()> {
+        let old = running.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let new: Vec<f64> = old
+            .iter()
+            .zip(batch)
+            .map(|(r, b)| (1.0 - momentum) * r + momentum * b)
+            .collect();
+        // The running statistics are variables of the VarMap: `Var::from_tensor` shares their
+        // storage, so the update lands there (as candle-nn's own update does).
+        let value =
+            Tensor::from_vec(new, old.len(), running.device())?.to_dtype(running.dtype())?;
+        Var::from_tensor(running)?.set(&value)
+    };
+    update(bn.running_mean(), &stats.mean)?;
+    update(bn.running_var(), &stats.unbiased_var())?;
+    Ok(y)
 }
 
 /// `[conv3x3 -> norm -> ReLU] x 2`, tensors `conv1`, `norm1`, `conv2`, `norm2` under its prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct DoubleConv {
-    conv1: Conv2d,
+    conv1: Conv,
     norm1: NormLayer,
-    conv2: Conv2d,
+    conv2: Conv,
     norm2: NormLayer,
 }
 
@@ -218,8 +288,8 @@ impl DoubleConv {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.norm1.forward(&self.conv1.forward(x)?, train)?.relu()?;
-        self.norm2.forward(&self.conv2.forward(&x)?, train)?.relu()
+        let x = self.norm1.forward_relu(&self.conv1.forward(x)?, train)?;
+        self.norm2.forward_relu(&self.conv2.forward(&x)?, train)
     }
 }
 
@@ -227,8 +297,8 @@ impl DoubleConv {
 /// channels. Both variants are linear with a bias, so they differ only in the interpolation.
 #[derive(Debug, Clone)]
 pub(crate) enum UpLayer {
-    Transposed(ConvTranspose2d),
-    BilinearConv(Conv2d),
+    Transposed(ConvTranspose2d, Kernels),
+    BilinearConv(Conv),
 }
 
 impl UpLayer {
@@ -255,11 +325,10 @@ impl UpLayer {
             stride: 2,
             ..Default::default()
         };
-        Ok(Self::Transposed(ConvTranspose2d::new(
-            weight,
-            Some(bias),
-            config,
-        )))
+        Ok(Self::Transposed(
+            ConvTranspose2d::new(weight, Some(bias), config),
+            reg.kernels,
+        ))
     }
 
     pub(crate) fn bilinear_conv(
@@ -280,7 +349,11 @@ impl UpLayer {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Transposed(conv) => conv.forward(x),
+            Self::Transposed(conv, kernels) if lus_kernels_apply(*kernels, x) => {
+                let y = cpu_ops::conv_transpose2d_k2s2(x, conv.weight())?;
+                add_channel_bias(y, conv.bias())
+            }
+            Self::Transposed(conv, _) => conv.forward(x),
             Self::BilinearConv(conv) => conv.forward(&upsample_bilinear2x(x)?),
         }
     }

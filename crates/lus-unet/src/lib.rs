@@ -22,6 +22,14 @@
 //! Input height and width must be multiples of `2^depth` ([`UNetConfig::min_input_multiple`]);
 //! [`UNet::forward_t`] returns an error otherwise.
 //!
+//! # Kernels
+//!
+//! On the CPU, with [`UNetConfig::kernels`] = [`Kernels::Lus`] (the default), the 3x3 and 1x1
+//! convolutions, the transposed convolutions, training-mode batch norm (fused with its ReLU)
+//! and the max-pools run on the custom ops of [`cpu_ops`] (f32 and f64); [`Kernels::Candle`]
+//! runs candle's own ops everywhere, as on a GPU. Both give the same function and gradients up
+//! to float rounding (see `tests/cpu_ops.rs`).
+//!
 //! # Tensor names
 //!
 //! The names map one to one onto the `state_dict` keys of the PyTorch module in
@@ -78,12 +86,13 @@
 //! ```
 
 mod config;
+pub mod cpu_ops;
 mod error;
 mod io;
 mod layers;
 mod model;
 
-pub use config::{MAX_DEPTH, Norm, UNetConfig, Upsampling};
+pub use config::{Kernels, MAX_DEPTH, Norm, UNetConfig, Upsampling};
 pub use error::{Result, TensorMismatch, UNetError, WeightsReport};
 pub use io::{load_weights, load_weights_prefixed, save_weights, save_weights_prefixed};
 pub use layers::{

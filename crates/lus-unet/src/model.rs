@@ -1,16 +1,17 @@
 //! The U-Net itself: construction from a `VarBuilder`, deterministic initialisation, and the
 //! forward pass split into encoder, decoder and head so that a classifier can read any of them.
 
-use candle_core::{DType, Module, Tensor, Var};
-use candle_nn::{Conv2d, VarBuilder, VarMap};
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::config::{Norm, UNetConfig, Upsampling};
+use crate::cpu_ops;
 use crate::error::{Result, UNetError};
 use crate::layers::{
-    DoubleConv, ParamKind, ParamSpec, Part, Registry, UpLayer, concat_skip, conv2d, dropout_mask,
-    max_pool2x2,
+    Conv, DoubleConv, ParamKind, ParamSpec, Part, Registry, UpLayer, concat_skip, conv2d,
+    dropout_mask, lus_kernels_apply, max_pool2x2,
 };
 
 /// Training or evaluation behaviour of a forward pass.
@@ -65,7 +66,7 @@ pub struct UNet {
     bottleneck: DoubleConv,
     /// Indexed by level: `decoder[l]` produces the features at the resolution of `skips[l]`.
     decoder: Vec<DecoderLevel>,
-    head: Conv2d,
+    head: Conv,
 }
 
 impl UNet {
@@ -77,6 +78,7 @@ impl UNet {
         let mut reg = Registry {
             specs: Vec::new(),
             part: Part::Encoder,
+            kernels: config.kernels,
         };
         let mut encoder = Vec::with_capacity(config.depth);
         for level in 0..config.depth {
@@ -306,7 +308,11 @@ impl UNet {
         let mut h = x.clone();
         for level in &self.encoder {
             let features = level.forward(&h, train)?;
-            h = max_pool2x2(&features)?;
+            h = if lus_kernels_apply(self.config.kernels, &features) {
+                cpu_ops::max_pool2x2(&features)?
+            } else {
+                max_pool2x2(&features)?
+            };
             skips.push(features);
         }
         let mut bottleneck = self.bottleneck.forward(&h, train)?;

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use common::{build, randn, randomize_non_weights};
-use lus_unet::{Mode, Norm, UNet, UNetConfig, Upsampling};
+use lus_unet::{Kernels, Mode, Norm, UNet, UNetConfig, Upsampling};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -170,12 +170,22 @@ fn tiny(norm: Norm, upsampling: Upsampling, dropout: f32) -> UNetConfig {
         norm,
         upsampling,
         dropout,
+        kernels: Kernels::default(),
     }
 }
 
 #[test]
 fn gradients_batch_norm_transposed_conv_train_with_dropout() {
     check(tiny(Norm::Batch, Upsampling::TransposedConv, 0.3), true, 10);
+}
+
+#[test]
+fn gradients_batch_norm_transposed_conv_train_with_dropout_candle_kernels() {
+    let config = UNetConfig {
+        kernels: Kernels::Candle,
+        ..tiny(Norm::Batch, Upsampling::TransposedConv, 0.3)
+    };
+    check(config, true, 10);
 }
 
 #[test]

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{max_abs_diff, values};
-use lus_unet::{Mode, Norm, UNet, UNetConfig, Upsampling, load_weights, upsample_bilinear2x};
+use lus_unet::{
+    Kernels, Mode, Norm, UNet, UNetConfig, Upsampling, load_weights, upsample_bilinear2x,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -31,6 +33,7 @@ fn case_config(name: &str) -> UNetConfig {
         norm,
         upsampling,
         dropout: 0.0,
+        kernels: Kernels::default(),
     };
     match name {
         "batch_transposed" => small(Norm::Batch, Upsampling::TransposedConv),
@@ -45,6 +48,7 @@ fn case_config(name: &str) -> UNetConfig {
             norm: Norm::None,
             upsampling: Upsampling::TransposedConv,
             dropout: 0.0,
+            kernels: Kernels::default(),
         },
         other => panic!("unknown case {other}"),
     }

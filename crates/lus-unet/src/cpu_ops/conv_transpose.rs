@@ -1,0 +1,299 @@
+//! The decoder's 2x2 stride-2 transposed convolution (no padding, no overlap): every output
+//! pixel receives exactly one kernel tap, so per sample it is one GEMM
+//! `Y (4 Co x P) = W^T (4 Co x Ci) * x (Ci x P)` (with `W` seen as `Ci x 4 Co`) followed by a
+//! scatter of the four taps into the doubled grid. Backward gathers `dy` back into
+//! `G (4 Co x P)`: `dx = W * G`, `dW = sum over samples of x * G^T`.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::conv::check_dims;
+use super::{Float, Kernel2, Mat, Plan, cpu_fwd2, matmul, sum_blocks, with_scratch};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UpGeom {
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    height: usize,
+    width: usize,
+}
+
+impl UpGeom {
+    fn new(x: &[usize], w: &[usize]) -> Result<Self> {
+        let (&[batch, in_channels, height, width], &[w_in, out_channels, 2, 2]) = (x, w) else {
+            candle_core::bail!(
+                "conv_transpose2d_k2s2: input {x:?} must be 4-D and weight {w:?} Ci x Co x 2 x 2"
+            )
+        };
+        if w_in != in_channels {
+            candle_core::bail!(
+                "conv_transpose2d_k2s2: input {x:?} has {in_channels} channels, weight {w:?} \
+                 expects {w_in}"
+            )
+        }
+        Ok(Self {
+            batch,
+            in_channels,
+            out_channels,
+            height,
+            width,
+        })
+    }
+    fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+    fn taps(&self) -> usize {
+        4 * self.out_channels
+    }
+    fn in_plane(&self) -> usize {
+        self.in_channels * self.pixels()
+    }
+    fn out_plane(&self) -> usize {
+        self.taps() * self.pixels()
+    }
+    fn input_shape(&self) -> Shape {
+        (self.batch, self.in_channels, self.height, self.width).into()
+    }
+    fn weight_shape(&self) -> Shape {
+        (self.in_channels, self.out_channels, 2, 2).into()
+    }
+    fn output_shape(&self) -> Shape {
+        (
+            self.batch,
+            self.out_channels,
+            2 * self.height,
+            2 * self.width,
+        )
+            .into()
+    }
+
+    /// Visits, for every output channel, input row and tap row `a`, the output row
+    /// (`2 W` long, offset in the output plane) and the two tap rows of `Y` it interleaves
+    /// (offsets of taps `(a, 0)` and `(a, 1)`, `W` long).
+    fn for_each_row(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (p, w) = (self.pixels(), self.width);
+        for co in 0..self.out_channels {
+            for i in 0..self.height {
+                for a in 0..2 {
+                    let out = co * 4 * p + (2 * i + a) * 2 * w;
+                    let tap0 = (co * 4 + a * 2) * p + i * w;
+                    f(out, tap0, tap0 + p);
+                }
+            }
+        }
+    }
+
+    /// `out[co, 2i + a, 2j + b] = taps[(4 co + 2 a + b), i W + j]`.
+    fn scatter<T: Float>(&self, taps: &[T], out: &mut [T]) {
+        let w = self.width;
+        self.for_each_row(|o, t0, t1| {
+            let row = &mut out[o..o + 2 * w];
+            for ((pair, v0), v1) in row
+                .chunks_exact_mut(2)
+                .zip(&taps[t0..t0 + w])
+                .zip(&taps[t1..t1 + w])
+            {
+                pair[0] = *v0;
+                pair[1] = *v1;
+            }
+        });
+    }
+
+    /// The inverse of [`UpGeom::scatter`].
+    fn gather<T: Float>(&self, out: &[T], taps: &mut [T]) {
+        let w = self.width;
+        self.for_each_row(|o, t0, t1| {
+            let row = &out[o..o + 2 * w];
+            let (first, second) = taps.split_at_mut(t1);
+            for ((pair, v0), v1) in row
+                .chunks_exact(2)
+                .zip(&mut first[t0..t0 + w])
+                .zip(&mut second[..w])
+            {
+                *v0 = pair[0];
+                *v1 = pair[1];
+            }
+        });
+    }
+}
+
+/// Forward: `(x, weight) -> y`.
+#[derive(Clone, Copy, Debug)]
+struct UpFwd(UpGeom);
+
+impl Kernel2 for UpFwd {
+    const NAME: &'static str = "lus-conv-transpose2d-k2s2";
+    fn run<T: Float>(&self, x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
+        let g = self.0;
+        let (p, taps) = (g.pixels(), g.taps());
+        let mut y = vec![T::from_f64(0.0); g.batch * g.out_plane()];
+        Plan::for_batch(g.batch).for_each_sample(&mut y, g.out_plane(), |n, y_n, par| {
+            let x_n = Mat::rows(&x[n * g.in_plane()..][..g.in_plane()], p);
+            with_scratch(taps * p, |scratch: &mut [T]| {
+                matmul(
+                    (taps, p, g.in_channels),
+                    scratch,
+                    Mat::transposed(w, taps),
+                    x_n,
+                    par,
+                );
+                g.scatter(scratch, y_n);
+            });
+        });
+        Ok((y, g.output_shape()))
+    }
+}
+
+impl CustomOp2 for UpFwd {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_dims(Self::NAME, l1, &self.0.input_shape())?;
+        check_dims(Self::NAME, l2, &self.0.weight_shape())?;
+        cpu_fwd2(self, s1, l1, s2, l2)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(&w.contiguous()?, &UpGradInput(self.0))?;
+        let dw = x
+            .contiguous()?
+            .apply_op2_no_bwd(&dy, &UpGradWeight(self.0))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Input gradient: `(dy, weight) -> dx`.
+#[derive(Clone, Copy, Debug)]
+struct UpGradInput(UpGeom);
+
+impl Kernel2 for UpGradInput {
+    const NAME: &'static str = "lus-conv-transpose2d-k2s2-grad-input";
+    fn run<T: Float>(&self, dy: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
+        let g = self.0;
+        let (p, taps) = (g.pixels(), g.taps());
+        let mut dx = vec![T::from_f64(0.0); g.batch * g.in_plane()];
+        Plan::for_batch(g.batch).for_each_sample(&mut dx, g.in_plane(), |n, dx_n, par| {
+            let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
+            with_scratch(taps * p, |gathered: &mut [T]| {
+                g.gather(dy_n, gathered);
+                matmul(
+                    (g.in_channels, p, taps),
+                    dx_n,
+                    Mat::rows(w, taps),
+                    Mat::rows(gathered, p),
+                    par,
+                );
+            });
+        });
+        Ok((dx, g.input_shape()))
+    }
+}
+
+impl CustomOp2 for UpGradInput {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_dims(Self::NAME, l1, &self.0.output_shape())?;
+        check_dims(Self::NAME, l2, &self.0.weight_shape())?;
+        cpu_fwd2(self, s1, l1, s2, l2)
+    }
+}
+
+/// Weight gradient: `(x, dy) -> dW`.
+#[derive(Clone, Copy, Debug)]
+struct UpGradWeight(UpGeom);
+
+impl Kernel2 for UpGradWeight {
+    const NAME: &'static str = "lus-conv-transpose2d-k2s2-grad-weight";
+    fn run<T: Float>(&self, x: &[T], dy: &[T]) -> Result<(Vec<T>, Shape)> {
+        let g = self.0;
+        let (p, taps) = (g.pixels(), g.taps());
+        let block = g.in_channels * taps;
+        // Per-sample partials summed in sample order: independent of the thread count.
+        let mut partial = vec![T::from_f64(0.0); g.batch * block];
+        Plan::for_batch(g.batch).for_each_sample(&mut partial, block, |n, dw_n, par| {
+            let x_n = Mat::rows(&x[n * g.in_plane()..][..g.in_plane()], p);
+            let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
+            with_scratch(taps * p, |gathered: &mut [T]| {
+                g.gather(dy_n, gathered);
+                matmul(
+                    (g.in_channels, taps, p),
+                    dw_n,
+                    x_n,
+                    Mat::transposed(gathered, p),
+                    par,
+                );
+            });
+        });
+        let dw = if g.batch == 1 {
+            partial
+        } else {
+            sum_blocks(&partial, block)
+        };
+        Ok((dw, g.weight_shape()))
+    }
+}
+
+impl CustomOp2 for UpGradWeight {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_dims(Self::NAME, l1, &self.0.input_shape())?;
+        check_dims(Self::NAME, l2, &self.0.output_shape())?;
+        cpu_fwd2(self, s1, l1, s2, l2)
+    }
+}
+
+/// Transposed convolution with a 2x2 kernel and stride 2 (no padding, no output padding) of
+/// `x` (`N x Ci x H x W`) with `weight` in PyTorch's layout (`Ci x Co x 2 x 2`), no bias: the
+/// output is `N x Co x 2H x 2W`. A custom op (CPU, f32 or f64) with its own backward pass.
+pub fn conv_transpose2d_k2s2(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let geom = UpGeom::new(x.dims(), weight.dims())?;
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, UpFwd(geom))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_inverts_scatter() {
+        let g = UpGeom::new(&[1, 1, 3, 2], &[1, 2, 2, 2]).unwrap();
+        let taps: Vec<f32> = (0..g.out_plane()).map(|i| i as f32).collect();
+        let mut out = vec![0.0; g.out_plane()];
+        g.scatter(&taps, &mut out);
+        // Channel 0, output row 0 interleaves taps (0,0) and (0,1) of input row 0.
+        assert_eq!(&out[..4], &[0.0, 6.0, 1.0, 7.0]);
+        let mut back = vec![0.0; g.out_plane()];
+        g.gather(&out, &mut back);
+        assert_eq!(back, taps);
+    }
+}

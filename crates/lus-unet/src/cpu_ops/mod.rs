@@ -1,0 +1,324 @@
+//! CPU kernels for the U-Net's heavy layers, as candle custom ops with their own backward
+//! passes, so that a model using them still trains through candle's autograd.
+//!
+//! candle 0.11.1 computes the input gradient of every conv2d with a naive transposed-convolution
+//! loop, and batch norm through a dozen generic ops; on the CPU a U-Net training step spends
+//! most of its time there. The ops here are:
+//!
+//! - [`conv2d`]: im2col + GEMM forward; the input gradient is GEMM + col2im, the weight gradient
+//!   GEMM over im2col (each a further custom op);
+//! - [`conv_transpose2d_k2s2`]: the 2x2 stride-2 transposed convolution of the decoder, one GEMM
+//!   plus a scatter (backward: a gather plus GEMMs);
+//! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
+//!   forward op; its backward computes the per-channel sums in one pass and the input gradient
+//!   in a second one;
+//! - [`max_pool2x2`]: one pass forward, one pass backward (candle's `max` backward needs a
+//!   comparison, a cast and a product over the full-resolution tensor).
+//!
+//! All ops accept f32 and f64 tensors on the CPU (f64 so that gradient checks can use them);
+//! they make their inputs contiguous first. GEMMs use the `gemm` crate (the one candle uses).
+//! Work is split over the batch with rayon when the batch has at least as many samples as
+//! there are threads, otherwise each GEMM is parallel on its own. Sums over the batch (weight
+//! gradients) add per-sample partial results in sample order, so results do not depend on the
+//! number of threads.
+
+mod batch_norm;
+mod conv;
+mod conv_transpose;
+mod pool;
+
+use std::cell::RefCell;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result, Shape, WithDType};
+use gemm::Parallelism;
+
+pub use batch_norm::{BatchStats, batch_norm_train};
+pub use conv::conv2d;
+pub use conv_transpose::conv_transpose2d_k2s2;
+pub use pool::max_pool2x2;
+
+/// The element types the kernels support (f32 and f64), with a per-thread scratch buffer each.
+pub(crate) trait Float: WithDType {
+    /// Takes this thread's scratch buffer, grown to at least `len` elements (contents are
+    /// arbitrary). Give it back with [`Float::put_scratch`]; a nested call in between (rayon
+    /// work stealing) simply gets a fresh buffer.
+    fn take_scratch(len: usize) -> Vec<Self>;
+    fn put_scratch(buffer: Vec<Self>);
+}
+
+macro_rules! impl_float {
+    ($t:ty, $cell:ident) => {
+        thread_local! {
+            static $cell: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+        }
+        impl Float for $t {
+            fn take_scratch(len: usize) -> Vec<Self> {
+                let mut buffer = $cell.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+                if buffer.len() < len {
+                    buffer.resize(len, 0.0);
+                }
+                buffer
+            }
+            fn put_scratch(buffer: Vec<Self>) {
+                $cell.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.capacity() < buffer.capacity() {
+                        *slot = buffer;
+                    }
+                });
+            }
+        }
+    };
+}
+
+impl_float!(f32, SCRATCH_F32);
+impl_float!(f64, SCRATCH_F64);
+
+/// Runs `f` with this thread's scratch buffer of `len` elements.
+pub(crate) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let mut buffer = T::take_scratch(len);
+    let result = f(&mut buffer[..len]);
+    T::put_scratch(buffer);
+    result
+}
+
+/// A kernel over two contiguous inputs of one element type.
+pub(crate) trait Kernel2 {
+    const NAME: &'static str;
+    fn run<T: Float>(&self, a: &[T], b: &[T]) -> Result<(Vec<T>, Shape)>;
+}
+
+/// A kernel over three contiguous inputs of one element type.
+pub(crate) trait Kernel3 {
+    const NAME: &'static str;
+    fn run<T: Float>(&self, a: &[T], b: &[T], c: &[T]) -> Result<(Vec<T>, Shape)>;
+}
+
+/// The contiguous elements of a storage, or an error naming the op.
+fn contiguous<'a, T: Float>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!(
+            "{op}: needs contiguous inputs, got strides {:?}",
+            l.stride()
+        ),
+    }
+}
+
+pub(crate) fn cpu_fwd2<K: Kernel2>(
+    kernel: &K,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    fn go<K: Kernel2, T: Float>(
+        k: &K,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, shape) = k.run(
+            contiguous::<T>(K::NAME, s1, l1)?,
+            contiguous::<T>(K::NAME, s2, l2)?,
+        )?;
+        Ok((T::to_cpu_storage_owned(out), shape))
+    }
+    match (s1, s2) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => go::<K, f32>(kernel, s1, l1, s2, l2),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => go::<K, f64>(kernel, s1, l1, s2, l2),
+        _ => candle_core::bail!(
+            "{}: f32 or f64 tensors of one dtype only, got {:?} and {:?}",
+            K::NAME,
+            s1.dtype(),
+            s2.dtype()
+        ),
+    }
+}
+
+pub(crate) fn cpu_fwd3<K: Kernel3>(
+    kernel: &K,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    s3: &CpuStorage,
+    l3: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    fn go<K: Kernel3, T: Float>(
+        k: &K,
+        inputs: [(&CpuStorage, &Layout); 3],
+    ) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = inputs;
+        let (out, shape) = k.run(
+            contiguous::<T>(K::NAME, s1, l1)?,
+            contiguous::<T>(K::NAME, s2, l2)?,
+            contiguous::<T>(K::NAME, s3, l3)?,
+        )?;
+        Ok((T::to_cpu_storage_owned(out), shape))
+    }
+    let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+    match (s1, s2, s3) {
+        (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+            go::<K, f32>(kernel, inputs)
+        }
+        (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+            go::<K, f64>(kernel, inputs)
+        }
+        _ => candle_core::bail!(
+            "{}: f32 or f64 tensors of one dtype only, got {:?}, {:?}, {:?}",
+            K::NAME,
+            s1.dtype(),
+            s2.dtype(),
+            s3.dtype()
+        ),
+    }
+}
+
+/// A strided read-only matrix view for [`matmul`].
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst (m x n, row-major) = lhs (m x k) * rhs (k x n)`.
+pub(crate) fn matmul<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    parallelism: Parallelism,
+) {
+    // Bounds are checked here once, so that the unsafe call below reads and writes only inside
+    // the slices.
+    assert!(
+        dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n),
+        "matmul: operand sizes do not fit {m} x {k} x {n}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(T::from_f64(0.0));
+        return;
+    }
+    // SAFETY: the assert above keeps every accessed element inside its slice; dst does not
+    // alias the inputs (it is a unique borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            T::from_f64(0.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// How a batched kernel spreads over the threads: over the samples when there are enough of
+/// them, else inside each GEMM.
+#[derive(Clone, Copy)]
+pub(crate) struct Plan {
+    pub over_batch: bool,
+    pub gemm: Parallelism,
+}
+
+impl Plan {
+    pub fn for_batch(batch: usize) -> Self {
+        let threads = rayon::current_num_threads();
+        if threads <= 1 {
+            Self {
+                over_batch: false,
+                gemm: Parallelism::None,
+            }
+        } else if batch >= threads {
+            Self {
+                over_batch: true,
+                gemm: Parallelism::None,
+            }
+        } else {
+            Self {
+                over_batch: false,
+                gemm: Parallelism::Rayon(threads),
+            }
+        }
+    }
+
+    /// Calls `f(sample, chunk, gemm_parallelism)` for each `chunk` of `out` (one per sample).
+    pub fn for_each_sample<T: Float>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T], Parallelism) + Sync,
+    ) {
+        use rayon::prelude::*;
+        if chunk == 0 {
+            return;
+        }
+        if self.over_batch {
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c, self.gemm));
+        } else {
+            out.chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c, self.gemm));
+        }
+    }
+}
+
+/// Sums `parts` (consecutive blocks of `len` elements) into one block, in block order.
+pub(crate) fn sum_blocks<T: Float>(parts: &[T], len: usize) -> Vec<T> {
+    let mut total = vec![T::from_f64(0.0); len];
+    for block in parts.chunks(len.max(1)) {
+        for (t, v) in total.iter_mut().zip(block) {
+            *t += *v;
+        }
+    }
+    total
+}
