@@ -20,6 +20,7 @@ pub mod mask;
 pub mod raster;
 pub mod scanner;
 pub mod schema;
+pub mod splits;
 
 pub use annotation::{Annotation, Geometry, Point, Shape};
 pub use clinical::{Diagnosis, Probe};

@@ -14,7 +14,7 @@ use lus_data::scanner::ScannerConfig;
 use lus_data::schema::edit_distance;
 use lus_metrics::ObjectConfig;
 use lus_metrics::components::Connectivity;
-use lus_train::SegRunConfig;
+use lus_train::{ClsRunConfig, SegRunConfig};
 use serde::{Deserialize, Serialize};
 
 /// Name of the resolved configuration written beside every result.
@@ -36,6 +36,10 @@ pub struct ExperimentConfig {
     /// `[pretrain.unet]`, `[pretrain.data]`. `pretrain.train.seed` is replaced by each grid seed.
     pub pretrain: SegRunConfig,
     pub evaluation: EvaluationConfig,
+    /// The diagnostic classification (reverse transfer): `[classify.train]`,
+    /// `[classify.classifier]`, `[classify.data]`, `classify.class_weights`. Absent: the study
+    /// stops after the segmentation pretraining.
+    pub classify: Option<ClsRunConfig>,
     pub grid: GridConfig,
 }
 
@@ -48,6 +52,7 @@ impl Default for ExperimentConfig {
             dataset: DatasetConfig::default(),
             pretrain: SegRunConfig::default(),
             evaluation: EvaluationConfig::default(),
+            classify: None,
             grid: GridConfig::default(),
         }
     }
@@ -69,6 +74,10 @@ pub struct DatasetConfig {
     pub train: usize,
     pub val: usize,
     pub test: usize,
+    /// Examples of the diagnostic task (classification), split into `grid.folds` stratified
+    /// folds: the scanner draws them after the pretraining samples; a folder's come after them
+    /// in the shuffled order. Unused without `[classify]`.
+    pub classify_samples: usize,
     /// The scanner's settings (`[dataset.scanner]`); its `size` is the stored image size.
     pub scanner: ScannerConfig,
     /// Stroke width in pixels of the sparse labels the scanner's annotations are rasterised with.
@@ -84,6 +93,7 @@ impl Default for DatasetConfig {
             train: 512,
             val: 128,
             test: 128,
+            classify_samples: 600,
             scanner: ScannerConfig::default(),
             sparse_width: lus_data::RasterOptions::default().sparse_width,
         }
@@ -140,22 +150,150 @@ impl EvaluationConfig {
     }
 }
 
+/// Where an arm's U-Net starts from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Pretrain {
+    /// The U-Net pretrained on dense labels.
+    Dense,
+    /// The U-Net pretrained on sparse labels.
+    Sparse,
+    /// A freshly initialised U-Net (same architecture, same seed rules).
+    None,
+}
+
+impl Pretrain {
+    pub fn label_mode(self) -> Option<LabelMode> {
+        match self {
+            Pretrain::Dense => Some(LabelMode::Dense),
+            Pretrain::Sparse => Some(LabelMode::Sparse),
+            Pretrain::None => None,
+        }
+    }
+}
+
+/// One arm of the study: a pretraining and, optionally, classifier settings that differ from
+/// `[classify.classifier]` (e.g. another head placement or freezing). In TOML either a name
+/// (`"dense"`, `"sparse"`, `"none"`: the arm with that pretraining and the shared classifier)
+/// or a table `{ name = "dense-frozen", pretrain = "dense", classifier = { freeze = "encoder" } }`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(try_from = "ArmSpec")]
+pub struct ArmConfig {
+    pub name: String,
+    pub pretrain: Pretrain,
+    /// Keys of `[classify.classifier]` this arm overrides.
+    #[serde(skip_serializing_if = "toml::Table::is_empty", default)]
+    pub classifier: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ArmSpec {
+    Name(String),
+    Full {
+        name: String,
+        pretrain: Pretrain,
+        #[serde(default)]
+        classifier: toml::Table,
+    },
+}
+
+impl TryFrom<ArmSpec> for ArmConfig {
+    type Error = String;
+
+    fn try_from(spec: ArmSpec) -> Result<Self, String> {
+        match spec {
+            ArmSpec::Name(name) => {
+                let pretrain = match name.as_str() {
+                    "dense" => Pretrain::Dense,
+                    "sparse" => Pretrain::Sparse,
+                    "none" => Pretrain::None,
+                    other => {
+                        return Err(format!(
+                            "arm {other:?}: a name alone must be dense, sparse or none; give other \
+                             arms as {{ name = \"...\", pretrain = \"dense\", classifier = {{ ... }} }}"
+                        ));
+                    }
+                };
+                Ok(ArmConfig {
+                    name,
+                    pretrain,
+                    classifier: toml::Table::new(),
+                })
+            }
+            ArmSpec::Full {
+                name,
+                pretrain,
+                classifier,
+            } => Ok(ArmConfig {
+                name,
+                pretrain,
+                classifier,
+            }),
+        }
+    }
+}
+
+impl ArmConfig {
+    pub fn plain(pretrain: Pretrain) -> Self {
+        let name = match pretrain {
+            Pretrain::Dense => "dense",
+            Pretrain::Sparse => "sparse",
+            Pretrain::None => "none",
+        };
+        ArmConfig {
+            name: name.into(),
+            pretrain,
+            classifier: toml::Table::new(),
+        }
+    }
+}
+
 /// The cells of the study.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GridConfig {
-    /// Label modes the U-Net is pretrained on, one arm each.
-    pub arms: Vec<LabelMode>,
-    /// Seeds; each (arm, seed) is one run.
+    /// The arms: each pretraining (dense, sparse) is run once per seed, and each arm is
+    /// classified per seed and fold.
+    pub arms: Vec<ArmConfig>,
+    /// Seeds; each (pretraining, seed) is one segmentation run, each (arm, seed, fold) one
+    /// classification run.
     pub seeds: Vec<u64>,
+    /// Stratified folds of the diagnostic task: fold f is the test set of cell f, fold
+    /// (f + 1) mod k its validation set, the rest its training set.
+    pub folds: usize,
+    /// In the resolved config of a classification cell: its fold. Not set in experiment files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fold: Option<usize>,
 }
 
 impl Default for GridConfig {
     fn default() -> Self {
         GridConfig {
-            arms: vec![LabelMode::Dense, LabelMode::Sparse],
+            arms: vec![
+                ArmConfig::plain(Pretrain::Dense),
+                ArmConfig::plain(Pretrain::Sparse),
+                ArmConfig::plain(Pretrain::None),
+            ],
             seeds: vec![0],
+            folds: 5,
+            fold: None,
         }
+    }
+}
+
+impl GridConfig {
+    /// The label modes to pretrain on, in arm order, each once.
+    pub fn pretrain_modes(&self) -> Vec<LabelMode> {
+        let mut modes = Vec::new();
+        for arm in &self.arms {
+            if let Some(mode) = arm.pretrain.label_mode()
+                && !modes.contains(&mode)
+            {
+                modes.push(mode);
+            }
+        }
+        modes
     }
 }
 
@@ -227,9 +365,52 @@ impl ExperimentConfig {
             bail!("grid: needs at least one arm and one seed");
         }
         for (i, arm) in self.grid.arms.iter().enumerate() {
-            if self.grid.arms[..i].contains(arm) {
-                bail!("grid.arms: {arm} appears twice");
+            if self.grid.arms[..i].iter().any(|a| a.name == arm.name) {
+                bail!("grid.arms: {} appears twice", arm.name);
             }
+            let name_ok = !arm.name.is_empty()
+                && arm
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            if !name_ok {
+                bail!(
+                    "grid.arms: name {:?} must be ASCII letters, digits, '-' or '_'",
+                    arm.name
+                );
+            }
+            if let Some(classify) = &self.classify {
+                self.arm_classifier(arm, classify)
+                    .with_context(|| format!("grid.arms: arm {}", arm.name))?;
+            } else if !arm.classifier.is_empty() {
+                bail!(
+                    "grid.arms: arm {} sets classifier keys but there is no [classify]",
+                    arm.name
+                );
+            }
+        }
+        if self.grid.folds < 2 {
+            bail!("grid.folds: must be at least 2 (is {})", self.grid.folds);
+        }
+        if let Some(fold) = self.grid.fold
+            && fold >= self.grid.folds
+        {
+            bail!(
+                "grid.fold: {fold} is not below grid.folds = {}",
+                self.grid.folds
+            );
+        }
+        if let Some(classify) = &self.classify {
+            classify.validate(&self.pretrain.unet).context("classify")?;
+            if self.dataset.classify_samples < 3 * self.grid.folds {
+                bail!(
+                    "dataset.classify_samples: {} examples cannot fill {} folds",
+                    self.dataset.classify_samples,
+                    self.grid.folds
+                );
+            }
+        } else if self.grid.arms.iter().all(|a| a.pretrain == Pretrain::None) {
+            bail!("grid.arms: only `none` arms and no [classify]: nothing to run");
         }
         for (i, seed) in self.grid.seeds.iter().enumerate() {
             if self.grid.seeds[..i].contains(seed) {
@@ -262,6 +443,40 @@ impl ExperimentConfig {
     /// The configuration as TOML (what is saved as `config.resolved.toml`).
     pub fn to_toml_string(&self) -> anyhow::Result<String> {
         toml::to_string_pretty(self).context("serialising the resolved config")
+    }
+
+    /// The classification run config of `arm`: `[classify]` with the arm's classifier
+    /// overrides applied (and checked like the file).
+    pub fn arm_classifier(
+        &self,
+        arm: &ArmConfig,
+        classify: &ClsRunConfig,
+    ) -> anyhow::Result<ClsRunConfig> {
+        let mut run = classify.clone();
+        if !arm.classifier.is_empty() {
+            let mut table = toml::Table::try_from(&run.classifier)?;
+            for (key, value) in &arm.classifier {
+                if !table.contains_key(key) {
+                    bail!(
+                        "{}",
+                        explain_unknown_key(&format!(
+                            "unknown field `{key}`, expected one of {}",
+                            table
+                                .keys()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    );
+                }
+                table.insert(key.clone(), value.clone());
+            }
+            run.classifier = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        }
+        run.validate(&self.pretrain.unet)?;
+        Ok(run)
     }
 
     /// Folder of this experiment's runs.

@@ -6,17 +6,107 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use image::GrayImage;
+use lus_data::cls_loader::{ClassificationSource, FileClassSource, InMemoryClassSource};
 use lus_data::loader::{FileSource, InMemorySource, SegmentationSource};
 use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
 use lus_data::raster::{LabelMode, RasterOptions, rasterize};
 use lus_data::scanner::Scanner;
-use lus_data::{LabelSchema, Mask};
+use lus_data::{Diagnosis, LabelSchema, Mask};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::config::{DataSource, DatasetConfig};
+
+/// The examples of the diagnostic task, with what splits and reports need.
+pub struct ClassifyPool {
+    pub source: Arc<dyn ClassificationSource>,
+    pub ids: Vec<String>,
+    /// Class id (Diagnosis::index) of each example.
+    pub labels: Vec<usize>,
+    /// Group of each example for the folds (a scanner sample is its own group).
+    pub groups: Vec<String>,
+    pub probes: Vec<String>,
+}
+
+/// Diagnosis names in class-id order.
+pub fn diagnosis_names() -> Vec<String> {
+    Diagnosis::ALL
+        .iter()
+        .map(|d| d.as_str().to_string())
+        .collect()
+}
+
+impl ClassifyPool {
+    /// `config.classify_samples` examples after the pretraining ones.
+    pub fn load(config: &DatasetConfig) -> anyhow::Result<Self> {
+        let count = config.classify_samples;
+        let start = config.train + config.val + config.test;
+        match config.source {
+            DataSource::Scanner => {
+                let scanner = Scanner::new(config.scanner.clone(), config.seed)?;
+                let samples = scanner.generate(start as u64..(start + count) as u64);
+                let mut pool = ClassifyPool {
+                    source: Arc::new(InMemoryClassSource(Vec::new())),
+                    ids: Vec::with_capacity(count),
+                    labels: Vec::with_capacity(count),
+                    groups: Vec::with_capacity(count),
+                    probes: Vec::with_capacity(count),
+                };
+                let mut examples = Vec::with_capacity(count);
+                for s in samples {
+                    let id = format!("scanner-{}", s.index);
+                    pool.ids.push(id.clone());
+                    pool.groups.push(id);
+                    pool.labels.push(s.diagnosis.index());
+                    pool.probes.push(s.probe.as_str().to_string());
+                    examples.push((s.image, s.diagnosis.index()));
+                }
+                pool.source = Arc::new(InMemoryClassSource(examples));
+                Ok(pool)
+            }
+            DataSource::Folder => {
+                let folder = config
+                    .folder
+                    .as_deref()
+                    .context("dataset.folder: required with source = \"folder\"")?;
+                let manifest_path = folder.join(MANIFEST_FILE);
+                let rows = read_manifest(&manifest_path)?;
+                if rows.len() < start + count {
+                    bail!(
+                        "{}: {} examples, but dataset.train + val + test + classify_samples = {}",
+                        manifest_path.display(),
+                        rows.len(),
+                        start + count
+                    );
+                }
+                let mut order: Vec<usize> = (0..rows.len()).collect();
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
+                let mut files = Vec::with_capacity(count);
+                let mut pool = ClassifyPool {
+                    source: Arc::new(InMemoryClassSource(Vec::new())),
+                    ids: Vec::new(),
+                    labels: Vec::new(),
+                    groups: Vec::new(),
+                    probes: Vec::new(),
+                };
+                for &i in &order[start..start + count] {
+                    let row = &rows[i];
+                    let image = resolve_inside(folder, &row.image)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
+                    files.push((image, row.diagnosis.index()));
+                    pool.ids.push(row.id.clone());
+                    pool.groups.push(row.id.clone());
+                    pool.labels.push(row.diagnosis.index());
+                    pool.probes.push(row.probe.as_str().to_string());
+                }
+                pool.source = Arc::new(FileClassSource::new(files));
+                Ok(pool)
+            }
+        }
+    }
+}
 
 /// One split: the same examples under both label modes.
 pub struct Split {

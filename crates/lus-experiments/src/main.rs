@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cls_cell;
 mod config;
 mod contact_sheet;
 mod dataset;
@@ -14,6 +15,7 @@ mod progress;
 mod provenance;
 mod rasterize;
 mod report;
+mod report_cls;
 mod seg_cell;
 mod study;
 mod synth;

@@ -158,6 +158,7 @@ pub fn write_report(
     experiment: &ExperimentConfig,
     data: &Dataset,
     cells: &[CellResult],
+    cls_cells: &[crate::report_cls::ClsCellResult],
     wall_seconds_this_invocation: f64,
 ) -> anyhow::Result<PathBuf> {
     let root = experiment.report_root();
@@ -198,9 +199,8 @@ pub fn write_report(
 
     let arms: Vec<LabelMode> = experiment
         .grid
-        .arms
-        .iter()
-        .copied()
+        .pretrain_modes()
+        .into_iter()
         .filter(|a| cells.iter().any(|c| c.arm == *a))
         .collect();
     let cells_of = |arm: LabelMode| cells.iter().filter(move |c| c.arm == arm);
@@ -210,8 +210,13 @@ pub fn write_report(
     let p = &experiment.pretrain;
     let _ = writeln!(
         md,
-        "# {}: dense vs sparse segmentation pretraining\n",
-        experiment.name
+        "# {}: {}\n",
+        experiment.name,
+        if experiment.classify.is_some() {
+            "dense vs sparse segmentation pretraining, and reverse transfer to diagnosis"
+        } else {
+            "dense vs sparse segmentation pretraining"
+        }
     );
     let first = cells.first().map(|c| &c.manifest);
     let _ = writeln!(
@@ -460,6 +465,16 @@ pub fn write_report(
         );
     }
 
+    if experiment.classify.is_some() {
+        md.push_str(&crate::report_cls::classification_section(
+            experiment,
+            cls_cells,
+            staged.path(),
+            &figures,
+        )?);
+        md.push('\n');
+    }
+
     // Cost.
     let _ = writeln!(md, "## Cost\n");
     let _ = writeln!(
@@ -487,6 +502,18 @@ pub fn write_report(
             1000.0 * p.train.batch_size as f64 / ips
         );
     }
+    for cell in cls_cells {
+        let wall = cell_wall(&cell.dir);
+        total += wall;
+    }
+    if !cls_cells.is_empty() {
+        let _ = writeln!(
+            md,
+            "| {} classification runs | {:.0} s | | | |",
+            cls_cells.len(),
+            cls_cells.iter().map(|c| cell_wall(&c.dir)).sum::<f64>()
+        );
+    }
     let _ = writeln!(
         md,
         "\nSum over runs: {total:.0} s. Wall time of the `lus run` invocation that wrote this report \
@@ -502,6 +529,15 @@ pub fn write_report(
     Ok(staged.commit(true)?)
 }
 
+/// Wall time recorded in a run folder's manifest (NaN when unknown).
+fn cell_wall(dir: &Path) -> f64 {
+    lus_data::io::read_text(&dir.join(RUN_MANIFEST_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<RunManifest>(&t).ok())
+        .and_then(|m| m.wall_seconds)
+        .unwrap_or(f64::NAN)
+}
+
 /// Draws image | dense truth | sparse truth | prediction per arm for the first test images,
 /// with the first seed's models. Returns false when there is nothing to draw.
 fn overlay_figure(
@@ -514,9 +550,9 @@ fn overlay_figure(
     let seed = experiment.grid.seeds[0];
     let models: Vec<&CellResult> = experiment
         .grid
-        .arms
-        .iter()
-        .filter_map(|a| cells.iter().find(|c| c.arm == *a && c.seed == seed))
+        .pretrain_modes()
+        .into_iter()
+        .filter_map(|a| cells.iter().find(|c| c.arm == a && c.seed == seed))
         .collect();
     if count == 0 || models.is_empty() {
         return Ok(false);

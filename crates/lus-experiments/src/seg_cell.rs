@@ -23,7 +23,9 @@ use lus_train::{
     train_segmentation_with,
 };
 
-use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::config::{
+    ArmConfig, DatasetConfig, ExperimentConfig, GridConfig, Pretrain, RESOLVED_CONFIG_FILE,
+};
 use crate::dataset::Dataset;
 use crate::provenance::{RUN_MANIFEST_FILE, RunClock, write_run_manifest};
 
@@ -37,16 +39,27 @@ pub fn eval_table_path(cell_dir: &Path, truth: LabelMode) -> PathBuf {
         .join(format!("test-{truth}.parquet"))
 }
 
-/// `experiment` reduced to one cell: `grid.arms = [labels]`, `grid.seeds = [seed]`, and the
-/// pretraining seed set to `seed`.
+/// `experiment` reduced to one segmentation cell: the arm of `labels`, one seed, the
+/// pretraining seed set to it, and what does not concern the pretraining (the classification
+/// section, folds, the size of the diagnostic pool) at its defaults, so changing those keeps
+/// finished pretraining runs valid.
 pub fn cell_config(
     experiment: &ExperimentConfig,
     labels: LabelMode,
     seed: u64,
 ) -> ExperimentConfig {
     let mut cell = experiment.clone();
-    cell.grid.arms = vec![labels];
-    cell.grid.seeds = vec![seed];
+    let pretrain = match labels {
+        LabelMode::Dense => Pretrain::Dense,
+        LabelMode::Sparse => Pretrain::Sparse,
+    };
+    cell.classify = None;
+    cell.dataset.classify_samples = DatasetConfig::default().classify_samples;
+    cell.grid = GridConfig {
+        arms: vec![ArmConfig::plain(pretrain)],
+        seeds: vec![seed],
+        ..GridConfig::default()
+    };
     cell.pretrain.train.seed = seed;
     cell
 }
@@ -61,7 +74,7 @@ pub fn is_complete(dir: &Path, cell: &ExperimentConfig) -> anyhow::Result<bool> 
 }
 
 /// Errors if `dir` holds a resolved configuration other than `cell`'s.
-fn check_same_config(dir: &Path, cell: &ExperimentConfig) -> anyhow::Result<()> {
+pub fn check_same_config(dir: &Path, cell: &ExperimentConfig) -> anyhow::Result<()> {
     let path = dir.join(RESOLVED_CONFIG_FILE);
     if !path.is_file() {
         return Ok(());
@@ -82,10 +95,13 @@ fn check_same_config(dir: &Path, cell: &ExperimentConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The single label mode and seed of a cell config.
+/// The single label mode and seed of a segmentation cell config.
 pub fn cell_arm(cell: &ExperimentConfig) -> anyhow::Result<(LabelMode, u64)> {
     match (cell.grid.arms.as_slice(), cell.grid.seeds.as_slice()) {
-        ([arm], [seed]) => Ok((*arm, *seed)),
+        ([arm], [seed]) => match arm.pretrain.label_mode() {
+            Some(mode) => Ok((mode, *seed)),
+            None => bail!("a segmentation cell pretrains on dense or sparse labels, not none"),
+        },
         _ => bail!("a cell config has exactly one arm and one seed"),
     }
 }

@@ -12,10 +12,14 @@ use anyhow::bail;
 use clap::Args;
 use lus_data::LabelMode;
 
+use crate::cls_cell::{cls_cell_config, cls_cell_dir, run_cls_cell};
 use crate::config::ExperimentConfig;
+use crate::dataset::ClassifyPool;
 use crate::dataset::Dataset;
 use crate::report::{CellResult, write_report};
-use crate::seg_cell::{cell_config, is_complete, run_cell};
+use crate::report_cls::load_cls_cells;
+use crate::seg_cell::{best_checkpoint, cell_config, is_complete, run_cell};
+use lus_data::splits::stratified_group_kfold;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -27,6 +31,38 @@ pub struct RunArgs {
     /// No progress bars or per-epoch lines.
     #[arg(long)]
     quiet: bool,
+    /// Run only cells i with i mod N == K (K in 0..N; for job arrays), and no report (merge
+    /// with `lus report` when all shards are done). Cells are numbered pretraining first.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Which cells: the segmentation pretraining, the classification, or all.
+    #[arg(long, value_enum, default_value = "all")]
+    stage: Stage,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Pretrain,
+    Classify,
+    All,
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (k, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: expected K/N, e.g. 0/4"))?;
+    let k: usize = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: K is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: N is not a number"))?;
+    if n == 0 || k >= n {
+        return Err(format!("{text:?}: need 0 <= K < N"));
+    }
+    Ok((k, n))
 }
 
 /// The folder of one pretraining cell.
@@ -40,7 +76,7 @@ pub fn cell_dir(experiment: &ExperimentConfig, arm: LabelMode, seed: u64) -> Pat
 fn cells(experiment: &ExperimentConfig) -> Vec<(LabelMode, u64)> {
     let mut cells = Vec::new();
     for &seed in &experiment.grid.seeds {
-        for &arm in &experiment.grid.arms {
+        for arm in experiment.grid.pretrain_modes() {
             cells.push((arm, seed));
         }
     }
@@ -51,20 +87,97 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let experiment = ExperimentConfig::load(&args.file, &args.overrides)?;
     lus_train::parse_device(&experiment.pretrain.train.device)?;
+    if let Some(c) = &experiment.classify {
+        lus_train::parse_device(&c.train.device)?;
+    }
     let data = Dataset::load(&experiment.dataset)?;
-    let grid = cells(&experiment);
-    for (i, &(arm, seed)) in grid.iter().enumerate() {
-        if !args.quiet {
-            eprintln!("cell {}/{}: {arm} labels, seed {seed}", i + 1, grid.len());
+    let in_shard = |i: usize| args.shard.is_none_or(|(k, n)| i % n == k);
+    let seg_cells = cells(&experiment);
+    let mut index = 0;
+    if args.stage != Stage::Classify {
+        for &(arm, seed) in &seg_cells {
+            if in_shard(index) {
+                if !args.quiet {
+                    eprintln!(
+                        "pretraining cell {}/{}: {arm} labels, seed {seed}",
+                        index + 1,
+                        seg_cells.len()
+                    );
+                }
+                let cell = cell_config(&experiment, arm, seed);
+                run_cell(&cell, &data, &cell_dir(&experiment, arm, seed), args.quiet)?;
+            }
+            index += 1;
         }
-        let cell = cell_config(&experiment, arm, seed);
-        run_cell(&cell, &data, &cell_dir(&experiment, arm, seed), args.quiet)?;
+    } else {
+        index += seg_cells.len();
+    }
+    if experiment.classify.is_some() && args.stage != Stage::Pretrain {
+        let pool = ClassifyPool::load(&experiment.dataset)?;
+        let folds = stratified_group_kfold(
+            &pool.labels,
+            &pool.groups,
+            experiment.grid.folds,
+            experiment.dataset.seed,
+        )?;
+        let total =
+            experiment.grid.seeds.len() * experiment.grid.folds * experiment.grid.arms.len();
+        let mut n = 0;
+        for &seed in &experiment.grid.seeds {
+            for fold in 0..experiment.grid.folds {
+                for arm in &experiment.grid.arms {
+                    n += 1;
+                    if in_shard(index) {
+                        if !args.quiet {
+                            eprintln!(
+                                "classification cell {n}/{total}: {}, seed {seed}, fold {fold}",
+                                arm.name
+                            );
+                        }
+                        let backbone = match arm.pretrain.label_mode() {
+                            Some(mode) => {
+                                let dir = cell_dir(&experiment, mode, seed);
+                                if !is_complete(&dir, &cell_config(&experiment, mode, seed))? {
+                                    bail!(
+                                        "arm {} needs the {mode} pretraining of seed {seed} ({}), which is not complete; \
+                                         run the pretraining stage first",
+                                        arm.name,
+                                        dir.display()
+                                    );
+                                }
+                                Some(best_checkpoint(&dir))
+                            }
+                            None => None,
+                        };
+                        let cell = cls_cell_config(&experiment, arm, seed, fold);
+                        run_cls_cell(
+                            &cell,
+                            &pool,
+                            &folds,
+                            backbone.as_deref(),
+                            &cls_cell_dir(&experiment, &arm.name, seed, fold),
+                            args.quiet,
+                        )?;
+                    }
+                    index += 1;
+                }
+            }
+        }
+    }
+    if args.shard.is_some() {
+        eprintln!(
+            "shard done; write the report with `lus report {}` when every shard is",
+            args.file.display()
+        );
+        return Ok(());
     }
     let results = load_complete(&experiment)?;
+    let cls_results = load_cls_cells(&experiment)?;
     let path = write_report(
         &experiment,
         &data,
         &results,
+        &cls_results,
         started.elapsed().as_secs_f64(),
     )?;
     eprintln!(
@@ -94,16 +207,19 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         );
     }
     let data = Dataset::load(&experiment.dataset)?;
+    let cls_results = load_cls_cells(&experiment)?;
     let path = write_report(
         &experiment,
         &data,
         &results,
+        &cls_results,
         started.elapsed().as_secs_f64(),
     )?;
     eprintln!(
-        "report of {} of {} cells: {}",
+        "report of {} of {} pretraining cells and {} classification cells: {}",
         results.len(),
         cells(&experiment).len(),
+        cls_results.len(),
         path.join(crate::report::REPORT_FILE).display()
     );
     Ok(())

@@ -204,7 +204,7 @@ fn train_seg_writes_a_run_folder_and_eval_seg_scores_a_synth_folder() {
         assert!(run.join(file).is_file(), "{file} missing");
     }
     let resolved = fs::read_to_string(run.join("config.resolved.toml")).unwrap();
-    assert!(resolved.contains("arms = [\"sparse\"]"), "{resolved}");
+    assert!(resolved.contains("pretrain = \"sparse\""), "{resolved}");
     assert!(resolved.contains("seeds = [5]"), "{resolved}");
     let manifest: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(run.join("run.json")).unwrap()).unwrap();

@@ -1,0 +1,244 @@
+//! One classification cell: arm x seed x fold. The arm's U-Net (pretrained on dense or sparse
+//! labels with this seed, or fresh) becomes a classifier, trained on the cell's training folds,
+//! validated on one fold, tested on another.
+//!
+//! # Cell folder (`<runs>/<name>/classify/<arm>-seed<seed>-fold<fold>/`)
+//!
+//! | file | |
+//! |---|---|
+//! | `config.resolved.toml` | the experiment reduced to this cell (one arm, one seed, `grid.fold` set) |
+//! | `split.csv` | every example of the diagnostic pool with its role (train / val / test) |
+//! | `best.safetensors`, `last/`, `metrics.{csv,parquet}` | the trainer's |
+//! | `test/predictions.csv` | per test example: index, id, probe, truth, predicted, probability of each class |
+//! | `test/metrics.{csv,parquet}` | one row: the test metrics (accuracy, balanced accuracy, macro/weighted F1, macro AUC, per-class precision/recall/specificity/F1/AUC) |
+//! | `run.json` | the run manifest, written last (its presence marks the cell complete) |
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use lus_data::cls_loader::{ClassSubset, ClassificationLoader};
+use lus_metrics::classification::Predictions;
+use lus_metrics::{MetricsTable, Row};
+use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
+use lus_train::{Backbone, ClassificationTask, Task, device_name, train_classifier};
+
+use crate::config::{ArmConfig, ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::dataset::{ClassifyPool, diagnosis_names};
+use crate::provenance::{RunClock, write_run_manifest};
+use crate::seg_cell::{check_same_config, is_complete};
+
+/// Sub-folder of the test outputs.
+pub const TEST_DIR: &str = "test";
+
+/// `experiment` reduced to one classification cell.
+pub fn cls_cell_config(
+    experiment: &ExperimentConfig,
+    arm: &ArmConfig,
+    seed: u64,
+    fold: usize,
+) -> ExperimentConfig {
+    let mut cell = experiment.clone();
+    cell.grid.arms = vec![arm.clone()];
+    cell.grid.seeds = vec![seed];
+    cell.grid.fold = Some(fold);
+    cell.pretrain.train.seed = seed;
+    if let Some(classify) = cell.classify.as_mut() {
+        classify.train.seed = seed;
+    }
+    cell
+}
+
+/// Roles of the pool's examples in fold `fold` of `k`: test = fold, validation = next fold.
+pub fn roles(folds: &[usize], fold: usize, k: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let val_fold = (fold + 1) % k;
+    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, &f) in folds.iter().enumerate() {
+        if f == fold {
+            test.push(i);
+        } else if f == val_fold {
+            val.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (train, val, test)
+}
+
+/// Trains and tests one cell (skipped when complete, resumed when interrupted).
+pub fn run_cls_cell(
+    cell: &ExperimentConfig,
+    pool: &ClassifyPool,
+    folds: &[usize],
+    backbone: Option<&Path>,
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    if is_complete(dir, cell)? {
+        if !quiet {
+            eprintln!("{}: complete, skipped", dir.display());
+        }
+        return Ok(());
+    }
+    check_same_config(dir, cell)?;
+    let ([arm], [seed], Some(fold)) = (
+        cell.grid.arms.as_slice(),
+        cell.grid.seeds.as_slice(),
+        cell.grid.fold,
+    ) else {
+        bail!("a classification cell has one arm, one seed and one fold");
+    };
+    let classify = cell
+        .classify
+        .as_ref()
+        .context("a classification cell needs [classify]")?;
+    let run = cell.arm_classifier(arm, classify)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    lus_data::io::write_atomic(
+        &dir.join(RESOLVED_CONFIG_FILE),
+        cell.to_toml_string()?.as_bytes(),
+    )?;
+    let clock = RunClock::start("train-cls", *seed, &run.train.device);
+
+    let (train, val, test) = roles(folds, fold, cell.grid.folds);
+    let mut split = String::from("index,id,label,role\n");
+    for (role, indices) in [("train", &train), ("val", &val), ("test", &test)] {
+        for &i in indices.iter() {
+            let _ = writeln!(split, "{i},{},{},{role}", pool.ids[i], pool.labels[i]);
+        }
+    }
+    lus_data::io::write_atomic(&dir.join("split.csv"), split.as_bytes())?;
+    let subset = |indices: &[usize]| -> Arc<dyn lus_data::cls_loader::ClassificationSource> {
+        Arc::new(ClassSubset {
+            inner: pool.source.clone(),
+            indices: indices.to_vec(),
+        })
+    };
+    let names = diagnosis_names();
+    let label = format!("{}/seed {seed}/fold {fold}", arm.name);
+    let backbone_spec = match backbone {
+        Some(path) => Backbone::Pretrained(path),
+        None => Backbone::Fresh,
+    };
+    let summary = train_classifier(
+        &run,
+        &cell.pretrain.unet,
+        backbone_spec,
+        subset(&train),
+        subset(&val),
+        names.clone(),
+        dir,
+        Resume::IfPresent,
+        |trainer| {
+            let label = label.clone();
+            trainer
+                .with_progress_bar(!quiet)
+                .on_epoch(move |r: &EpochRecord| {
+                    if !quiet {
+                        eprintln!(
+                            "[{label}] epoch {:>3}: train_loss {:.4}  val_loss {:.4}  val_bal_acc {:.3}  val_auc {:.3}  {:.1} img/s",
+                            r.epoch,
+                            r.train_loss,
+                            r.val_loss,
+                            r.get("val_balanced_accuracy").unwrap_or(f64::NAN),
+                            r.get("val_macro_auc").unwrap_or(f64::NAN),
+                            r.images_per_s,
+                        );
+                    }
+                })
+        },
+    )?;
+
+    // The best checkpoint on the test fold.
+    let device = lus_train::parse_device(&run.train.device)?;
+    let task = ClassificationTask::new(
+        &cell.pretrain.unet,
+        &run.classifier,
+        Backbone::Fresh,
+        names.clone(),
+        None,
+        &device,
+        *seed,
+    )?;
+    lus_unet::load_weights(task.varmap(), dir.join(BEST_CHECKPOINT))?;
+    let loader = ClassificationLoader::new(
+        subset(&test),
+        run.loader_config(false),
+        *seed,
+        device.clone(),
+        names.len(),
+    )?;
+    let mut truth = Vec::with_capacity(test.len());
+    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(test.len());
+    let mut csv = format!(
+        "index,id,probe,truth,predicted,{}\n",
+        names
+            .iter()
+            .map(|n| format!("p_{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let probabilities = task.predict_proba(&batch.images)?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        for ((row, label), &local) in probabilities.into_iter().zip(labels).zip(&batch.indices) {
+            let i = test[local];
+            let predicted = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (k, &p)| if p > row[best] { k } else { best });
+            let _ = writeln!(
+                csv,
+                "{i},{},{},{},{},{}",
+                pool.ids[i],
+                pool.probes[i],
+                names[label as usize],
+                names[predicted],
+                row.iter()
+                    .map(|p| format!("{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            truth.push(label as usize);
+            rows.push(row.into_iter().map(f64::from).collect());
+        }
+    }
+    let test_dir = dir.join(TEST_DIR);
+    std::fs::create_dir_all(&test_dir)
+        .with_context(|| format!("creating {}", test_dir.display()))?;
+    lus_data::io::write_atomic(&test_dir.join("predictions.csv"), csv.as_bytes())?;
+    let predictions = Predictions::from_rows(&truth, &rows)?;
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut table = MetricsTable::new();
+    let mut row = Row::new()
+        .text("arm", arm.name.clone())
+        .int("seed", *seed as i64)
+        .int("fold", fold as i64)
+        .int(
+            "best_epoch",
+            summary.best.as_ref().map_or(0, |b| b.epoch as i64),
+        )
+        .int("test_examples", truth.len() as i64);
+    for (name, value) in predictions.metrics().named(&name_refs)? {
+        row = row.float(&name, value);
+    }
+    table.push_row(row)?;
+    table.write(
+        &test_dir.join("metrics.csv"),
+        &test_dir.join("metrics.parquet"),
+    )?;
+    let mut manifest = clock.finish();
+    manifest.device = device_name(&device);
+    write_run_manifest(dir, &manifest)?;
+    Ok(())
+}
+
+/// The folder of one classification cell.
+pub fn cls_cell_dir(experiment: &ExperimentConfig, arm: &str, seed: u64, fold: usize) -> PathBuf {
+    experiment
+        .runs_root()
+        .join("classify")
+        .join(format!("{arm}-seed{seed}-fold{fold}"))
+}

@@ -1,0 +1,452 @@
+//! The classification part of an experiment's report: per-arm means over seeds x folds, paired
+//! comparisons between arms over the same (seed, fold) cells, bootstrap intervals of pooled
+//! test predictions, the results table and the figures.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use lus_metrics::classification::{BootstrapSettings, Predictions};
+use lus_metrics::stats::{compare_paired, summarize};
+use lus_metrics::{
+    BarSeries, MetricsTable, Row, plot_bars, plot_confusion_matrix, plot_curves, plot_roc_curves,
+    read_table_parquet,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::cls_cell::{TEST_DIR, cls_cell_config, cls_cell_dir};
+use crate::config::ExperimentConfig;
+use crate::dataset::diagnosis_names;
+use crate::report::float;
+use crate::seg_cell::is_complete;
+
+/// The headline metrics of the tables, plots and comparisons.
+const HEADLINE: [&str; 5] = [
+    "balanced_accuracy",
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "macro_auc",
+];
+
+/// One finished classification cell.
+pub struct ClsCellResult {
+    pub arm: String,
+    pub seed: u64,
+    pub fold: usize,
+    pub dir: PathBuf,
+    /// The one-row test metrics table.
+    pub metrics: MetricsTable,
+    /// Per-epoch table of the training.
+    pub history: MetricsTable,
+    /// Test truths and probabilities.
+    pub truth: Vec<usize>,
+    pub probabilities: Vec<Vec<f64>>,
+}
+
+impl ClsCellResult {
+    fn load(arm: &str, seed: u64, fold: usize, dir: &Path) -> anyhow::Result<Self> {
+        let table = |path: PathBuf| -> anyhow::Result<MetricsTable> {
+            MetricsTable::from_dataframe(&read_table_parquet(&path)?)
+                .with_context(|| path.display().to_string())
+        };
+        let metrics = table(dir.join(TEST_DIR).join("metrics.parquet"))?;
+        let history = table(dir.join(lus_train::trainer::METRICS_PARQUET))?;
+        let names = diagnosis_names();
+        let path = dir.join(TEST_DIR).join("predictions.csv");
+        let text = lus_data::io::read_text(&path)?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let truth_col = header.iter().position(|h| *h == "truth");
+        let prob_cols: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| header.iter().position(|h| *h == format!("p_{n}")))
+            .collect();
+        let (Some(truth_col), true) = (truth_col, prob_cols.iter().all(Option::is_some)) else {
+            anyhow::bail!("{}: unexpected header {header:?}", path.display());
+        };
+        let mut truth = Vec::new();
+        let mut probabilities = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let cells: Vec<&str> = line.split(',').collect();
+            let bad = || anyhow::anyhow!("{}: line {}: malformed row", path.display(), i + 2);
+            let t = cells.get(truth_col).ok_or_else(bad)?;
+            truth.push(names.iter().position(|n| n == t).ok_or_else(bad)?);
+            let row = prob_cols
+                .iter()
+                .map(|c| {
+                    cells
+                        .get(c.unwrap_or(0))
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .ok_or_else(bad)
+                })
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            probabilities.push(row);
+        }
+        Ok(ClsCellResult {
+            arm: arm.to_string(),
+            seed,
+            fold,
+            dir: dir.to_path_buf(),
+            metrics,
+            history,
+            truth,
+            probabilities,
+        })
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        float(&self.metrics, 0, name)
+    }
+}
+
+/// Every complete classification cell of `experiment`.
+pub fn load_cls_cells(experiment: &ExperimentConfig) -> anyhow::Result<Vec<ClsCellResult>> {
+    let mut cells = Vec::new();
+    for &seed in &experiment.grid.seeds {
+        for fold in 0..experiment.grid.folds {
+            for arm in &experiment.grid.arms {
+                let dir = cls_cell_dir(experiment, &arm.name, seed, fold);
+                if is_complete(&dir, &cls_cell_config(experiment, arm, seed, fold))? {
+                    cells.push(ClsCellResult::load(&arm.name, seed, fold, &dir)?);
+                }
+            }
+        }
+    }
+    Ok(cells)
+}
+
+fn pm(values: &[f64]) -> String {
+    let s = summarize(values);
+    match s.n {
+        0 => "-".into(),
+        1 => format!("{:.3}", s.mean),
+        _ => format!("{:.3} ± {:.3}", s.mean, s.std),
+    }
+}
+
+fn p_value(p: f64) -> String {
+    if p.is_nan() {
+        "-".into()
+    } else if p < 0.001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// Writes the classification section's figures and tables into the staged report folder and
+/// returns its markdown.
+pub fn classification_section<'a>(
+    experiment: &'a ExperimentConfig,
+    cells: &'a [ClsCellResult],
+    report_dir: &Path,
+    figures: &Path,
+) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let names = diagnosis_names();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let arms: Vec<&str> = experiment
+        .grid
+        .arms
+        .iter()
+        .map(|a| a.name.as_str())
+        .filter(|a| cells.iter().any(|c| c.arm == *a))
+        .collect();
+    let total = experiment.grid.arms.len() * experiment.grid.seeds.len() * experiment.grid.folds;
+    let _ = writeln!(
+        md,
+        "## Reverse transfer: diagnosis (healthy / covid / pneumonia)\n"
+    );
+    let classify = experiment.classify.as_ref();
+    if let Some(c) = classify {
+        let _ = writeln!(
+            md,
+            "Each arm's U-Net becomes a classifier (head on the `{:?}` output, freeze `{:?}`, {} head \
+             channels) trained {} epochs (batch {}, lr {:e}, best epoch by `{}` on the validation \
+             fold) on {} scanner images in {} stratified folds: fold f is the test set of cell f, \
+             fold f+1 its validation set, the other {} folds its training set. Arms: {}. \
+             {} of {total} cells are complete; every number below is over those.\n",
+            c.classifier.head,
+            c.classifier.freeze,
+            c.classifier.head_channels,
+            c.train.epochs,
+            c.train.batch_size,
+            c.train.lr,
+            c.train.best_metric,
+            experiment.dataset.classify_samples,
+            experiment.grid.folds,
+            experiment.grid.folds - 2,
+            experiment
+                .grid
+                .arms
+                .iter()
+                .map(|a| format!(
+                    "**{}** ({}{})",
+                    a.name,
+                    match a.pretrain {
+                        crate::config::Pretrain::Dense => "U-Net pretrained on dense labels",
+                        crate::config::Pretrain::Sparse => "U-Net pretrained on sparse labels",
+                        crate::config::Pretrain::None => "U-Net freshly initialised",
+                    },
+                    if a.classifier.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", classifier overrides `{}`",
+                            a.classifier.to_string().trim().replace('\n', "; ")
+                        )
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cells.len(),
+        );
+    }
+
+    // Results table of every cell.
+    let mut results = MetricsTable::new();
+    for cell in cells {
+        let mut row = Row::new();
+        for name in cell.metrics.column_names() {
+            if let Some(v) = cell.metrics.get(0, name) {
+                row = row.set(name, v);
+            }
+        }
+        results.push_row(row)?;
+    }
+    results.write(
+        &report_dir.join("cls_results.csv"),
+        &report_dir.join("cls_results.parquet"),
+    )?;
+
+    // Per-arm means over seeds x folds.
+    let cells_of = |arm: &'a str| cells.iter().filter(move |c| c.arm == arm);
+    let mut metrics: Vec<String> = HEADLINE.iter().map(|s| s.to_string()).collect();
+    for n in &names {
+        metrics.push(format!("recall_{n}"));
+        metrics.push(format!("specificity_{n}"));
+    }
+    let _ = writeln!(
+        md,
+        "### Test metrics per arm (mean ± std over seeds × folds)\n"
+    );
+    let mut header = String::from("| metric |");
+    let mut rule = String::from("|---|");
+    for arm in &arms {
+        let _ = write!(header, " {arm} (n={}) |", cells_of(arm).count());
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for metric in &metrics {
+        let mut line = format!("| {metric} |");
+        for arm in &arms {
+            let values: Vec<f64> = cells_of(arm).map(|c| c.metric(metric)).collect();
+            let _ = write!(line, " {} |", pm(&values));
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(md);
+
+    // Paired comparisons over the same (seed, fold).
+    if arms.len() >= 2 {
+        let _ = writeln!(
+            md,
+            "### Paired comparisons (same seed and fold)\n\nDifference = first arm minus second, over the (seed, fold) cells both arms \
+             finished; p-values of the two-sided paired t-test and Wilcoxon signed-rank test \
+             (scipy's `ttest_rel` and `wilcoxon` conventions). With few cells these tests have \
+             little power: read the differences and their spread first.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| comparison | metric | pairs | mean difference ± std | t-test p | Wilcoxon p |\n|---|---|---:|---:|---:|---:|"
+        );
+        for (i, a) in arms.iter().enumerate() {
+            for b in &arms[i + 1..] {
+                for metric in ["balanced_accuracy", "macro_f1", "macro_auc"] {
+                    let mut x = Vec::new();
+                    let mut y = Vec::new();
+                    for ca in cells_of(a) {
+                        if let Some(cb) =
+                            cells_of(b).find(|c| c.seed == ca.seed && c.fold == ca.fold)
+                        {
+                            x.push(ca.metric(metric));
+                            y.push(cb.metric(metric));
+                        }
+                    }
+                    if x.is_empty() {
+                        continue;
+                    }
+                    let cmp = compare_paired(&x, &y)?;
+                    let _ = writeln!(
+                        md,
+                        "| {a} − {b} | {metric} | {} | {:+.3} ± {} | {} | {} |",
+                        x.len(),
+                        cmp.difference.mean,
+                        if cmp.difference.std.is_nan() {
+                            "-".into()
+                        } else {
+                            format!("{:.3}", cmp.difference.std)
+                        },
+                        p_value(cmp.t_test.p_value),
+                        p_value(cmp.wilcoxon.p_value),
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md);
+    }
+
+    // Pooled test predictions of the first seed: bootstrap intervals, ROC, confusion.
+    let seed = experiment.grid.seeds[0];
+    let mut pooled: Vec<(&str, Predictions)> = Vec::new();
+    for arm in &arms {
+        let (mut truth, mut rows) = (Vec::new(), Vec::new());
+        for c in cells_of(arm).filter(|c| c.seed == seed) {
+            truth.extend_from_slice(&c.truth);
+            rows.extend(c.probabilities.iter().cloned());
+        }
+        if !truth.is_empty() {
+            pooled.push((arm, Predictions::from_rows(&truth, &rows)?));
+        }
+    }
+    if !pooled.is_empty() {
+        let _ = writeln!(
+            md,
+            "### Pooled test predictions, seed {seed} (every pool example once, from the fold that tested it)\n\n\
+             95% percentile-bootstrap intervals (1000 resamples of examples).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| arm | examples | balanced accuracy | macro F1 | macro AUC |\n|---|---:|---:|---:|---:|"
+        );
+        for (arm, predictions) in &pooled {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let intervals =
+                predictions.bootstrap(&name_refs, &BootstrapSettings::default(), &mut rng)?;
+            let cell = |metric: &str| {
+                intervals
+                    .iter()
+                    .find(|i| i.metric == metric)
+                    .map_or("-".to_string(), |i| {
+                        format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.lower, i.upper)
+                    })
+            };
+            let _ = writeln!(
+                md,
+                "| {arm} | {} | {} | {} | {} |",
+                predictions.num_examples(),
+                cell("balanced_accuracy"),
+                cell("macro_f1"),
+                cell("macro_auc")
+            );
+            plot_confusion_matrix(
+                &figures.join(format!("confusion-{arm}.png")),
+                &format!("{arm}: pooled test predictions (seed {seed})"),
+                &predictions.metrics().confusion,
+                &name_refs,
+            )?;
+        }
+        let _ = writeln!(md);
+        for (k, class) in names.iter().enumerate() {
+            let curves: Vec<(String, lus_metrics::RocCurve)> = pooled
+                .iter()
+                .map(|(arm, p)| Ok((arm.to_string(), p.roc_curve(k)?)))
+                .collect::<anyhow::Result<_>>()?;
+            let refs: Vec<(&str, &lus_metrics::RocCurve)> =
+                curves.iter().map(|(n, c)| (n.as_str(), c)).collect();
+            plot_roc_curves(
+                &figures.join(format!("roc-{class}.png")),
+                &format!("ROC, {class} vs rest (pooled test, seed {seed})"),
+                &refs,
+            )?;
+        }
+        let _ = writeln!(
+            md,
+            "{}\n\n{}\n",
+            names
+                .iter()
+                .map(|c| format!("![ROC {c}](figures/roc-{c}.png)"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            pooled
+                .iter()
+                .map(|(a, _)| format!("![confusion {a}](figures/confusion-{a}.png)"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
+    // Bars: headline metrics per arm.
+    let groups: Vec<&str> = ["balanced_accuracy", "macro_f1", "macro_auc"].to_vec();
+    let stats: Vec<(Vec<f64>, Vec<f64>)> = arms
+        .iter()
+        .map(|arm| {
+            groups
+                .iter()
+                .map(|m| {
+                    let s = summarize(&cells_of(arm).map(|c| c.metric(m)).collect::<Vec<_>>());
+                    (if s.mean.is_finite() { s.mean } else { 0.0 }, s.std)
+                })
+                .unzip()
+        })
+        .collect();
+    let series: Vec<BarSeries> = arms
+        .iter()
+        .zip(&stats)
+        .map(|(arm, (means, stds))| BarSeries {
+            name: arm,
+            means,
+            stds,
+        })
+        .collect();
+    if !series.is_empty() {
+        plot_bars(
+            &figures.join("cls-bars.png"),
+            "test metrics per arm (mean ± std over seeds × folds)",
+            "score",
+            &groups,
+            &series,
+        )?;
+        let _ = writeln!(md, "![bars](figures/cls-bars.png)\n");
+    }
+
+    // Learning curves: validation balanced accuracy per epoch, mean over cells.
+    let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for arm in &arms {
+        let histories: Vec<&MetricsTable> = cells_of(arm).map(|c| &c.history).collect();
+        let epochs = histories.iter().map(|h| h.len()).max().unwrap_or(0);
+        let points = (0..epochs)
+            .map(|e| {
+                let values: Vec<f64> = histories
+                    .iter()
+                    .filter(|h| e < h.len())
+                    .map(|h| float(h, e, "val_balanced_accuracy"))
+                    .collect();
+                ((e + 1) as f64, summarize(&values).mean)
+            })
+            .collect();
+        curves.push((arm.to_string(), points));
+    }
+    if !curves.is_empty() {
+        let refs: Vec<(&str, &[(f64, f64)])> = curves
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_slice()))
+            .collect();
+        plot_curves(
+            &figures.join("cls-learning-curves.png"),
+            "validation balanced accuracy (mean over cells)",
+            "epoch",
+            "balanced accuracy",
+            &refs,
+        )?;
+        let _ = writeln!(md, "![learning curves](figures/cls-learning-curves.png)\n");
+    }
+    let _ = writeln!(
+        md,
+        "Every cell's test metrics: `cls_results.csv` / `cls_results.parquet` (columns `arm, seed, fold, best_epoch, test_examples`, then the metrics); \
+         per-example predictions in each cell's `test/predictions.csv`."
+    );
+    Ok(md)
+}

@@ -1,0 +1,163 @@
+//! The whole study on a tiny grid: pretraining, reverse transfer per arm x seed x fold, the
+//! report; sharded runs merging to the same results as one run; stage order enforced.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lus"))
+        .args(args)
+        .output()
+        .expect("the lus binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn experiment(dir: &Path, runs: &str) -> String {
+    let text = format!(
+        r#"name = "grid"
+runs_dir = "{runs}"
+reports_dir = "{reports}"
+[dataset]
+train = 8
+val = 4
+test = 4
+classify_samples = 18
+[dataset.scanner]
+size = 64
+[pretrain.train]
+epochs = 1
+batch_size = 4
+device = "cpu"
+[pretrain.unet]
+depth = 2
+base_channels = 4
+[pretrain.data]
+size = 32
+[evaluation]
+overlay_examples = 1
+[classify.train]
+epochs = 2
+batch_size = 4
+lr = 0.003
+device = "cpu"
+best_metric = "val_balanced_accuracy"
+[classify.classifier]
+head_channels = 4
+[classify.data]
+size = 32
+[grid]
+seeds = [0]
+folds = 3
+arms = ["dense", "none"]
+"#,
+        runs = dir.join(runs).display(),
+        reports = dir.join(format!("reports-{runs}")).display()
+    );
+    let path = dir.join(format!("{runs}.toml"));
+    fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `id -> (fold, truth)` of every test prediction of an arm.
+fn tested(runs: &Path, arm: &str) -> BTreeMap<String, (usize, String)> {
+    let mut out = BTreeMap::new();
+    for fold in 0..3 {
+        let path = runs.join(format!(
+            "grid/classify/{arm}-seed0-fold{fold}/test/predictions.csv"
+        ));
+        let text = fs::read_to_string(&path).unwrap();
+        for line in text.lines().skip(1) {
+            let cells: Vec<&str> = line.split(',').collect();
+            let previous = out.insert(cells[1].to_string(), (fold, cells[3].to_string()));
+            assert!(previous.is_none(), "{} tested twice", cells[1]);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_grid_runs_every_cell_reports_and_shards_merge_to_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = experiment(dir.path(), "whole");
+    let out = lus(&["run", &whole, "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = dir.path().join("whole");
+    for arm in ["dense", "none"] {
+        let tested = tested(&runs, arm);
+        assert_eq!(
+            tested.len(),
+            18,
+            "every pool example is tested exactly once per arm"
+        );
+        for fold in 0..3 {
+            let cell = runs.join(format!("grid/classify/{arm}-seed0-fold{fold}"));
+            assert!(cell.join("run.json").is_file());
+            let split = fs::read_to_string(cell.join("split.csv")).unwrap();
+            let count = |role: &str| split.lines().filter(|l| l.ends_with(role)).count();
+            assert_eq!(
+                (count(",train"), count(",val"), count(",test")),
+                (6, 6, 6),
+                "{split}"
+            );
+        }
+    }
+    // Both arms saw the same folds.
+    let folds = |arm| -> Vec<usize> { tested(&runs, arm).values().map(|v| v.0).collect() };
+    assert_eq!(folds("dense"), folds("none"));
+
+    let report_dir = dir.path().join("reports-whole/grid");
+    let report = fs::read_to_string(report_dir.join("REPORT.md")).unwrap();
+    for needle in [
+        "Paired comparisons",
+        "dense − none",
+        "bootstrap",
+        "FP / image",
+        "none (n=3)",
+    ] {
+        assert!(report.contains(needle), "REPORT.md lacks {needle:?}");
+    }
+    let results = fs::read_to_string(report_dir.join("cls_results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 1 + 6);
+    for figure in [
+        "roc-covid.png",
+        "confusion-dense.png",
+        "cls-bars.png",
+        "cls-learning-curves.png",
+    ] {
+        assert!(
+            report_dir.join("figures").join(figure).is_file(),
+            "{figure}"
+        );
+    }
+
+    // The classification stage alone refuses to start without its pretraining.
+    let sharded = experiment(dir.path(), "sharded");
+    let early = lus(&["run", &sharded, "--quiet", "--stage", "classify"]);
+    assert!(!early.status.success());
+    assert!(stderr(&early).contains("pretraining"), "{}", stderr(&early));
+
+    // Two shards, pretraining then classification, then the report: the same results.
+    for stage in ["pretrain", "classify"] {
+        for shard in ["0/2", "1/2"] {
+            let out = lus(&[
+                "run", &sharded, "--quiet", "--stage", stage, "--shard", shard,
+            ]);
+            assert!(out.status.success(), "{stage} {shard}: {}", stderr(&out));
+        }
+    }
+    let report = lus(&["report", &sharded]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("reports-sharded/grid/cls_results.csv")).unwrap(),
+        results,
+        "sharded and unsharded runs must give the same results"
+    );
+    let bad = lus(&["run", &sharded, "--shard", "2/2"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("0 <= K < N"), "{}", stderr(&bad));
+}
