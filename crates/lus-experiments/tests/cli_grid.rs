@@ -135,6 +135,16 @@ fn the_grid_runs_every_cell_reports_and_shards_merge_to_the_same_results() {
         );
     }
 
+    // Running again skips every cell.
+    let again = lus(&["run", &whole]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stderr(&again).matches("complete, skipped").count(),
+        1 + 6,
+        "{}",
+        stderr(&again)
+    );
+
     // The classification stage alone refuses to start without its pretraining.
     let sharded = experiment(dir.path(), "sharded");
     let early = lus(&["run", &sharded, "--quiet", "--stage", "classify"]);

@@ -145,6 +145,54 @@ fn a_pretrained_backbone_is_loaded_and_a_wrong_one_refused() {
     .unwrap();
     assert_eq!(summary.history.len(), 1);
 
+    // Freezing the encoder keeps every encoder and bottleneck tensor (running statistics
+    // included) bit-identical to the pretrained ones after training; the decoder moves.
+    let mut frozen = short.clone();
+    frozen.classifier.freeze = lus_transfer::Freeze::Encoder;
+    let summary = train_classifier(
+        &frozen,
+        &unet(),
+        Backbone::Pretrained(&checkpoint),
+        examples(12, 1),
+        examples(6, 2),
+        names(),
+        &dir.path().join("frozen"),
+        Resume::Never,
+        |t| t.with_progress_bar(false),
+    )
+    .unwrap();
+    let trained = candle_core::safetensors::load(
+        summary.last_checkpoint_dir().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let pretrained =
+        candle_core::safetensors::load(&checkpoint, &candle_core::Device::Cpu).unwrap();
+    let bits = |t: &candle_core::Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let mut frozen_checked = 0;
+    let mut moved = 0;
+    for (name, tensor) in &pretrained {
+        let after = &trained[&format!("unet.{name}")];
+        if name.starts_with("enc.") || name.starts_with("bottleneck.") {
+            assert_eq!(bits(tensor), bits(after), "{name} changed although frozen");
+            frozen_checked += 1;
+        } else if bits(tensor) != bits(after) {
+            moved += 1;
+        }
+    }
+    assert!(
+        frozen_checked > 10 && moved > 0,
+        "{frozen_checked} frozen, {moved} moved"
+    );
+
     let wider = UNetConfig {
         base_channels: 8,
         ..unet()

@@ -110,6 +110,18 @@ fn a_loaded_backbone_segments_exactly_like_the_segmentation_unet() {
     model.load_backbone(&varmap, &path).unwrap();
     let out = model.forward_t(&input(2), &mut Mode::Eval, true).unwrap();
     let reference = unet.forward_t(&input(2), &mut Mode::Eval).unwrap();
+    // Tensor by tensor: every pretrained tensor is copied bit for bit under `unet.`.
+    let file = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let data = varmap.data().lock().unwrap();
+    assert_eq!(
+        data.keys().filter(|k| k.starts_with("unet.")).count(),
+        file.len()
+    );
+    for (name, tensor) in &file {
+        let var = &data[&format!("unet.{name}")];
+        assert_eq!(max_abs_diff(var.as_tensor(), tensor), 0.0, "{name}");
+    }
+    drop(data);
     assert_eq!(
         max_abs_diff(out.segmentation.as_ref().unwrap(), &reference),
         0.0
