@@ -1,6 +1,6 @@
 //! One classification cell: arm x seed x fold. The arm's U-Net (pretrained on dense or sparse
-//! labels with this seed, or fresh) becomes a classifier, trained on the cell's training folds,
-//! validated on one fold, tested on another.
+//! labels with this seed, or fresh) becomes a classifier, tested on one outer fold and trained
+//! and validated on the others (see [`roles`]).
 //!
 //! # Cell folder (`<runs>/<name>/classify/<arm>-seed<seed>-fold<fold>/`)
 //!
@@ -28,6 +28,7 @@ use crate::config::{ArmConfig, ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::dataset::{ClassifyPool, diagnosis_names};
 use crate::provenance::{RunClock, write_run_manifest};
 use crate::seg_cell::{check_same_config, is_complete};
+use lus_data::splits::stratified_group_kfold;
 
 /// Sub-folder of the test outputs.
 pub const TEST_DIR: &str = "test";
@@ -50,20 +51,29 @@ pub fn cls_cell_config(
     cell
 }
 
-/// Roles of the pool's examples in fold `fold` of `k`: test = fold, validation = next fold.
-pub fn roles(folds: &[usize], fold: usize, k: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
-    let val_fold = (fold + 1) % k;
-    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, &f) in folds.iter().enumerate() {
-        if f == fold {
-            test.push(i);
-        } else if f == val_fold {
+/// Roles of the pool's examples in cell `fold`: the examples of outer fold `fold` test; the
+/// others are split again, the same stratified group way, into `inner_folds` parts (seeded by
+/// `seed` and the fold), of which part 0 validates and the rest train.
+pub fn roles(
+    pool: &ClassifyPool,
+    folds: &[usize],
+    fold: usize,
+    inner_folds: usize,
+    seed: u64,
+) -> anyhow::Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+    let (test, rest): (Vec<usize>, Vec<usize>) = (0..folds.len()).partition(|&i| folds[i] == fold);
+    let labels: Vec<usize> = rest.iter().map(|&i| pool.labels[i]).collect();
+    let groups: Vec<String> = rest.iter().map(|&i| pool.groups[i].clone()).collect();
+    let inner = stratified_group_kfold(&labels, &groups, inner_folds, seed ^ (fold as u64 + 1))?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (&i, &part) in rest.iter().zip(&inner) {
+        if part == 0 {
             val.push(i);
         } else {
             train.push(i);
         }
     }
-    (train, val, test)
+    Ok((train, val, test))
 }
 
 /// Trains and tests one cell (skipped when complete, resumed when interrupted).
@@ -101,7 +111,7 @@ pub fn run_cls_cell(
     )?;
     let clock = RunClock::start("train-cls", *seed, &run.train.device);
 
-    let (train, val, test) = roles(folds, fold, cell.grid.folds);
+    let (train, val, test) = roles(pool, folds, fold, cell.grid.inner_folds, cell.dataset.seed)?;
     let mut split = String::from("index,id,label,role\n");
     for (role, indices) in [("train", &train), ("val", &val), ("test", &test)] {
         for &i in indices.iter() {

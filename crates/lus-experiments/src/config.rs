@@ -259,9 +259,11 @@ pub struct GridConfig {
     /// Seeds; each (pretraining, seed) is one segmentation run, each (arm, seed, fold) one
     /// classification run.
     pub seeds: Vec<u64>,
-    /// Stratified folds of the diagnostic task: fold f is the test set of cell f, fold
-    /// (f + 1) mod k its validation set, the rest its training set.
+    /// Stratified folds of the diagnostic task: fold f is the test set of cell f.
     pub folds: usize,
+    /// The examples outside the test fold are split the same way into this many parts: one
+    /// validates (picks the best epoch), the others train. 5 = a fifth for validation.
+    pub inner_folds: usize,
     /// In the resolved config of a classification cell: its fold. Not set in experiment files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fold: Option<usize>,
@@ -277,6 +279,7 @@ impl Default for GridConfig {
             ],
             seeds: vec![0],
             folds: 5,
+            inner_folds: 5,
             fold: None,
         }
     }
@@ -392,6 +395,12 @@ impl ExperimentConfig {
         if self.grid.folds < 2 {
             bail!("grid.folds: must be at least 2 (is {})", self.grid.folds);
         }
+        if self.grid.inner_folds < 2 {
+            bail!(
+                "grid.inner_folds: must be at least 2 (is {})",
+                self.grid.inner_folds
+            );
+        }
         if let Some(fold) = self.grid.fold
             && fold >= self.grid.folds
         {
@@ -402,7 +411,7 @@ impl ExperimentConfig {
         }
         if let Some(classify) = &self.classify {
             classify.validate(&self.pretrain.unet).context("classify")?;
-            if self.dataset.classify_samples < 3 * self.grid.folds {
+            if self.dataset.classify_samples < 2 * self.grid.folds * self.grid.inner_folds {
                 bail!(
                     "dataset.classify_samples: {} examples cannot fill {} folds",
                     self.dataset.classify_samples,

@@ -165,8 +165,9 @@ pub fn classification_section<'a>(
             md,
             "Each arm's U-Net becomes a classifier (head on the `{:?}` output, freeze `{:?}`, {} head \
              channels) trained {} epochs (batch {}, lr {:e}, best epoch by `{}` on the validation \
-             fold) on {} scanner images in {} stratified folds: fold f is the test set of cell f, \
-             fold f+1 its validation set, the other {} folds its training set. Arms: {}. \
+             part) on {} scanner images in {} stratified folds: fold f is the test set of cell f; \
+             the other folds are split {} ways the same stratified way, one part validating, the \
+             rest training. Arms: {}. \
              {} of {total} cells are complete; every number below is over those.\n",
             c.classifier.head,
             c.classifier.freeze,
@@ -177,7 +178,7 @@ pub fn classification_section<'a>(
             c.train.best_metric,
             experiment.dataset.classify_samples,
             experiment.grid.folds,
-            experiment.grid.folds - 2,
+            experiment.grid.inner_folds,
             experiment
                 .grid
                 .arms

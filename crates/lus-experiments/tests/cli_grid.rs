@@ -26,7 +26,7 @@ reports_dir = "{reports}"
 train = 8
 val = 4
 test = 4
-classify_samples = 18
+classify_samples = 24
 [dataset.scanner]
 size = 64
 [pretrain.train]
@@ -53,6 +53,7 @@ size = 32
 [grid]
 seeds = [0]
 folds = 3
+inner_folds = 4
 arms = ["dense", "none"]
 "#,
         runs = dir.join(runs).display(),
@@ -91,7 +92,7 @@ fn the_grid_runs_every_cell_reports_and_shards_merge_to_the_same_results() {
         let tested = tested(&runs, arm);
         assert_eq!(
             tested.len(),
-            18,
+            24,
             "every pool example is tested exactly once per arm"
         );
         for fold in 0..3 {
@@ -101,7 +102,7 @@ fn the_grid_runs_every_cell_reports_and_shards_merge_to_the_same_results() {
             let count = |role: &str| split.lines().filter(|l| l.ends_with(role)).count();
             assert_eq!(
                 (count(",train"), count(",val"), count(",test")),
-                (6, 6, 6),
+                (12, 4, 8),
                 "{split}"
             );
         }
