@@ -1,21 +1,14 @@
 //! End-to-end tests of `lus synth` and `lus rasterize`: outputs, determinism, resume, and bad
 //! input (non-zero exit, a message naming the file, nothing written).
 
+mod common;
+
+use common::{lus, stderr};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn lus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lus"))
-        .args(args)
-        .output()
-        .expect("the lus binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use std::process::Output;
 
 /// Every file under `root` (relative path -> bytes).
 fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {

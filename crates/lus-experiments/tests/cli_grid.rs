@@ -1,21 +1,13 @@
 //! The whole study on a tiny grid: pretraining, reverse transfer per arm x seed x fold, the
 //! report; sharded runs merging to the same results as one run; stage order enforced.
 
+mod common;
+
+use common::{lus, stderr};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn lus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lus"))
-        .args(args)
-        .output()
-        .expect("the lus binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn experiment(dir: &Path, runs: &str) -> String {
     let text = format!(

@@ -2,20 +2,12 @@
 //! experiment: outputs, determinism of two runs with the same seed, skipping finished cells,
 //! and bad input.
 
+mod common;
+
+use common::{lus, stderr};
+
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn lus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lus"))
-        .args(args)
-        .output()
-        .expect("the lus binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A two-arm experiment small enough for a test (a few seconds per cell).
 fn tiny_experiment(dir: &Path) -> std::path::PathBuf {

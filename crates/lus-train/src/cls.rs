@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use lus_data::augment::{AugmentConfig, Normalize};
 use lus_data::cls_loader::{ClassificationLoader, ClassificationSource, ClsBatch};
 use lus_data::loader::{LoaderConfig, Prefetcher};
 use lus_metrics::classification::Predictions;
@@ -23,6 +22,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::cross_entropy;
 use crate::optim::ParamGroup;
 use crate::rng::init_rng;
+use crate::seg::ImageDataConfig;
 use crate::task::{BatchSource, Task, TaskBatch};
 use crate::trainer::{Resume, TrainSummary, Trainer};
 
@@ -271,31 +271,6 @@ impl ClassWeighting {
     }
 }
 
-/// Batching of classification examples.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClsDataConfig {
-    /// Every image is resampled to `size x size` (a multiple of `2^depth`).
-    pub size: u32,
-    /// Augmentation of training examples; omitted: none; an empty table: lus-data's defaults.
-    pub augment: Option<AugmentConfig>,
-    pub normalize: Normalize,
-    pub prefetch: usize,
-    pub drop_last: bool,
-}
-
-impl Default for ClsDataConfig {
-    fn default() -> Self {
-        ClsDataConfig {
-            size: 256,
-            augment: None,
-            normalize: Normalize::PerImage,
-            prefetch: 2,
-            drop_last: false,
-        }
-    }
-}
-
 /// A classification run: training, classifier, batching, class weighting. In TOML:
 /// `[train]`, `[classifier]`, `[data]`, `class_weights`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -303,7 +278,7 @@ impl Default for ClsDataConfig {
 pub struct ClsRunConfig {
     pub train: TrainConfig,
     pub classifier: ClassifierConfig,
-    pub data: ClsDataConfig,
+    pub data: ImageDataConfig,
     pub class_weights: ClassWeighting,
 }
 
@@ -315,7 +290,7 @@ impl Default for ClsRunConfig {
                 ..TrainConfig::default()
             },
             classifier: ClassifierConfig::default(),
-            data: ClsDataConfig::default(),
+            data: ImageDataConfig::default(),
             class_weights: ClassWeighting::None,
         }
     }
@@ -346,34 +321,13 @@ impl ClsRunConfig {
                 ),
             ));
         }
-        let multiple = unet.min_input_multiple() as u32;
-        if self.data.size == 0 || !self.data.size.is_multiple_of(multiple) {
-            return Err(TrainError::config(
-                "data.size",
-                format!(
-                    "{} is not a positive multiple of 2^depth = {multiple}",
-                    self.data.size
-                ),
-            ));
-        }
+        self.data.validate_for(unet)?;
         self.loader_config(true).validate()?;
         Ok(())
     }
 
     pub fn loader_config(&self, train: bool) -> LoaderConfig {
-        LoaderConfig {
-            batch_size: self.train.batch_size,
-            size: self.data.size,
-            shuffle: train,
-            drop_last: train && self.data.drop_last,
-            prefetch: self.data.prefetch,
-            augment: if train {
-                self.data.augment.clone()
-            } else {
-                None
-            },
-            normalize: self.data.normalize,
-        }
+        self.data.loader_config(self.train.batch_size, train)
     }
 }
 

@@ -28,8 +28,7 @@ pub mod task;
 pub mod trainer;
 
 pub use cls::{
-    Backbone, ClassWeighting, ClassificationTask, ClsDataConfig, ClsEvaluation, ClsRunConfig,
-    train_classifier,
+    Backbone, ClassWeighting, ClassificationTask, ClsEvaluation, ClsRunConfig, train_classifier,
 };
 pub use config::{Direction, TrainConfig};
 pub use device::{DeviceSpec, device_name, parse_device};
@@ -38,7 +37,7 @@ pub use loss::{LossConfig, SegLoss, cross_entropy, soft_dice};
 pub use optim::{Optimizer, OptimizerConfig, ParamGroup};
 pub use schedule::LrSchedule;
 pub use seg::{
-    SegDataConfig, SegEvaluation, SegRunConfig, SegmentationTask, train_segmentation,
+    ImageDataConfig, SegEvaluation, SegRunConfig, SegmentationTask, train_segmentation,
     train_segmentation_with,
 };
 pub use seg_eval::{SegEvalOptions, SegEvalReport, SegModel, evaluate_segmentation};

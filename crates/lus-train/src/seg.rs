@@ -244,10 +244,11 @@ impl Task for SegmentationTask {
     }
 }
 
-/// How segmentation examples become batches (the batch size is the training config's).
+/// How examples become batches, for segmentation and classification alike (the batch size is
+/// the training config's). In TOML, the table `[data]` of a run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct SegDataConfig {
+pub struct ImageDataConfig {
     /// Every example is resampled to `size x size` (a multiple of `2^depth`).
     pub size: u32,
     /// Augmentation of training examples (validation is never augmented). Omitted: none; an
@@ -261,14 +262,44 @@ pub struct SegDataConfig {
     pub drop_last: bool,
 }
 
-impl Default for SegDataConfig {
+impl Default for ImageDataConfig {
     fn default() -> Self {
-        SegDataConfig {
+        ImageDataConfig {
             size: 256,
             augment: None,
             normalize: Normalize::PerImage,
             prefetch: 2,
             drop_last: false,
+        }
+    }
+}
+
+impl ImageDataConfig {
+    /// Checks that `size` fits a U-Net of `unet`'s depth.
+    pub fn validate_for(&self, unet: &UNetConfig) -> Result<()> {
+        let multiple = unet.min_input_multiple() as u32;
+        if self.size == 0 || !self.size.is_multiple_of(multiple) {
+            return Err(TrainError::config(
+                "data.size",
+                format!(
+                    "{} is not a positive multiple of 2^depth = {multiple}",
+                    self.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The loader configuration for the training (`train = true`) or validation set.
+    pub fn loader_config(&self, batch_size: usize, train: bool) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            size: self.size,
+            shuffle: train,
+            drop_last: train && self.drop_last,
+            prefetch: self.prefetch,
+            augment: if train { self.augment.clone() } else { None },
+            normalize: self.normalize,
         }
     }
 }
@@ -280,7 +311,7 @@ impl Default for SegDataConfig {
 pub struct SegRunConfig {
     pub train: TrainConfig,
     pub unet: UNetConfig,
-    pub data: SegDataConfig,
+    pub data: ImageDataConfig,
     /// Average `miou`/`mdice` over the background class too.
     pub background_in_means: bool,
 }
@@ -292,16 +323,7 @@ impl SegRunConfig {
         self.train.validate()?;
         self.unet.validate()?;
         self.train.loss.validate(Some(self.unet.num_classes))?;
-        let multiple = self.unet.min_input_multiple() as u32;
-        if self.data.size == 0 || !self.data.size.is_multiple_of(multiple) {
-            return Err(TrainError::config(
-                "data.size",
-                format!(
-                    "{} is not a positive multiple of 2^depth = {multiple}",
-                    self.data.size
-                ),
-            ));
-        }
+        self.data.validate_for(&self.unet)?;
         self.loader_config(true).validate()?;
         Ok(())
     }
@@ -316,19 +338,7 @@ impl SegRunConfig {
 
     /// The loader configuration for the training (`train = true`) or validation set.
     pub fn loader_config(&self, train: bool) -> LoaderConfig {
-        LoaderConfig {
-            batch_size: self.train.batch_size,
-            size: self.data.size,
-            shuffle: train,
-            drop_last: train && self.data.drop_last,
-            prefetch: self.data.prefetch,
-            augment: if train {
-                self.data.augment.clone()
-            } else {
-                None
-            },
-            normalize: self.data.normalize,
-        }
+        self.data.loader_config(self.train.batch_size, train)
     }
 }
 
