@@ -6,7 +6,9 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::BatchNorm;
 use common::{randn, values};
-use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d, max_pool2x2};
+use lus_unet::cpu_ops::{
+    batch_norm_train, channel_affine, conv_transpose2d_k2s2, conv2d, max_pool2x2,
+};
 use proptest::prelude::*;
 
 /// Largest difference relative to the largest magnitude of the reference (the scale-free
@@ -261,6 +263,28 @@ fn batch_norm_train_backward_matches_finite_differences() {
             &format!("batch norm, relu {relu}"),
             &[x, gamma, beta],
             |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu).unwrap().0,
+        );
+    }
+}
+
+#[test]
+fn channel_affine_matches_broadcast_ops_and_finite_differences() {
+    for relu in [false, true] {
+        let x = randn(&[2, 3, 3, 2], DType::F64, 8);
+        let scale = randn(&[3], DType::F64, 9);
+        let shift = randn(&[3], DType::F64, 10).affine(0.5, 0.0).unwrap();
+        let ours = channel_affine(&x, &scale, &shift, relu).unwrap();
+        let affine = x
+            .broadcast_mul(&scale.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&shift.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap();
+        let reference = if relu { affine.relu().unwrap() } else { affine };
+        assert_close(&format!("relu {relu}"), &ours, &reference, 1e-12);
+        check_finite_differences(
+            &format!("channel affine, relu {relu}"),
+            &[x, scale, shift],
+            |t| channel_affine(&t[0], &t[1], &t[2], relu).unwrap(),
         );
     }
 }

@@ -11,7 +11,7 @@
 //!   plus a scatter (backward: a gather plus GEMMs);
 //! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
 //!   forward op; its backward computes the per-channel sums in one pass and the input gradient
-//!   in a second one;
+//!   in a second one; [`channel_affine`] is the evaluation-mode batch norm (+ ReLU) in one pass;
 //! - [`max_pool2x2`]: one pass forward, one pass backward (candle's `max` backward needs a
 //!   comparison, a cast and a product over the full-resolution tensor).
 //!
@@ -33,7 +33,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Shape, WithDType};
 use gemm::Parallelism;
 
-pub use batch_norm::{BatchStats, batch_norm_train};
+pub use batch_norm::{BatchStats, batch_norm_train, channel_affine};
 pub use conv::conv2d;
 pub use conv_transpose::conv_transpose2d_k2s2;
 pub use pool::max_pool2x2;
