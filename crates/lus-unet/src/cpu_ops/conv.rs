@@ -13,6 +13,7 @@ use super::{Float, Kernel2, Mat, Plan, cpu_fwd2, matmul, matmul_into, sum_blocks
 /// matrix (`K x band pixels`) stays in the cache between im2col and the GEMM; a whole-image
 /// column matrix at 128 px is tens of MiB and made every pass a trip to memory.
 const TILE_ELEMENTS: usize = 128 * 1024;
+const MIN_BAND_PIXELS: usize = 512;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The shapes of one convolution.
@@ -81,7 +82,11 @@ impl ConvGeom {
     }
     /// Bands of output rows, each with about `TILE_ELEMENTS` column-matrix elements.
     fn row_bands(&self) -> impl Iterator<Item = Range<usize>> {
-        let rows = (TILE_ELEMENTS / (self.k() * self.out_width).max(1)).clamp(1, self.out_height);
+        // At least MIN_BAND_PIXELS per band: narrower GEMMs lose more than the cache saves
+        // (the deep levels, with K in the thousands and 8 x 8 images, stay whole).
+        let rows = (TILE_ELEMENTS / (self.k() * self.out_width).max(1))
+            .max(MIN_BAND_PIXELS / self.out_width.max(1))
+            .clamp(1, self.out_height);
         let h = self.out_height;
         (0..h.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(h))
     }
