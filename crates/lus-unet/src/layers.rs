@@ -223,11 +223,28 @@ impl NormLayer {
             Self::Batch(bn, kernels) if train && lus_kernels_apply(*kernels, x) => {
                 batch_norm_relu_train(bn, x)
             }
+            Self::Batch(bn, kernels) if lus_kernels_apply(*kernels, x) => {
+                batch_norm_relu_eval(bn, x)
+            }
             Self::Batch(bn, _) => bn.forward_t(x, train)?.relu(),
             Self::Group(gn) => gn.forward(x)?.relu(),
             Self::Identity => x.relu(),
         }
     }
+}
+
+/// Evaluation-mode batch norm + ReLU on [`cpu_ops::channel_affine`]: the running statistics
+/// fold into a per-channel scale and shift (computed with candle ops on `C`-vectors, so the
+/// gradients of gamma and beta flow through them; the statistics are detached, as in
+/// candle-nn).
+fn batch_norm_relu_eval(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
+    let Some((weight, bias)) = bn.weight_and_bias() else {
+        candle_core::bail!("the U-Net's batch norms always have a scale and a shift")
+    };
+    let invstd = (bn.running_var().detach() + bn.eps())?.sqrt()?.recip()?;
+    let scale = (weight * invstd)?;
+    let shift = (bias - (bn.running_mean().detach() * &scale)?)?;
+    cpu_ops::channel_affine(x, &scale, &shift, true)
 }
 
 /// Training-mode batch norm + ReLU on [`cpu_ops::batch_norm_train`], with the running

@@ -6,7 +6,9 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::BatchNorm;
 use common::{randn, values};
-use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d, max_pool2x2};
+use lus_unet::cpu_ops::{
+    batch_norm_train, channel_affine, conv_transpose2d_k2s2, conv2d, max_pool2x2,
+};
 use proptest::prelude::*;
 
 /// Largest difference relative to the largest magnitude of the reference (the scale-free
@@ -145,7 +147,9 @@ proptest! {
     fn batch_norm_train_matches_candle_with_and_without_relu(
         batch in prop::sample::select(vec![1usize, 3]),
         channels in prop::sample::select(vec![1usize, 3, 16]),
-        height in 1usize..9,
+        // At least 4 values per channel: with 2, both normalise to exactly -1 and +1 and the
+        // input gradient is pure rounding noise (0 in exact arithmetic).
+        height in 2usize..9,
         width in 2usize..9,
         relu in any::<bool>(),
         seed in 0u64..1_000_000,
@@ -230,6 +234,39 @@ fn check_finite_differences(what: &str, inputs: &[Tensor], f: impl Fn(&[Tensor])
 }
 
 #[test]
+fn conv2d_on_images_split_into_several_row_bands_matches_candle() {
+    // 16 channels x 3 x 3 taps x 131 columns: a band holds 6 output rows at stride 1 and 13
+    // at stride 2, so 37 rows (19 at stride 2) make several bands and a partial last one.
+    for (stride, height) in [(1, 37), (2, 37)] {
+        let x = randn(&[2, 16, height, 131], DType::F32, 30);
+        let w = randn(&[8, 16, 3, 3], DType::F32, 31);
+        let (ours, our_grads) = grads_of(
+            &[x.clone(), w.clone()],
+            |t| conv2d(&t[0], &t[1], stride, 1).unwrap(),
+            32,
+        );
+        let (theirs, their_grads) = grads_of(
+            &[x, w],
+            |t| t[0].conv2d(&t[1], 1, stride, 1, 1).unwrap(),
+            32,
+        );
+        assert_close(&format!("stride {stride} forward"), &ours, &theirs, F32_TOL);
+        assert_close(
+            &format!("stride {stride} grad input"),
+            &our_grads[0],
+            &their_grads[0],
+            F32_TOL,
+        );
+        assert_close(
+            &format!("stride {stride} grad weight"),
+            &our_grads[1],
+            &their_grads[1],
+            F32_TOL,
+        );
+    }
+}
+
+#[test]
 fn conv2d_backward_matches_finite_differences() {
     for (stride, padding, kernel) in [(1, 1, 3), (2, 1, 3), (2, 0, 2), (1, 0, 1)] {
         let x = randn(&[2, 2, 5, 4], DType::F64, 1);
@@ -261,6 +298,28 @@ fn batch_norm_train_backward_matches_finite_differences() {
             &format!("batch norm, relu {relu}"),
             &[x, gamma, beta],
             |t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu).unwrap().0,
+        );
+    }
+}
+
+#[test]
+fn channel_affine_matches_broadcast_ops_and_finite_differences() {
+    for relu in [false, true] {
+        let x = randn(&[2, 3, 3, 2], DType::F64, 8);
+        let scale = randn(&[3], DType::F64, 9);
+        let shift = randn(&[3], DType::F64, 10).affine(0.5, 0.0).unwrap();
+        let ours = channel_affine(&x, &scale, &shift, relu).unwrap();
+        let affine = x
+            .broadcast_mul(&scale.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&shift.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap();
+        let reference = if relu { affine.relu().unwrap() } else { affine };
+        assert_close(&format!("relu {relu}"), &ours, &reference, 1e-12);
+        check_finite_differences(
+            &format!("channel affine, relu {relu}"),
+            &[x, scale, shift],
+            |t| channel_affine(&t[0], &t[1], &t[2], relu).unwrap(),
         );
     }
 }

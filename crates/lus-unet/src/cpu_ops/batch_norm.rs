@@ -106,6 +106,10 @@ struct BnState {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     relu: bool,
+    /// Whether `mean` and `invstd` are this batch's statistics (training-mode batch norm,
+    /// whose gradient flows through them) or constants (a per-channel affine map: mean 0,
+    /// invstd 1).
+    batch_statistics: bool,
 }
 
 impl BnState {
@@ -209,14 +213,21 @@ impl CustomOp3 for BnFwd {
         let sums_t = dy.apply_op3_no_bwd(&x, y, &BnGradSums(self.0.clone()))?;
         let sums = sums_t.to_vec2::<f64>()?;
         let gamma_values = gamma.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        // With constant statistics the input gradient is just `gamma * g`.
+        let (sum_g, sum_gx) = if self.0.batch_statistics {
+            (sums[0].clone(), sums[1].clone())
+        } else {
+            let zeros = vec![0.0; self.0.geom.channels];
+            (zeros.clone(), zeros)
+        };
         let dx = dy.apply_op3_no_bwd(
             &x,
             y,
             &BnGradInput {
                 state: self.0.clone(),
                 gamma: gamma_values,
-                sum_g: sums[0].clone(),
-                sum_gx: sums[1].clone(),
+                sum_g,
+                sum_gx,
             },
         )?;
         let dtype = gamma.dtype();
@@ -403,6 +414,7 @@ pub fn batch_norm_train(
         mean: mean.clone(),
         invstd,
         relu,
+        batch_statistics: true,
     });
     let y = x3
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BnFwd(state))?
@@ -415,4 +427,36 @@ pub fn batch_norm_train(
             count: geom.count(),
         },
     ))
+}
+
+/// `y[n, c] = x[n, c] * scale[c] + shift[c]` for `x` of shape `N x C x H x W`, followed by a
+/// ReLU when `relu`: batch norm in evaluation mode (with `scale = gamma / sqrt(running_var +
+/// eps)` and `shift = beta - running_mean * scale`) in one pass instead of candle's five
+/// broadcast ops. A custom op (CPU, f32 or f64) differentiable in `x`, `scale` and `shift`.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
+    let (batch, channels, h, w) = x.dims4()?;
+    if scale.dims() != [channels] || shift.dims() != [channels] {
+        candle_core::bail!(
+            "channel_affine: input {:?} needs scale and shift of shape [{channels}], got {:?} \
+             and {:?}",
+            x.dims(),
+            scale.dims(),
+            shift.dims()
+        )
+    }
+    let state = Arc::new(BnState {
+        geom: BnGeom {
+            batch,
+            channels,
+            pixels: h * w,
+        },
+        mean: vec![0.0; channels],
+        invstd: vec![1.0; channels],
+        relu,
+        batch_statistics: false,
+    });
+    x.contiguous()?
+        .reshape((batch, channels, h * w))?
+        .apply_op3(&scale.contiguous()?, &shift.contiguous()?, BnFwd(state))?
+        .reshape((batch, channels, h, w))
 }

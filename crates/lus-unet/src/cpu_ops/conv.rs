@@ -5,7 +5,15 @@
 //! `y (Co x P) = W (Co x K) * col`; `dcol = W^T * dy`, `dx = col2im(dcol)`;
 //! `dW = sum over samples of dy * col^T`. A 1x1 stride-1 unpadded convolution skips im2col.
 
-use super::{Float, Kernel2, Mat, Plan, cpu_fwd2, matmul, sum_blocks, with_scratch};
+use std::ops::Range;
+
+use super::{Float, Kernel2, Mat, Plan, cpu_fwd2, matmul, matmul_into, sum_blocks, with_scratch};
+
+/// Elements of one im2col tile: the convolutions work on bands of output rows whose column
+/// matrix (`K x band pixels`) stays in the cache between im2col and the GEMM; a whole-image
+/// column matrix at 128 px is tens of MiB and made every pass a trip to memory.
+const TILE_ELEMENTS: usize = 128 * 1024;
+const MIN_BAND_PIXELS: usize = 512;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The shapes of one convolution.
@@ -72,6 +80,20 @@ impl ConvGeom {
     fn out_plane(&self) -> usize {
         self.out_channels * self.out_pixels()
     }
+    /// Bands of output rows, each with about `TILE_ELEMENTS` column-matrix elements.
+    fn row_bands(&self) -> impl Iterator<Item = Range<usize>> {
+        // At least MIN_BAND_PIXELS per band: narrower GEMMs lose more than the cache saves
+        // (the deep levels, with K in the thousands and 8 x 8 images, stay whole).
+        let rows = (TILE_ELEMENTS / (self.k() * self.out_width).max(1))
+            .max(MIN_BAND_PIXELS / self.out_width.max(1))
+            .clamp(1, self.out_height);
+        let h = self.out_height;
+        (0..h.div_ceil(rows)).map(move |b| b * rows..((b + 1) * rows).min(h))
+    }
+    /// Scratch elements for the largest band.
+    fn band_elements(&self) -> usize {
+        self.row_bands().map(|r| r.len()).max().unwrap_or(0) * self.out_width * self.k()
+    }
     fn is_pointwise(&self) -> bool {
         self.kernel_h == 1 && self.kernel_w == 1 && self.stride == 1 && self.padding == 0
     }
@@ -120,11 +142,12 @@ fn valid_range(
     (lo.min(hi), hi)
 }
 
-/// Visits every (row of col, output row) pair with the source input row, the valid output
-/// column range and the input column of the first valid output: the shared loop structure of
-/// im2col and col2im.
+/// Visits every (row of col, output row in `rows`) pair with the source input row, the valid
+/// output column range and the input column of the first valid output: the shared loop
+/// structure of im2col and col2im. The output row is passed relative to `rows.start`.
 fn for_each_tap_row(
     g: &ConvGeom,
+    rows: Range<usize>,
     mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), usize),
 ) {
     let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
@@ -134,24 +157,25 @@ fn for_each_tap_row(
             for kx in 0..kw {
                 let row = (ci * kh + ky) * kw + kx;
                 let (ox_lo, ox_hi) = valid_range(kx, p, s, g.width, g.out_width);
-                for oy in 0..g.out_height {
+                for oy in rows.clone() {
                     let src = (oy_lo..oy_hi)
                         .contains(&oy)
                         .then(|| (ci * g.height + oy * s + ky - p) * g.width);
                     // First valid input column: ox_lo * s + kx - p (>= 0 by construction).
                     let ix0 = (ox_lo * s + kx).saturating_sub(p);
-                    f(row, oy, src, (ox_lo, ox_hi), ix0);
+                    f(row, oy - rows.start, src, (ox_lo, ox_hi), ix0);
                 }
             }
         }
     }
 }
 
-/// `col (K x P) = im2col(x)` for one sample.
-fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+/// `col (K x band pixels) = im2col(x)` for the output rows `rows` of one sample.
+fn im2col<T: Float>(g: &ConvGeom, x: &[T], rows: Range<usize>, col: &mut [T]) {
     let zero = T::from_f64(0.0);
-    let (wo, p_len, s) = (g.out_width, g.out_pixels(), g.stride);
-    for_each_tap_row(g, |row, oy, src, (lo, hi), ix0| {
+    let (wo, s) = (g.out_width, g.stride);
+    let p_len = rows.len() * wo;
+    for_each_tap_row(g, rows, |row, oy, src, (lo, hi), ix0| {
         let out = &mut col[row * p_len + oy * wo..][..wo];
         let Some(src) = src else {
             out.fill(zero);
@@ -173,10 +197,11 @@ fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
     });
 }
 
-/// `dx += col2im(dcol)` for one sample (`dx` starts zeroed).
-fn col2im<T: Float>(g: &ConvGeom, dcol: &[T], dx: &mut [T]) {
-    let (wo, p_len, s) = (g.out_width, g.out_pixels(), g.stride);
-    for_each_tap_row(g, |row, oy, src, (lo, hi), ix0| {
+/// `dx += col2im(dcol)` for the output rows `rows` of one sample.
+fn col2im<T: Float>(g: &ConvGeom, dcol: &[T], rows: Range<usize>, dx: &mut [T]) {
+    let (wo, s) = (g.out_width, g.stride);
+    let p_len = rows.len() * wo;
+    for_each_tap_row(g, rows, |row, oy, src, (lo, hi), ix0| {
         let Some(dst) = src.filter(|_| hi > lo) else {
             return;
         };
@@ -210,9 +235,21 @@ impl Kernel2 for Conv2dFwd {
             if g.is_pointwise() {
                 matmul(gemm_shape, y_n, Mat::rows(w, k), Mat::rows(x_n, p_len), par);
             } else {
-                with_scratch(k * p_len, |col: &mut [T]| {
-                    im2col(&g, x_n, col);
-                    matmul(gemm_shape, y_n, Mat::rows(w, k), Mat::rows(col, p_len), par);
+                with_scratch(g.band_elements(), |col: &mut [T]| {
+                    for rows in g.row_bands() {
+                        let band = rows.len() * g.out_width;
+                        let start = rows.start * g.out_width;
+                        im2col(&g, x_n, rows, col);
+                        matmul_into(
+                            (g.out_channels, band, k),
+                            &mut y_n[start..],
+                            p_len,
+                            false,
+                            Mat::rows(w, k),
+                            Mat::rows(col, band),
+                            par,
+                        );
+                    }
                 });
             }
         });
@@ -243,11 +280,17 @@ impl CustomOp2 for Conv2dFwd {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(&w.contiguous()?, &Conv2dGradInput(self.0))?;
+        // No input gradient for an input outside the graph (the U-Net's image): candle would
+        // drop it anyway.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(&w.contiguous()?, &Conv2dGradInput(self.0))?)
+        } else {
+            None
+        };
         let dw = x
             .contiguous()?
             .apply_op2_no_bwd(&dy, &Conv2dGradWeight(self.0))?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -268,9 +311,18 @@ impl Kernel2 for Conv2dGradInput {
             if g.is_pointwise() {
                 matmul(gemm_shape, dx_n, w_t, Mat::rows(dy_n, p_len), par);
             } else {
-                with_scratch(k * p_len, |dcol: &mut [T]| {
-                    matmul(gemm_shape, dcol, w_t, Mat::rows(dy_n, p_len), par);
-                    col2im(&g, dcol, dx_n);
+                with_scratch(g.band_elements(), |dcol: &mut [T]| {
+                    for rows in g.row_bands() {
+                        let band = rows.len() * g.out_width;
+                        let start = rows.start * g.out_width;
+                        let dy_band = Mat {
+                            data: &dy_n[start..],
+                            row_stride: p_len,
+                            col_stride: 1,
+                        };
+                        matmul((k, band, g.out_channels), dcol, w_t, dy_band, par);
+                        col2im(&g, dcol, rows, dx_n);
+                    }
                 });
             }
         });
@@ -315,9 +367,25 @@ impl Kernel2 for Conv2dGradWeight {
             if g.is_pointwise() {
                 matmul(gemm_shape, dw_n, dy_n, Mat::transposed(x_n, p_len), par);
             } else {
-                with_scratch(k * p_len, |col: &mut [T]| {
-                    im2col(&g, x_n, col);
-                    matmul(gemm_shape, dw_n, dy_n, Mat::transposed(col, p_len), par);
+                with_scratch(g.band_elements(), |col: &mut [T]| {
+                    for (b, rows) in g.row_bands().enumerate() {
+                        let band = rows.len() * g.out_width;
+                        let start = rows.start * g.out_width;
+                        im2col(&g, x_n, rows, col);
+                        let dy_band = Mat {
+                            data: &dy_n.data[start..],
+                            ..dy_n
+                        };
+                        matmul_into(
+                            (g.out_channels, k, band),
+                            dw_n,
+                            k,
+                            b > 0,
+                            dy_band,
+                            Mat::transposed(col, band),
+                            par,
+                        );
+                    }
                 });
             }
         });
@@ -407,9 +475,9 @@ mod tests {
             .map(|i| (i as f64 * 0.91).cos())
             .collect();
         let mut col = vec![0.0; c.len()];
-        im2col(&g, &x, &mut col);
+        im2col(&g, &x, 0..g.out_height, &mut col);
         let mut back = vec![0.0; x.len()];
-        col2im(&g, &c, &mut back);
+        col2im(&g, &c, 0..g.out_height, &mut back);
         let lhs: f64 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!(

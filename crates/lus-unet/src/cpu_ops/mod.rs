@@ -11,7 +11,7 @@
 //!   plus a scatter (backward: a gather plus GEMMs);
 //! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
 //!   forward op; its backward computes the per-channel sums in one pass and the input gradient
-//!   in a second one;
+//!   in a second one; [`channel_affine`] is the evaluation-mode batch norm (+ ReLU) in one pass;
 //! - [`max_pool2x2`]: one pass forward, one pass backward (candle's `max` backward needs a
 //!   comparison, a cast and a product over the full-resolution tensor).
 //!
@@ -33,7 +33,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Shape, WithDType};
 use gemm::Parallelism;
 
-pub use batch_norm::{BatchStats, batch_norm_train};
+pub use batch_norm::{BatchStats, batch_norm_train, channel_affine};
 pub use conv::conv2d;
 pub use conv_transpose::conv_transpose2d_k2s2;
 pub use pool::max_pool2x2;
@@ -214,23 +214,42 @@ impl<'a, T> Mat<'a, T> {
 
 /// `dst (m x n, row-major) = lhs (m x k) * rhs (k x n)`.
 pub(crate) fn matmul<T: Float>(
+    shape: (usize, usize, usize),
+    dst: &mut [T],
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    parallelism: Parallelism,
+) {
+    matmul_into(shape, dst, shape.1, false, lhs, rhs, parallelism)
+}
+
+/// `dst (m x n, rows `dst_row_stride` apart) = lhs * rhs`, or `dst += lhs * rhs` with
+/// `accumulate`.
+pub(crate) fn matmul_into<T: Float>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
+    dst_row_stride: usize,
+    accumulate: bool,
     lhs: Mat<'_, T>,
     rhs: Mat<'_, T>,
     parallelism: Parallelism,
 ) {
     // Bounds are checked here once, so that the unsafe call below reads and writes only inside
     // the slices.
+    let dst_fits = m == 0 || n == 0 || (m - 1) * dst_row_stride + n <= dst.len();
     assert!(
-        dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n),
+        dst_fits && (m <= 1 || n <= dst_row_stride) && lhs.fits(m, k) && rhs.fits(k, n),
         "matmul: operand sizes do not fit {m} x {k} x {n}"
     );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        dst[..m * n].fill(T::from_f64(0.0));
+        if !accumulate {
+            for row in dst.chunks_mut(dst_row_stride.max(1)).take(m) {
+                row[..n].fill(T::from_f64(0.0));
+            }
+        }
         return;
     }
     // SAFETY: the assert above keeps every accessed element inside its slice; dst does not
@@ -242,15 +261,15 @@ pub(crate) fn matmul<T: Float>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
-            false,
+            dst_row_stride as isize,
+            accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
             lhs.row_stride as isize,
             rhs.data.as_ptr(),
             rhs.col_stride as isize,
             rhs.row_stride as isize,
-            T::from_f64(0.0),
+            T::from_f64(if accumulate { 1.0 } else { 0.0 }),
             T::from_f64(1.0),
             false,
             false,

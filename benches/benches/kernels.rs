@@ -1,0 +1,288 @@
+//! The U-Net's CPU kernels: lus's custom ops (`lus_unet::cpu_ops`) against candle's own ops,
+//! per layer shape and for the whole network, in the same run so that the ratios hold even on
+//! a busy machine.
+//!
+//! - `conv3x3_fwd_cpu/{lus,candle}/{ci}x{co}@{px}` and `conv3x3_bwd_cpu/...`: one padded 3x3
+//!   convolution of the U-Net (depth 4, base 16) at batch 8, 128 px input (the layer's own
+//!   resolution after `@`); backward = gradients of input and weight of `sum(y * r)`.
+//! - `up2x2_{fwd,bwd}_cpu/...`: the decoder's 2x2 stride-2 transposed convolutions.
+//! - `batch_norm_relu_{fwd,bwd}_cpu/...`: training-mode batch norm + ReLU, 8 x 16 x 128 x 128
+//!   (`lus` fused, `lus-unfused` = lus batch norm then candle's ReLU, `candle`).
+//! - `loss_overhead_cpu/candle/16@128`: the loss and its backward alone, included in every
+//!   `*_bwd_cpu` figure of an output of that size (8 x 16 x 128 x 128).
+//! - `unet_forward_cpu/{lus,candle}/b{batch}@{px}`: evaluation forward of the whole U-Net.
+//! - `unet_train_step_cpu/...`: training forward + backward of `sum(logits * r)` (no optimiser).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{BatchNorm, VarBuilder, VarMap};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d};
+use lus_unet::{Kernels, Mode, UNet, UNetConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+const BATCH: usize = 8;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).expect("shape matches")
+}
+
+/// Gradients of `sum(f(inputs) * r)` with respect to every input (forced to memory).
+fn backward(inputs: &[Var], out: &Tensor, r: &Tensor) -> Vec<Tensor> {
+    let grads = (out * r)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    inputs
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+        .collect()
+}
+
+/// (in channels, out channels, resolution) of the 3x3 convolutions of the depth-4 base-16
+/// U-Net at 128 px: encoder levels, bottleneck, then the decoder's first convs (2C -> C).
+const CONV_SHAPES: [(usize, usize, usize); 14] = [
+    (1, 16, 128),
+    (16, 16, 128),
+    (16, 32, 64),
+    (32, 32, 64),
+    (32, 64, 32),
+    (64, 64, 32),
+    (64, 128, 16),
+    (128, 128, 16),
+    (128, 256, 8),
+    (256, 256, 8),
+    (256, 128, 16),
+    (128, 64, 32),
+    (64, 32, 64),
+    (32, 16, 128),
+];
+
+fn bench_conv(c: &mut Criterion) {
+    for (ci, co, px) in CONV_SHAPES {
+        let x = Var::from_tensor(&randn(&[BATCH, ci, px, px], 1)).expect("var");
+        let w = Var::from_tensor(&randn(&[co, ci, 3, 3], 2)).expect("var");
+        let r = randn(&[BATCH, co, px, px], 3);
+        let id = format!("{ci}x{co}@{px}");
+        type ConvFn = fn(&Tensor, &Tensor) -> Tensor;
+        let variants: [(&str, ConvFn); 2] = [
+            ("lus", |x, w| conv2d(x, w, 1, 1).expect("conv")),
+            ("candle", |x, w| x.conv2d(w, 1, 1, 1, 1).expect("conv")),
+        ];
+        let mut fwd = c.benchmark_group("conv3x3_fwd_cpu");
+        for (name, f) in variants {
+            fwd.bench_function(BenchmarkId::new(name, &id), |b| {
+                b.iter(|| black_box(f(x.as_tensor(), w.as_tensor())))
+            });
+        }
+        fwd.finish();
+        let mut bwd = c.benchmark_group("conv3x3_bwd_cpu");
+        for (name, f) in variants {
+            let y = f(x.as_tensor(), w.as_tensor());
+            bwd.bench_function(BenchmarkId::new(name, &id), |b| {
+                b.iter(|| black_box(backward(&[x.clone(), w.clone()], &y, &r)))
+            });
+        }
+        bwd.finish();
+    }
+}
+
+fn bench_up(c: &mut Criterion) {
+    for (ci, co, px) in [(256, 128, 8), (128, 64, 16), (64, 32, 32), (32, 16, 64)] {
+        let x = Var::from_tensor(&randn(&[BATCH, ci, px, px], 1)).expect("var");
+        let w = Var::from_tensor(&randn(&[ci, co, 2, 2], 2)).expect("var");
+        let r = randn(&[BATCH, co, 2 * px, 2 * px], 3);
+        let id = format!("{ci}x{co}@{px}");
+        type UpFn = fn(&Tensor, &Tensor) -> Tensor;
+        let variants: [(&str, UpFn); 2] = [
+            ("lus", |x, w| conv_transpose2d_k2s2(x, w).expect("up")),
+            ("candle", |x, w| {
+                x.conv_transpose2d(w, 0, 0, 2, 1).expect("up")
+            }),
+        ];
+        let mut fwd = c.benchmark_group("up2x2_fwd_cpu");
+        for (name, f) in variants {
+            fwd.bench_function(BenchmarkId::new(name, &id), |b| {
+                b.iter(|| black_box(f(x.as_tensor(), w.as_tensor())))
+            });
+        }
+        fwd.finish();
+        let mut bwd = c.benchmark_group("up2x2_bwd_cpu");
+        for (name, f) in variants {
+            let y = f(x.as_tensor(), w.as_tensor());
+            bwd.bench_function(BenchmarkId::new(name, &id), |b| {
+                b.iter(|| black_box(backward(&[x.clone(), w.clone()], &y, &r)))
+            });
+        }
+        bwd.finish();
+    }
+}
+
+fn bench_batch_norm(c: &mut Criterion) {
+    let (ch, px) = (16, 128);
+    let x = Var::from_tensor(&randn(&[BATCH, ch, px, px], 1)).expect("var");
+    let gamma =
+        Var::from_tensor(&Tensor::ones(ch, DType::F32, &Device::Cpu).expect("ones")).expect("var");
+    let beta = Var::from_tensor(&Tensor::zeros(ch, DType::F32, &Device::Cpu).expect("zeros"))
+        .expect("var");
+    let r = randn(&[BATCH, ch, px, px], 3);
+    let candle_bn = BatchNorm::new(
+        ch,
+        Tensor::zeros(ch, DType::F32, &Device::Cpu).expect("zeros"),
+        Tensor::ones(ch, DType::F32, &Device::Cpu).expect("ones"),
+        gamma.as_tensor().clone(),
+        beta.as_tensor().clone(),
+        1e-5,
+    )
+    .expect("bn");
+    let lus = || {
+        batch_norm_train(
+            x.as_tensor(),
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            1e-5,
+            true,
+        )
+        .expect("bn")
+        .0
+    };
+    // The same op without the fused ReLU, followed by candle's: what the fusion saves.
+    let lus_unfused = || {
+        batch_norm_train(
+            x.as_tensor(),
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            1e-5,
+            false,
+        )
+        .and_then(|(y, _)| y.relu())
+        .expect("bn")
+    };
+    let candle = || {
+        candle_bn
+            .forward_train(x.as_tensor())
+            .and_then(|y| y.relu())
+            .expect("bn")
+    };
+    let id = format!("{ch}@{px}");
+    let mut fwd = c.benchmark_group("batch_norm_relu_fwd_cpu");
+    fwd.bench_function(BenchmarkId::new("lus", &id), |b| {
+        b.iter(|| black_box(lus()))
+    });
+    fwd.bench_function(BenchmarkId::new("lus-unfused", &id), |b| {
+        b.iter(|| black_box(lus_unfused()))
+    });
+    fwd.bench_function(BenchmarkId::new("candle", &id), |b| {
+        b.iter(|| black_box(candle()))
+    });
+    fwd.finish();
+    let inputs = [x.clone(), gamma.clone(), beta.clone()];
+    let mut bwd = c.benchmark_group("batch_norm_relu_bwd_cpu");
+    let y = lus();
+    bwd.bench_function(BenchmarkId::new("lus", &id), |b| {
+        b.iter(|| black_box(backward(&inputs, &y, &r)))
+    });
+    let y = lus_unfused();
+    bwd.bench_function(BenchmarkId::new("lus-unfused", &id), |b| {
+        b.iter(|| black_box(backward(&inputs, &y, &r)))
+    });
+    let y = candle();
+    bwd.bench_function(BenchmarkId::new("candle", &id), |b| {
+        b.iter(|| black_box(backward(&inputs, &y, &r)))
+    });
+    bwd.finish();
+}
+
+/// The part of every `*_bwd_cpu` figure that is not the op's backward: the loss
+/// `sum(y * r)` and its own backward on a tensor of the size of the BN bench (candle ops,
+/// the same for both kernel sets). Subtract it to compare backward passes alone.
+fn bench_loss_overhead(c: &mut Criterion) {
+    let y = Var::from_tensor(&randn(&[BATCH, 16, 128, 128], 1)).expect("var");
+    let r = randn(&[BATCH, 16, 128, 128], 3);
+    let mut group = c.benchmark_group("loss_overhead_cpu");
+    group.bench_function(BenchmarkId::new("candle", "16@128"), |b| {
+        b.iter(|| black_box(backward(std::slice::from_ref(&y), y.as_tensor(), &r)))
+    });
+    group.finish();
+}
+
+fn unet(kernels: Kernels) -> (VarMap, UNet) {
+    let config = UNetConfig {
+        num_classes: 6,
+        depth: 4,
+        base_channels: 16,
+        kernels,
+        ..Default::default()
+    };
+    let varmap = VarMap::new();
+    let unet = UNet::new(
+        &config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .expect("valid config");
+    unet.init_weights(&varmap, &mut ChaCha8Rng::seed_from_u64(0))
+        .expect("init");
+    (varmap, unet)
+}
+
+fn bench_unet(c: &mut Criterion) {
+    let sizes: Vec<usize> = match std::env::var("LUS_BENCH_UNET_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
+        Err(_) => vec![128],
+    };
+    for px in sizes {
+        for batch in [1, BATCH] {
+            let x = randn(&[batch, 1, px, px], 1);
+            let r = randn(&[batch, 6, px, px], 2);
+            let id = format!("b{batch}@{px}");
+            let models = [
+                ("lus", unet(Kernels::Lus)),
+                ("candle", unet(Kernels::Candle)),
+            ];
+            let mut fwd = c.benchmark_group("unet_forward_cpu");
+            fwd.sample_size(10);
+            for (name, (_, net)) in &models {
+                fwd.bench_function(BenchmarkId::new(*name, &id), |b| {
+                    b.iter(|| black_box(net.forward_t(&x, &mut Mode::Eval).expect("forward")))
+                });
+            }
+            fwd.finish();
+            let mut step = c.benchmark_group("unet_train_step_cpu");
+            step.sample_size(10);
+            step.measurement_time(Duration::from_secs(20));
+            for (name, (varmap, net)) in &models {
+                let vars = net.trainable_vars(varmap).expect("vars");
+                step.bench_function(BenchmarkId::new(*name, &id), |b| {
+                    b.iter(|| {
+                        let mut rng = ChaCha8Rng::seed_from_u64(3);
+                        let logits = net
+                            .forward_t(&x, &mut Mode::train(&mut rng))
+                            .expect("forward");
+                        black_box(backward(&vars, &logits, &r))
+                    })
+                });
+            }
+            step.finish();
+        }
+    }
+}
+
+criterion_group! {
+    name = kernels;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench_conv, bench_up, bench_batch_norm, bench_loss_overhead, bench_unet
+}
+criterion_main!(kernels);
