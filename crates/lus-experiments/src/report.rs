@@ -102,7 +102,12 @@ fn mean_std(values: &[f64]) -> String {
         n => {
             let mean = finite.iter().sum::<f64>() / n as f64;
             let var = finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-            format!("{mean:.3} ± {:.3}", var.sqrt())
+            if integral {
+                // Counts: one decimal is all the precision a mean of counts has.
+                format!("{mean:.1} ± {:.1}", var.sqrt())
+            } else {
+                format!("{mean:.3} ± {:.3}", var.sqrt())
+            }
         }
     }
 }
