@@ -21,8 +21,17 @@ fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
     let root = Path::new(&manifest_dir).join("../..");
 
-    let revision = git(&root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let mut revision = git(&root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // Built from edited sources: say so (tracked files only; new files do not count).
+    if git(&root, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty())
+    {
+        revision.push_str("-dirty");
+    }
     println!("cargo:rustc-env=LUS_BUILD_GIT_REVISION={revision}");
+    // Rerun when any source changes, so "-dirty" follows the working tree.
+    for path in ["crates", "benches", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
     // Rebuild the revision when HEAD moves: the HEAD file, the branch it points to, packed refs.
     for name in ["HEAD", "packed-refs"] {
         if let Some(path) = git(&root, &["rev-parse", "--git-path", name]) {

@@ -91,10 +91,19 @@ fn fmt3(v: f64) -> String {
     }
 }
 
-/// `mean ± std` over seeds (just the value for one seed; `-` when nothing is finite).
+/// `mean ± std` over seeds of a score (just the value for one seed; `-` when nothing is
+/// finite).
 fn mean_std(values: &[f64]) -> String {
+    mean_std_of(values, false)
+}
+
+/// `mean ± std` over seeds of a count (an integer for one seed, one decimal for a mean).
+fn mean_std_count(values: &[f64]) -> String {
+    mean_std_of(values, true)
+}
+
+fn mean_std_of(values: &[f64], integral: bool) -> String {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    let integral = finite.iter().all(|v| v.fract() == 0.0);
     match finite.len() {
         0 => "-".to_string(),
         1 if integral => format!("{}", finite[0]),
@@ -164,6 +173,7 @@ pub fn write_report(
     data: &Dataset,
     cells: &[CellResult],
     cls_cells: &[crate::report_cls::ClsCellResult],
+    command: &str,
     wall_seconds_this_invocation: f64,
 ) -> anyhow::Result<PathBuf> {
     let root = experiment.report_root();
@@ -226,7 +236,7 @@ pub fn write_report(
     let first = cells.first().map(|c| &c.manifest);
     let _ = writeln!(
         md,
-        "Written by `lus run` from `{}` (resolved config: [`{RESOLVED_CONFIG_FILE}`]({RESOLVED_CONFIG_FILE})). \
+        "Written by `{command}` for `{}` (resolved config: [`{RESOLVED_CONFIG_FILE}`]({RESOLVED_CONFIG_FILE})). \
          Build revision `{}`{}; {}, candle {}; device {}; {} rayon threads on {} CPUs.\n",
         experiment.name,
         first.map_or("unknown", |m| m.build_git_revision.as_str()),
@@ -348,11 +358,11 @@ pub fn write_report(
                     md,
                     "| {} | {arm} | {} | {} | {} | {} | {} | **{}** | {} | {} |",
                     schema.classes()[class].name,
-                    mean_std(&col("obj_truth")),
-                    mean_std(&col("obj_pred")),
-                    mean_std(&col("obj_tp")),
-                    mean_std(&col("obj_fp")),
-                    mean_std(&col("obj_fn")),
+                    mean_std_count(&col("obj_truth")),
+                    mean_std_count(&col("obj_pred")),
+                    mean_std_count(&col("obj_tp")),
+                    mean_std_count(&col("obj_fp")),
+                    mean_std_count(&col("obj_fn")),
                     mean_std(&col("fp_per_image")),
                     mean_std(&col("obj_precision")),
                     mean_std(&col("obj_recall")),
@@ -521,8 +531,8 @@ pub fn write_report(
     }
     let _ = writeln!(
         md,
-        "\nSum over runs: {total:.0} s. Wall time of the `lus run` invocation that wrote this report \
-         (finished runs are skipped, so a re-run is short): {wall_seconds_this_invocation:.0} s.\n"
+        "\nSum over runs: {total:.0} s. Wall time of the `{command}` that wrote this report (it skips \
+         finished runs, so a re-run is short): {wall_seconds_this_invocation:.0} s.\n"
     );
     let _ = writeln!(
         md,

@@ -178,6 +178,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         &data,
         &results,
         &cls_results,
+        "lus run",
         started.elapsed().as_secs_f64(),
     )?;
     eprintln!(
@@ -213,6 +214,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         &data,
         &results,
         &cls_results,
+        "lus report",
         started.elapsed().as_secs_f64(),
     )?;
     eprintln!(
