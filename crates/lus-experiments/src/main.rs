@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cls_cell;
 mod config;
 mod contact_sheet;
@@ -53,6 +54,9 @@ enum Command {
     Run(study::RunArgs),
     /// Write an experiment's report from the cells finished so far.
     Report(study::ReportArgs),
+    /// Time kernels end to end (compare with PyTorch via benches/pytorch_unet_step.py).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::EvalSeg(args) => eval_seg::run(args),
         Command::Run(args) => study::run(args),
         Command::Report(args) => study::report(args),
+        Command::Bench(command) => bench::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

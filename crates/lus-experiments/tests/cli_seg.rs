@@ -303,3 +303,55 @@ fn bad_requests_fail_with_a_clear_message_and_write_nothing() {
         stderr(&no_config)
     );
 }
+
+#[test]
+fn bench_unet_step_reports_times_and_the_flop_count() {
+    let out = lus(&[
+        "bench",
+        "unet-step",
+        "--batch",
+        "2",
+        "--size",
+        "32",
+        "--base",
+        "4",
+        "--depth",
+        "2",
+        "--classes",
+        "3",
+        "--rounds",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    // Forward multiply-adds of this net: level 0 (32 px, 4 ch) 9*(1*4 + 4*4), level 1 (16 px,
+    // 8 ch) 9*(4*8 + 8*8), bottleneck (8 px, 16 ch) 9*(8*16 + 16*16), decoder 1: up 16->8 at
+    // 8 px x 4 taps, convs 9*3*8*8 at 16 px; decoder 0: up 8->4, convs 9*3*4*4 at 32 px; head 4*3.
+    let px = |s: f64| 2.0 * s * s;
+    let macs = px(32.0) * 9.0 * 20.0
+        + px(16.0) * 9.0 * 96.0
+        + px(8.0) * 9.0 * 384.0
+        + px(8.0) * 16.0 * 8.0 * 4.0
+        + px(16.0) * 9.0 * 192.0
+        + px(16.0) * 8.0 * 4.0 * 4.0
+        + px(32.0) * 9.0 * 48.0
+        + px(32.0) * 12.0;
+    let gflop = result["gflop_per_step"].as_f64().unwrap();
+    assert!(
+        (gflop - 6.0 * macs / 1e9).abs() < 1e-12,
+        "{gflop} vs {}",
+        6.0 * macs / 1e9
+    );
+    assert_eq!(result["step_ms_all"].as_array().unwrap().len(), 2);
+    assert!(result["step_ms_median"].as_f64().unwrap() > 0.0);
+    assert_eq!(result["kernels"], "lus");
+    let bad = lus(&["bench", "unet-step", "--size", "30", "--depth", "2"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("multiple of 2^depth"),
+        "{}",
+        stderr(&bad)
+    );
+}

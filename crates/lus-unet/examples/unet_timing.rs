@@ -11,34 +11,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use lus_unet::{Kernels, Mode, UNet, UNetConfig, Upsampling};
+use lus_unet::{Kernels, Mode, UNet, UNetConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-
-/// Multiply-adds of one forward pass of the convolutions (3x3, transposed 2x2, 1x1 head).
-fn forward_macs(config: &UNetConfig, batch: usize, size: usize) -> f64 {
-    let px = |level: usize| ((size >> level) * (size >> level) * batch) as f64;
-    let mut macs = 0.0;
-    let mut c_in = config.in_channels;
-    for level in 0..=config.depth {
-        let c = config.channels_at(level) as f64;
-        macs += px(level) * 9.0 * (c_in as f64 * c + c * c);
-        c_in = config.channels_at(level);
-    }
-    for level in 0..config.depth {
-        let (c, below) = (
-            config.channels_at(level) as f64,
-            config.channels_at(level + 1) as f64,
-        );
-        macs += match config.upsampling {
-            Upsampling::TransposedConv => px(level + 1) * below * c * 4.0,
-            Upsampling::BilinearConv => px(level) * 9.0 * below * c,
-        };
-        macs += px(level) * 9.0 * (2.0 * c * c + c * c);
-    }
-    macs + px(0) * (config.base_channels * config.num_classes) as f64
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -76,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let labels = Tensor::from_vec(labels, n, &device)?;
     let r = Tensor::randn(0f32, 1.0, (batch, classes, size, size), &device)?;
-    let macs = forward_macs(&base, batch, size);
+    let macs = base.forward_macs(batch, size);
     println!(
         "{batch} x 1 x {size} x {size}, depth {}, base {}, {classes} classes, {:?}, {:?}; \
          {:.2} GFLOP per forward, {:.2} per training step; {} rayon threads; median of {rounds}",

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""lus vs PyTorch on one U-Net training step, in the same sitting.
+
+Runs `lus bench unet-step --json` (the lus binary, built with `cargo build --release -p
+lus-experiments`), then the same network in PyTorch — the U-Net class of
+crates/lus-unet/tests/fixtures/make_reference.py, whose tensors are lus's — with the same
+step (train-mode forward, cross-entropy, backward, AdamW) and the same shapes, and prints the
+medians and the ratios. PyTorch is optional: without it only lus's figures are printed.
+
+    python3 benches/pytorch_unet_step.py [--lus target/release/lus] [--batch 8] [--size 128]
+        [--base 16] [--depth 4] [--classes 6] [--rounds 5] [--device cpu|cuda]
+"""
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_lus(args):
+    cmd = [
+        args.lus, "bench", "unet-step", "--json",
+        "--batch", str(args.batch), "--size", str(args.size), "--base", str(args.base),
+        "--depth", str(args.depth), "--classes", str(args.classes),
+        "--rounds", str(args.rounds), "--device", args.device,
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_torch(args):
+    try:
+        import torch
+    except ImportError:
+        return None
+    spec = importlib.util.spec_from_file_location(
+        "reference", ROOT / "crates/lus-unet/tests/fixtures/make_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = reference.UNet(1, args.classes, args.depth, args.base, "batch", "transposed-conv").to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    x = torch.randn(args.batch, 1, args.size, args.size, device=device)
+    y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        model.train()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    def forward():
+        model.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(x).sum().item()
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    step()
+    steps = [step() for _ in range(args.rounds)]
+    forward()
+    forwards = [forward() for _ in range(args.rounds)]
+    return {
+        "framework": f"pytorch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "step_ms_median": statistics.median(steps),
+        "forward_ms_median": statistics.median(forwards),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lus", default=str(ROOT / "target/release/lus"))
+    for name, default in [("batch", 8), ("size", 128), ("base", 16), ("depth", 4),
+                          ("classes", 6), ("rounds", 5)]:
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    lus = run_lus(args)
+    torch = run_torch(args)
+    print(f"U-Net depth {args.depth}, base {args.base}, {args.classes} classes, batch "
+          f"{args.batch} x 1 x {args.size} x {args.size} on {args.device}; "
+          f"{lus['gflop_per_step']:.1f} GFLOP per step; median of {args.rounds} rounds")
+    print(f"{'':24} {'step ms':>9} {'forward ms':>11} {'peak RSS MiB':>13} threads")
+    print(f"{'lus (' + lus['kernels'] + ' kernels)':24} {lus['step_ms_median']:9.1f} "
+          f"{lus['forward_ms_median']:11.1f} {lus['peak_rss_mib'] or float('nan'):13.0f} {lus['threads']}")
+    if torch is None:
+        print("PyTorch is not installed: no comparison", file=sys.stderr)
+        return
+    print(f"{torch['framework']:24} {torch['step_ms_median']:9.1f} {torch['forward_ms_median']:11.1f} "
+          f"{torch['peak_rss_mib']:13.0f} {torch['threads']}")
+    print(f"lus / PyTorch: step {lus['step_ms_median'] / torch['step_ms_median']:.2f}x, "
+          f"forward {lus['forward_ms_median'] / torch['forward_ms_median']:.2f}x; "
+          f"lus reaches {lus['step_gflops']:.1f} GFLOP/s in the step")
+
+
+if __name__ == "__main__":
+    main()
