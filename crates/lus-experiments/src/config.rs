@@ -630,3 +630,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod committed_experiments {
+    use super::*;
+
+    /// Every experiment file in `experiments/` parses and validates as committed.
+    #[test]
+    fn every_committed_experiment_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = ExperimentConfig::load(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert_eq!(
+                    path.file_stem().unwrap().to_str().unwrap(),
+                    config.name,
+                    "{}: the name should match the file",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 2,
+            "found {checked} experiment files in {}",
+            dir.display()
+        );
+    }
+}
