@@ -27,7 +27,9 @@
 //!   per segment and one wedge per bend (arc within 0.005 px), each filled by tiny-skia on its
 //!   own, so it stays exact where a sharp turn folds the stroke over itself (neighbouring
 //!   pieces overlap by 1/16 px so that no crack opens between them). `Band` -> its filled
-//!   `outline`.
+//!   `outline`, plus its `centerline` stroked [`DENSE_MIN_LINE_WIDTH_PX`] wide, so that a band
+//!   thinner than a pixel (whose fill can miss every pixel centre) still labels a continuous
+//!   object; a dense `Polyline` is at least that wide too.
 //! - Everything is clipped to the field of view.
 //!
 //! # Sparse mode ([`LabelMode::Sparse`])
@@ -73,6 +75,9 @@ use crate::error::{DataError, Result};
 use crate::image_io::MAX_IMAGE_SIDE;
 use crate::mask::Mask;
 use crate::schema::LabelSchema;
+
+/// Smallest width (px) a line object gets in a dense mask (see the module documentation).
+pub const DENSE_MIN_LINE_WIDTH_PX: f32 = 1.0;
 
 /// How objects are labelled (see the module documentation).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -373,11 +378,29 @@ impl Rasterizer {
                 (LabelMode::Dense, Geometry::Polygon { points }) => {
                     self.paint(points, Paint::Fill, id, &mut canvas)
                 }
-                (LabelMode::Dense, Geometry::Polyline { points, width }) => {
-                    self.paint(points, Paint::Stroke(*width), id, &mut canvas)
-                }
-                (LabelMode::Dense, Geometry::Band { outline, .. }) => {
-                    self.paint(outline, Paint::Fill, id, &mut canvas)
+                (LabelMode::Dense, Geometry::Polyline { points, width }) => self.paint(
+                    points,
+                    Paint::Stroke(width.max(DENSE_MIN_LINE_WIDTH_PX)),
+                    id,
+                    &mut canvas,
+                ),
+                (
+                    LabelMode::Dense,
+                    Geometry::Band {
+                        outline,
+                        centerline,
+                    },
+                ) => {
+                    self.paint(outline, Paint::Fill, id, &mut canvas);
+                    // Where the band is thinner than a pixel its fill can miss every pixel
+                    // centre (a thin pleural line in a 64 px frame): its centre line, stroked
+                    // one pixel wide, keeps the object continuous, as its sparse stroke is.
+                    self.paint(
+                        centerline,
+                        Paint::Stroke(DENSE_MIN_LINE_WIDTH_PX),
+                        id,
+                        &mut canvas,
+                    );
                 }
                 (LabelMode::Sparse, Geometry::Polyline { points, .. }) => {
                     self.paint(points, Paint::Stroke(options.sparse_width), id, &mut canvas)

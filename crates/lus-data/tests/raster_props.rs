@@ -10,7 +10,9 @@
 //! Floats are drawn as scaled integers: proptest 1.12's f32 range sampler tripped one of its own
 //! debug assertions (float_samplers.rs: `self.low - result < initial.step`) in a long run.
 
-use lus_data::raster::{LabelMode, RasterOptions, Rasterizer, derived_centerline, rasterize};
+use lus_data::raster::{
+    DENSE_MIN_LINE_WIDTH_PX, LabelMode, RasterOptions, Rasterizer, derived_centerline, rasterize,
+};
 use lus_data::{Annotation, Geometry, LabelSchema, Mask, Point, Shape};
 use proptest::prelude::*;
 
@@ -365,6 +367,8 @@ fn stroke_covers(p: Point, line: &[Point], width: f32) -> Option<bool> {
 enum Cover {
     Region(Vec<Point>),
     Stroke(Vec<Point>, f32),
+    /// A dense band: its outline, and its centre line stroked `DENSE_MIN_LINE_WIDTH_PX` wide.
+    Band(Vec<Point>, Vec<Point>),
 }
 
 /// The module's rules, computed independently of tiny-skia: the shapes a mode paints, topmost
@@ -385,11 +389,15 @@ fn reference_plan(a: &Annotation, schema: &LabelSchema, o: &RasterOptions) -> Ve
             let class = schema.lookup(&shape.label).expect("valid label");
             let cover = match (o.mode, &shape.geometry) {
                 (LabelMode::Dense, Geometry::Polygon { points }) => Cover::Region(points.clone()),
-                (LabelMode::Dense, Geometry::Band { outline, .. }) => {
-                    Cover::Region(outline.clone())
-                }
+                (
+                    LabelMode::Dense,
+                    Geometry::Band {
+                        outline,
+                        centerline,
+                    },
+                ) => Cover::Band(outline.clone(), centerline.clone()),
                 (LabelMode::Dense, Geometry::Polyline { points, width }) => {
-                    Cover::Stroke(points.clone(), *width)
+                    Cover::Stroke(points.clone(), width.max(DENSE_MIN_LINE_WIDTH_PX))
                 }
                 (LabelMode::Sparse, _) if !class.line => return None,
                 (LabelMode::Sparse, Geometry::Polyline { points, .. }) => {
@@ -417,6 +425,16 @@ fn reference_id(p: Point, a: &Annotation, plan: &[(u8, Cover)], o: &RasterOption
         let covers = match cover {
             Cover::Region(polygon) => inside(p, polygon),
             Cover::Stroke(line, width) => stroke_covers(p, line, *width),
+            Cover::Band(outline, line) => {
+                match (
+                    inside(p, outline),
+                    stroke_covers(p, line, DENSE_MIN_LINE_WIDTH_PX),
+                ) {
+                    (Some(true), _) | (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                }
+            }
         };
         if covers? {
             return Some(*id);

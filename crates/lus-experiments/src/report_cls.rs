@@ -320,7 +320,7 @@ pub fn classification_section<'a>(
         );
         let _ = writeln!(
             md,
-            "| arm | examples | balanced accuracy | macro F1 | macro AUC |\n|---|---:|---:|---:|---:|"
+            "| arm | examples | accuracy | balanced accuracy | macro F1 | macro AUC |\n|---|---:|---:|---:|---:|---:|"
         );
         for (arm, predictions) in &pooled {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -336,8 +336,9 @@ pub fn classification_section<'a>(
             };
             let _ = writeln!(
                 md,
-                "| {arm} | {} | {} | {} | {} |",
+                "| {arm} | {} | {} | {} | {} | {} |",
                 predictions.num_examples(),
+                cell("accuracy"),
                 cell("balanced_accuracy"),
                 cell("macro_f1"),
                 cell("macro_auc")
