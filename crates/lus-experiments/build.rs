@@ -23,8 +23,15 @@ fn main() {
 
     let mut revision = git(&root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
     // Built from edited sources: say so (tracked files only; new files do not count).
-    if git(&root, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty())
-    {
+    // Only the sources count: a regenerated report or README in the tree does not make the
+    // binary differ from its commit.
+    let sources = ["crates", "benches", "Cargo.toml", "Cargo.lock"];
+    let status = [
+        &["status", "--porcelain", "--untracked-files=no", "--"][..],
+        &sources,
+    ]
+    .concat();
+    if git(&root, &status).is_some_and(|s| !s.is_empty()) {
         revision.push_str("-dirty");
     }
     println!("cargo:rustc-env=LUS_BUILD_GIT_REVISION={revision}");

@@ -20,7 +20,8 @@ pub struct RunManifest {
     /// Revision the binary was built from.
     pub build_git_revision: String,
     /// Revision of the working directory when the run started (`None` outside a git checkout),
-    /// and whether tracked files had uncommitted changes.
+    /// and whether tracked source files (crates, benches, Cargo.toml/lock) had uncommitted
+    /// changes.
     pub git_revision: Option<String>,
     pub git_dirty: Option<bool>,
     pub rustc: String,
@@ -109,7 +110,19 @@ fn working_tree_revision() -> (Option<String>, Option<bool>) {
     let revision = git(&["rev-parse", "HEAD"]);
     let dirty = revision
         .as_ref()
-        .and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"]))
+        // The sources only: reports and docs regenerated in the tree do not count.
+        .and_then(|_| {
+            git(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "crates",
+                "benches",
+                "Cargo.toml",
+                "Cargo.lock",
+            ])
+        })
         .map(|s| !s.is_empty());
     (revision, dirty)
 }
