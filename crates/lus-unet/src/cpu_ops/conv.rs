@@ -225,6 +225,9 @@ struct Conv2dFwd(ConvGeom);
 
 impl Kernel2 for Conv2dFwd {
     const NAME: &'static str = "lus-conv2d";
+    fn input_shapes(&self) -> [Shape; 2] {
+        [self.0.input_shape(), self.0.weight_shape()]
+    }
     fn run<T: Float>(&self, x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
         let g = self.0;
         let (k, p_len) = (g.k(), g.out_pixels());
@@ -268,8 +271,6 @@ impl CustomOp2 for Conv2dFwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        check_dims(Self::NAME, l1, &self.0.input_shape())?;
-        check_dims(Self::NAME, l2, &self.0.weight_shape())?;
         cpu_fwd2(self, s1, l1, s2, l2)
     }
     fn bwd(
@@ -300,6 +301,9 @@ struct Conv2dGradInput(ConvGeom);
 
 impl Kernel2 for Conv2dGradInput {
     const NAME: &'static str = "lus-conv2d-grad-input";
+    fn input_shapes(&self) -> [Shape; 2] {
+        [self.0.output_shape(), self.0.weight_shape()]
+    }
     fn run<T: Float>(&self, dy: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
         let g = self.0;
         let (k, p_len) = (g.k(), g.out_pixels());
@@ -341,8 +345,6 @@ impl CustomOp2 for Conv2dGradInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        check_dims(Self::NAME, l1, &self.0.output_shape())?;
-        check_dims(Self::NAME, l2, &self.0.weight_shape())?;
         cpu_fwd2(self, s1, l1, s2, l2)
     }
 }
@@ -353,6 +355,9 @@ struct Conv2dGradWeight(ConvGeom);
 
 impl Kernel2 for Conv2dGradWeight {
     const NAME: &'static str = "lus-conv2d-grad-weight";
+    fn input_shapes(&self) -> [Shape; 2] {
+        [self.0.input_shape(), self.0.output_shape()]
+    }
     fn run<T: Float>(&self, x: &[T], dy: &[T]) -> Result<(Vec<T>, Shape)> {
         let g = self.0;
         let (k, p_len) = (g.k(), g.out_pixels());
@@ -409,20 +414,8 @@ impl CustomOp2 for Conv2dGradWeight {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        check_dims(Self::NAME, l1, &self.0.input_shape())?;
-        check_dims(Self::NAME, l2, &self.0.output_shape())?;
         cpu_fwd2(self, s1, l1, s2, l2)
     }
-}
-
-pub(crate) fn check_dims(op: &str, layout: &Layout, expected: &Shape) -> Result<()> {
-    if layout.shape() != expected {
-        candle_core::bail!(
-            "{op}: got a tensor of shape {:?}, expected {expected:?}",
-            layout.shape()
-        )
-    }
-    Ok(())
 }
 
 /// 2-D convolution of `x` (`N x Ci x H x W`) with `weight` (`Co x Ci x kh x kw`), equal stride

@@ -86,13 +86,28 @@ pub(crate) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> 
 /// A kernel over two contiguous inputs of one element type.
 pub(crate) trait Kernel2 {
     const NAME: &'static str;
+    /// The shapes the two inputs must have ([`cpu_fwd2`] checks them before [`Kernel2::run`]).
+    fn input_shapes(&self) -> [Shape; 2];
     fn run<T: Float>(&self, a: &[T], b: &[T]) -> Result<(Vec<T>, Shape)>;
 }
 
 /// A kernel over three contiguous inputs of one element type.
 pub(crate) trait Kernel3 {
     const NAME: &'static str;
+    /// The shapes the three inputs must have ([`cpu_fwd3`] checks them before [`Kernel3::run`]).
+    fn input_shapes(&self) -> [Shape; 3];
     fn run<T: Float>(&self, a: &[T], b: &[T], c: &[T]) -> Result<(Vec<T>, Shape)>;
+}
+
+/// An error naming `op` unless `layout` has the `expected` shape.
+pub(crate) fn check_dims(op: &str, layout: &Layout, expected: &Shape) -> Result<()> {
+    if layout.shape() != expected {
+        candle_core::bail!(
+            "{op}: got a tensor of shape {:?}, expected {expected:?}",
+            layout.shape()
+        )
+    }
+    Ok(())
 }
 
 /// The contiguous elements of a storage, or an error naming the op.
@@ -127,6 +142,9 @@ pub(crate) fn cpu_fwd2<K: Kernel2>(
         )?;
         Ok((T::to_cpu_storage_owned(out), shape))
     }
+    for (layout, expected) in [l1, l2].into_iter().zip(kernel.input_shapes()) {
+        check_dims(K::NAME, layout, &expected)?;
+    }
     match (s1, s2) {
         (CpuStorage::F32(_), CpuStorage::F32(_)) => go::<K, f32>(kernel, s1, l1, s2, l2),
         (CpuStorage::F64(_), CpuStorage::F64(_)) => go::<K, f64>(kernel, s1, l1, s2, l2),
@@ -159,6 +177,9 @@ pub(crate) fn cpu_fwd3<K: Kernel3>(
             contiguous::<T>(K::NAME, s3, l3)?,
         )?;
         Ok((T::to_cpu_storage_owned(out), shape))
+    }
+    for (layout, expected) in [l1, l2, l3].into_iter().zip(kernel.input_shapes()) {
+        check_dims(K::NAME, layout, &expected)?;
     }
     let inputs = [(s1, l1), (s2, l2), (s3, l3)];
     match (s1, s2, s3) {
