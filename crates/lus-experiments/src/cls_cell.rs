@@ -179,8 +179,23 @@ pub fn run_cls_cell(
         device.clone(),
         names.len(),
     )?;
+    // Every test example: its pool index and probabilities (f32, as the model gave them).
+    let mut tested: Vec<(usize, Vec<f32>)> = Vec::with_capacity(test.len());
     let mut truth = Vec::with_capacity(test.len());
-    let mut rows: Vec<Vec<f64>> = Vec::with_capacity(test.len());
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let probabilities = task.predict_proba(&batch.images)?;
+        let labels = batch.labels.to_vec1::<u32>()?;
+        for ((row, label), &local) in probabilities.into_iter().zip(labels).zip(&batch.indices) {
+            tested.push((test[local], row));
+            truth.push(label as usize);
+        }
+    }
+    let rows: Vec<Vec<f64>> = tested
+        .iter()
+        .map(|(_, row)| row.iter().map(|&p| f64::from(p)).collect())
+        .collect();
+    let predictions = Predictions::from_rows(&truth, &rows)?;
     let mut csv = format!(
         "index,id,probe,truth,predicted,{}\n",
         names
@@ -189,37 +204,24 @@ pub fn run_cls_cell(
             .collect::<Vec<_>>()
             .join(",")
     );
-    for batch in loader.epoch(0) {
-        let batch = batch?;
-        let probabilities = task.predict_proba(&batch.images)?;
-        let labels = batch.labels.to_vec1::<u32>()?;
-        for ((row, label), &local) in probabilities.into_iter().zip(labels).zip(&batch.indices) {
-            let i = test[local];
-            let predicted = row
-                .iter()
-                .enumerate()
-                .fold(0, |best, (k, &p)| if p > row[best] { k } else { best });
-            let _ = writeln!(
-                csv,
-                "{i},{},{},{},{},{}",
-                pool.ids[i],
-                pool.probes[i],
-                names[label as usize],
-                names[predicted],
-                row.iter()
-                    .map(|p| format!("{p}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            truth.push(label as usize);
-            rows.push(row.into_iter().map(f64::from).collect());
-        }
+    for (((i, row), &label), predicted) in tested.iter().zip(&truth).zip(predictions.predicted()) {
+        let _ = writeln!(
+            csv,
+            "{i},{},{},{},{},{}",
+            pool.ids[*i],
+            pool.probes[*i],
+            names[label],
+            names[predicted],
+            row.iter()
+                .map(|p| format!("{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
     }
     let test_dir = dir.join(TEST_DIR);
     std::fs::create_dir_all(&test_dir)
         .with_context(|| format!("creating {}", test_dir.display()))?;
     lus_data::io::write_atomic(&test_dir.join("predictions.csv"), csv.as_bytes())?;
-    let predictions = Predictions::from_rows(&truth, &rows)?;
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut table = MetricsTable::new();
     let mut row = Row::new()

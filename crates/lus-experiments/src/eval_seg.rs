@@ -13,6 +13,7 @@ use lus_train::{SegModel, device_name, evaluate_segmentation};
 use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::provenance::{RunClock, write_run_manifest};
 use crate::report::markdown_eval_table;
+use crate::seg_cell::eval_options;
 use crate::train_seg::parse_labels;
 
 #[derive(Args, Debug)]
@@ -86,12 +87,7 @@ pub fn run(args: EvalSegArgs) -> anyhow::Result<()> {
     let device = lus_train::parse_device(&args.device)?;
     let clock = RunClock::start("eval-seg", experiment.pretrain.train.seed, &args.device);
     let model = SegModel::load(&experiment.pretrain.unet, &args.weights, &device)?;
-    let options = lus_train::SegEvalOptions {
-        class_names: schema.classes().iter().map(|c| c.name.clone()).collect(),
-        object_classes: schema.line_classes().map(|c| c.id).collect(),
-        objects: experiment.evaluation.object_config(),
-        ignore_id: experiment.pretrain.train.loss.ignore_id,
-    };
+    let options = eval_options(&experiment, &schema);
     let report = evaluate_segmentation(&model, source, &experiment.pretrain, &options, &device)?;
     let table = report.per_class_table()?;
     println!(

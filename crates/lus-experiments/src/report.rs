@@ -10,6 +10,7 @@ use image::imageops::FilterType;
 use lus_data::LabelMode;
 use lus_data::io::StagedDir;
 use lus_data::loader::SegmentationLoader;
+use lus_metrics::stats::summarize;
 use lus_metrics::{
     MetricsTable, OverlayRow, Row, Value, nan_mean, overlay_grid, plot_curves, read_table_parquet,
 };
@@ -108,14 +109,13 @@ fn mean_std_of(values: &[f64], integral: bool) -> String {
         0 => "-".to_string(),
         1 if integral => format!("{}", finite[0]),
         1 => fmt3(finite[0]),
-        n => {
-            let mean = finite.iter().sum::<f64>() / n as f64;
-            let var = finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        _ => {
+            let s = summarize(&finite);
             if integral {
                 // Counts: one decimal is all the precision a mean of counts has.
-                format!("{mean:.1} ± {:.1}", var.sqrt())
+                format!("{:.1} ± {:.1}", s.mean, s.std)
             } else {
-                format!("{mean:.3} ± {:.3}", var.sqrt())
+                format!("{:.3} ± {:.3}", s.mean, s.std)
             }
         }
     }
@@ -576,18 +576,14 @@ fn overlay_figure(
     let size = p.data.size;
     let device = candle_core::Device::Cpu;
     // Images and truths resampled like the evaluation does, by the validation loader.
-    let subset: Vec<usize> = (0..count).collect();
+    // Unshuffled, so the first batch of `count` is test examples 0..count; synchronous
+    // (prefetch 0), so nothing past it is prepared.
     let mut loader_config = p.loader_config(false);
     loader_config.batch_size = count;
-    let subset_source = |mode| -> std::sync::Arc<dyn lus_data::loader::SegmentationSource> {
-        std::sync::Arc::new(Subset {
-            inner: data.test.labels(mode),
-            indices: subset.clone(),
-        })
-    };
+    loader_config.prefetch = 0;
     let first_batch = |mode| -> anyhow::Result<lus_data::loader::SegBatch> {
         let loader = SegmentationLoader::new(
-            subset_source(mode),
+            data.test.labels(mode),
             loader_config.clone(),
             0,
             device.clone(),
@@ -653,23 +649,4 @@ fn overlay_figure(
     let title_refs: Vec<&str> = titles.iter().map(String::as_str).collect();
     overlay_grid(path, &rows, &palette, &title_refs)?;
     Ok(true)
-}
-
-/// The examples `indices` of another source.
-struct Subset {
-    inner: std::sync::Arc<dyn lus_data::loader::SegmentationSource>,
-    indices: Vec<usize>,
-}
-
-impl lus_data::loader::SegmentationSource for Subset {
-    fn len(&self) -> usize {
-        self.indices.len()
-    }
-
-    fn load(&self, index: usize) -> lus_data::Result<(image::GrayImage, lus_data::Mask)> {
-        let i = *self.indices.get(index).ok_or_else(|| {
-            lus_data::DataError::config("example index", format!("{index} is out of range"))
-        })?;
-        self.inner.load(i)
-    }
 }

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use lus_data::LabelMode;
+use lus_data::{LabelMode, LabelSchema};
 use lus_metrics::{MetricsTable, plot_curves, read_table_parquet};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
 use lus_train::{
@@ -129,7 +129,7 @@ pub fn run_cell(
 
     let run_config = &cell.pretrain;
     let clock = RunClock::start("train-seg", seed, &run_config.train.device);
-    let class_names = class_names(data);
+    let class_names = class_names(&data.schema);
     let label = format!("{labels}/seed {seed}");
     let summary = train_segmentation_with(
         run_config,
@@ -162,7 +162,7 @@ pub fn run_cell(
     let eval_dir = dir.join(EVAL_DIR);
     std::fs::create_dir_all(&eval_dir)
         .with_context(|| format!("creating {}", eval_dir.display()))?;
-    let options = eval_options(cell, data);
+    let options = eval_options(cell, &data.schema);
     for truth in [LabelMode::Dense, LabelMode::Sparse] {
         let report = evaluate_segmentation(
             &model,
@@ -179,20 +179,19 @@ pub fn run_cell(
     Ok(())
 }
 
-pub fn class_names(data: &Dataset) -> Vec<String> {
-    data.schema
-        .classes()
-        .iter()
-        .map(|c| c.name.clone())
-        .collect()
+/// Class names in id order.
+pub fn class_names(schema: &LabelSchema) -> Vec<String> {
+    schema.classes().iter().map(|c| c.name.clone()).collect()
 }
 
-pub fn eval_options(cell: &ExperimentConfig, data: &Dataset) -> SegEvalOptions {
+/// How `experiment` evaluates segmentation under `schema`: every class at pixel level, the
+/// line classes object by object.
+pub fn eval_options(experiment: &ExperimentConfig, schema: &LabelSchema) -> SegEvalOptions {
     SegEvalOptions {
-        class_names: class_names(data),
-        object_classes: data.schema.line_classes().map(|c| c.id).collect(),
-        objects: cell.evaluation.object_config(),
-        ignore_id: cell.pretrain.train.loss.ignore_id,
+        class_names: class_names(schema),
+        object_classes: schema.line_classes().map(|c| c.id).collect(),
+        objects: experiment.evaluation.object_config(),
+        ignore_id: experiment.pretrain.train.loss.ignore_id,
     }
 }
 

@@ -172,17 +172,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let results = load_complete(&experiment)?;
-    let cls_results = load_cls_cells(&experiment)?;
+    write_report_from(&experiment, &data, results, "lus run", started)
+}
+
+/// Writes the report of `experiment` from its finished pretraining cells `results` and its
+/// finished classification cells (loaded here), and says where it is.
+fn write_report_from(
+    experiment: &ExperimentConfig,
+    data: &Dataset,
+    results: Vec<CellResult>,
+    command: &str,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let cls_results = load_cls_cells(experiment)?;
     let path = write_report(
-        &experiment,
-        &data,
+        experiment,
+        data,
         &results,
         &cls_results,
-        "lus run",
+        command,
         started.elapsed().as_secs_f64(),
     )?;
     eprintln!(
-        "report: {}",
+        "report of {} of {} pretraining cells and {} classification cells: {}",
+        results.len(),
+        cells(experiment).len(),
+        cls_results.len(),
         path.join(crate::report::REPORT_FILE).display()
     );
     Ok(())
@@ -208,23 +223,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         );
     }
     let data = Dataset::load(&experiment.dataset)?;
-    let cls_results = load_cls_cells(&experiment)?;
-    let path = write_report(
-        &experiment,
-        &data,
-        &results,
-        &cls_results,
-        "lus report",
-        started.elapsed().as_secs_f64(),
-    )?;
-    eprintln!(
-        "report of {} of {} pretraining cells and {} classification cells: {}",
-        results.len(),
-        cells(&experiment).len(),
-        cls_results.len(),
-        path.join(crate::report::REPORT_FILE).display()
-    );
-    Ok(())
+    write_report_from(&experiment, &data, results, "lus report", started)
 }
 
 fn load_complete(experiment: &ExperimentConfig) -> anyhow::Result<Vec<CellResult>> {
