@@ -1,14 +1,14 @@
 //! The train / validation / test splits of an experiment's data set, each with its dense and
 //! its sparse masks (the two label modes of the same images).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use image::GrayImage;
 use lus_data::cls_loader::{ClassificationSource, FileClassSource, InMemoryClassSource};
 use lus_data::loader::{FileSource, InMemorySource, SegmentationSource};
-use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
+use lus_data::manifest::{MANIFEST_FILE, ManifestRow, read_manifest, resolve_inside};
 use lus_data::raster::{LabelMode, RasterOptions, rasterize};
 use lus_data::scanner::Scanner;
 use lus_data::{Diagnosis, LabelSchema, Mask};
@@ -71,18 +71,12 @@ impl ClassifyPool {
                     .folder
                     .as_deref()
                     .context("dataset.folder: required with source = \"folder\"")?;
-                let manifest_path = folder.join(MANIFEST_FILE);
-                let rows = read_manifest(&manifest_path)?;
-                if rows.len() < start + count {
-                    bail!(
-                        "{}: {} examples, but dataset.train + val + test + classify_samples = {}",
-                        manifest_path.display(),
-                        rows.len(),
-                        start + count
-                    );
-                }
-                let mut order: Vec<usize> = (0..rows.len()).collect();
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
+                let manifest = ShuffledManifest::read(
+                    folder,
+                    config.seed,
+                    start + count,
+                    "dataset.train + val + test + classify_samples",
+                )?;
                 let mut files = Vec::with_capacity(count);
                 let mut pool = ClassifyPool {
                     source: Arc::new(InMemoryClassSource(Vec::new())),
@@ -91,10 +85,9 @@ impl ClassifyPool {
                     groups: Vec::new(),
                     probes: Vec::new(),
                 };
-                for &i in &order[start..start + count] {
-                    let row = &rows[i];
-                    let image = resolve_inside(folder, &row.image)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
+                for &i in &manifest.order[start..start + count] {
+                    let row = &manifest.rows[i];
+                    let image = manifest.resolve(&row.image)?;
                     files.push((image, row.diagnosis.index()));
                     pool.ids.push(row.id.clone());
                     pool.groups.push(row.id.clone());
@@ -209,42 +202,70 @@ fn scanner_dataset(config: &DatasetConfig) -> anyhow::Result<Dataset> {
     })
 }
 
+/// A `lus synth` folder's manifest rows in the order `seed` shuffles them to, checked to hold
+/// at least `needed` rows (`what` names the settings that need them, for the error).
+struct ShuffledManifest<'a> {
+    folder: &'a Path,
+    path: PathBuf,
+    rows: Vec<ManifestRow>,
+    order: Vec<usize>,
+}
+
+impl<'a> ShuffledManifest<'a> {
+    fn read(folder: &'a Path, seed: u64, needed: usize, what: &str) -> anyhow::Result<Self> {
+        let path = folder.join(MANIFEST_FILE);
+        if !path.is_file() {
+            bail!(
+                "{}: no {MANIFEST_FILE} (dataset.folder must be a folder written by `lus synth`)",
+                folder.display()
+            );
+        }
+        let rows = read_manifest(&path)?;
+        if rows.len() < needed {
+            bail!(
+                "{}: {} examples, but {what} = {needed}",
+                path.display(),
+                rows.len()
+            );
+        }
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        Ok(ShuffledManifest {
+            folder,
+            path,
+            rows,
+            order,
+        })
+    }
+
+    /// `rel` (a path of a row) inside the folder, or an error naming the manifest.
+    fn resolve(&self, rel: &str) -> anyhow::Result<PathBuf> {
+        resolve_inside(self.folder, rel)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
+    }
+}
+
 fn folder_dataset(config: &DatasetConfig, folder: &Path) -> anyhow::Result<Dataset> {
     let schema = LabelSchema::default();
-    let manifest_path = folder.join(MANIFEST_FILE);
-    if !manifest_path.is_file() {
-        bail!(
-            "{}: no {MANIFEST_FILE} (dataset.folder must be a folder written by `lus synth`)",
-            folder.display()
-        );
-    }
-    let rows = read_manifest(&manifest_path)?;
-    let needed = config.train + config.val + config.test;
-    if rows.len() < needed {
-        bail!(
-            "{}: {} examples, but dataset.train + val + test = {needed}",
-            manifest_path.display(),
-            rows.len()
-        );
-    }
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
-    let resolve = |rel: &str| {
-        resolve_inside(folder, rel).map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))
-    };
+    let manifest = ShuffledManifest::read(
+        folder,
+        config.seed,
+        config.train + config.val + config.test,
+        "dataset.train + val + test",
+    )?;
     let mut start = 0;
     let mut next_split = |count: usize| -> anyhow::Result<Split> {
-        let picked = &order[start..start + count];
+        let picked = &manifest.order[start..start + count];
         start += count;
         let mut ids = Vec::with_capacity(count);
         let mut dense = Vec::with_capacity(count);
         let mut sparse = Vec::with_capacity(count);
         for &i in picked {
-            let row = &rows[i];
-            let image = resolve(&row.image)?;
+            let row = &manifest.rows[i];
+            let image = manifest.resolve(&row.image)?;
             ids.push(row.id.clone());
-            dense.push((image.clone(), resolve(&row.dense_mask)?));
-            sparse.push((image, resolve(&row.sparse_mask)?));
+            dense.push((image.clone(), manifest.resolve(&row.dense_mask)?));
+            sparse.push((image, manifest.resolve(&row.sparse_mask)?));
         }
         Ok(Split {
             ids,

@@ -164,3 +164,51 @@ fn the_grid_runs_every_cell_reports_and_shards_merge_to_the_same_results() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("0 <= K < N"), "{}", stderr(&bad));
 }
+
+#[test]
+fn a_synth_folder_serves_both_the_pretraining_and_the_diagnostic_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let synth = lus(&[
+        "synth",
+        "--count",
+        "40",
+        "--size",
+        "64",
+        "--seed",
+        "4",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let config = experiment(dir.path(), "folder");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        "[dataset]\n",
+        &format!(
+            "[dataset]\nsource = \"folder\"\nfolder = {:?}\n",
+            data.display().to_string()
+        ),
+    );
+    let text = text.replace("[dataset.scanner]\nsize = 64\n", "");
+    fs::write(&config, text).unwrap();
+    let out = lus(&["run", &config, "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let results =
+        fs::read_to_string(dir.path().join("reports-folder/grid/cls_results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 1 + 6);
+    // The pool comes after the pretraining rows of the shuffled manifest: no overlap.
+    let split = fs::read_to_string(
+        dir.path()
+            .join("folder/grid/classify/dense-seed0-fold0/split.csv"),
+    )
+    .unwrap();
+    assert_eq!(split.lines().count(), 1 + 24);
+    // Too few rows for what the config asks: an error naming the manifest and the settings.
+    let short = lus(&["run", &config, "--set", "dataset.classify_samples=40"]);
+    assert!(!short.status.success());
+    let message = stderr(&short);
+    assert!(
+        message.contains("manifest.csv") && message.contains("classify_samples"),
+        "{message}"
+    );
+}
