@@ -114,6 +114,10 @@ impl Split {
         self.ids.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     pub fn labels(&self, mode: LabelMode) -> Arc<dyn SegmentationSource> {
         match mode {
             LabelMode::Dense => self.dense.clone(),

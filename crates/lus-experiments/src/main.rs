@@ -5,22 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod bench;
-mod cls_cell;
-mod config;
-mod contact_sheet;
-mod dataset;
-mod eval_seg;
-mod progress;
-mod provenance;
-mod rasterize;
-mod report;
-mod report_cls;
-mod seg_cell;
-mod study;
-mod synth;
-mod train_seg;
+use lus_experiments::{bench, contact_sheet, eval_seg, rasterize, study, synth, train_seg};
 
 #[derive(Parser, Debug)]
 #[command(

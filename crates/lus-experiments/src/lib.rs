@@ -1,0 +1,20 @@
+//! The `lus` program as a library: experiment configs, the ablation grid and its runner,
+//! reports and the subcommands. `src/main.rs` only parses the command line and dispatches;
+//! the modules are public so that fuzz targets and benches can reach the readers (the
+//! experiment config above all) without going through a process.
+
+pub mod bench;
+pub mod cls_cell;
+pub mod config;
+pub mod contact_sheet;
+pub mod dataset;
+pub mod eval_seg;
+pub mod progress;
+pub mod provenance;
+pub mod rasterize;
+pub mod report;
+pub mod report_cls;
+pub mod seg_cell;
+pub mod study;
+pub mod synth;
+pub mod train_seg;
