@@ -41,6 +41,9 @@ pub enum DataError {
     #[error("{}: {reason}", path.display())]
     Image { path: PathBuf, reason: String },
     /// A configuration value is out of range.
+    #[error("{program}: {reason}")]
+    Tool { program: String, reason: String },
+
     #[error("invalid {what}: {reason}")]
     Config { what: String, reason: String },
     /// A tensor operation failed.

@@ -17,6 +17,7 @@ pub mod labelme;
 pub mod loader;
 pub mod manifest;
 pub mod mask;
+pub mod pocus;
 pub mod raster;
 pub mod scanner;
 pub mod schema;

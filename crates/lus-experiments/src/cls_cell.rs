@@ -7,9 +7,9 @@
 //! | file | |
 //! |---|---|
 //! | `config.resolved.toml` | the experiment reduced to this cell (one arm, one seed, `grid.fold` set) |
-//! | `split.csv` | every example of the diagnostic pool with its role (train / val / test) |
+//! | `split.csv` | every example of the diagnostic pool with its clip, fold group (patient, else clip), probe, label and role (train / val / test) |
 //! | `best.safetensors`, `last/`, `metrics.{csv,parquet}` | the trainer's |
-//! | `test/predictions.csv` | per test example: index, id, probe, truth, predicted, probability of each class |
+//! | `test/predictions.csv` | per test example: index, id, clip, probe, truth, predicted, probability of each class |
 //! | `test/metrics.{csv,parquet}` | one row: the test metrics (accuracy, balanced accuracy, macro/weighted F1, macro AUC, per-class precision/recall/specificity/F1/AUC) |
 //! | `run.json` | the run manifest, written last (its presence marks the cell complete) |
 
@@ -25,7 +25,7 @@ use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
 use lus_train::{Backbone, ClassificationTask, Task, device_name, train_classifier};
 
 use crate::config::{ArmConfig, ExperimentConfig, RESOLVED_CONFIG_FILE};
-use crate::dataset::{ClassifyPool, diagnosis_names};
+use crate::dataset::ClassifyPool;
 use crate::provenance::{RunClock, write_run_manifest};
 use crate::seg_cell::{check_same_config, is_complete};
 use lus_data::splits::stratified_group_kfold;
@@ -112,10 +112,18 @@ pub fn run_cls_cell(
     let clock = RunClock::start("train-cls", *seed, &run.train.device);
 
     let (train, val, test) = roles(pool, folds, fold, cell.grid.inner_folds, cell.dataset.seed)?;
-    let mut split = String::from("index,id,label,role\n");
+    let mut split = String::from("index,id,clip,group,probe,label,role\n");
     for (role, indices) in [("train", &train), ("val", &val), ("test", &test)] {
         for &i in indices.iter() {
-            let _ = writeln!(split, "{i},{},{},{role}", pool.ids[i], pool.labels[i]);
+            let _ = writeln!(
+                split,
+                "{i},{},{},{},{},{},{role}",
+                pool.ids[i],
+                pool.clips[i],
+                pool.groups[i],
+                pool.probes[i],
+                pool.class_names[pool.labels[i]]
+            );
         }
     }
     lus_data::io::write_atomic(&dir.join("split.csv"), split.as_bytes())?;
@@ -125,7 +133,7 @@ pub fn run_cls_cell(
             indices: indices.to_vec(),
         })
     };
-    let names = diagnosis_names();
+    let names = pool.class_names.clone();
     let label = format!("{}/seed {seed}/fold {fold}", arm.name);
     let backbone_spec = match backbone {
         Some(path) => Backbone::Pretrained(path),
@@ -197,7 +205,7 @@ pub fn run_cls_cell(
         .collect();
     let predictions = Predictions::from_rows(&truth, &rows)?;
     let mut csv = format!(
-        "index,id,probe,truth,predicted,{}\n",
+        "index,id,clip,probe,truth,predicted,{}\n",
         names
             .iter()
             .map(|n| format!("p_{n}"))
@@ -207,8 +215,9 @@ pub fn run_cls_cell(
     for (((i, row), &label), predicted) in tested.iter().zip(&truth).zip(predictions.predicted()) {
         let _ = writeln!(
             csv,
-            "{i},{},{},{},{},{}",
+            "{i},{},{},{},{},{},{}",
             pool.ids[*i],
+            pool.clips[*i],
             pool.probes[*i],
             names[label],
             names[predicted],

@@ -82,6 +82,63 @@ pub struct DatasetConfig {
     pub scanner: ScannerConfig,
     /// Stroke width in pixels of the sparse labels the scanner's annotations are rasterised with.
     pub sparse_width: f32,
+    /// Where the diagnostic task's examples come from: `dataset` (the source above, after the
+    /// pretraining examples; `classify_samples` of them) or `pocus` (real POCUS frames,
+    /// `[dataset.pocus]`; the segmentation pretraining still uses the source above).
+    pub classify_from: ClassifyFrom,
+    /// The real frames of `classify_from = "pocus"`.
+    pub pocus: PocusPoolConfig,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassifyFrom {
+    /// The pretraining data source (scanner or folder), after the pretraining examples.
+    #[default]
+    Dataset,
+    /// Real POCUS frames (`lus ingest-pocus` output).
+    Pocus,
+}
+
+/// The diagnostic pool of real POCUS frames.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PocusPoolConfig {
+    /// An ingested folder (`lus ingest-pocus --out`), relative to the working directory. When
+    /// it holds no manifest yet, `lus run` ingests the POCUS data into it first (from
+    /// `$LUS_POCUS_DIR`, else `../shared/data/pocus`) with the POCOVID-Net sampling rule.
+    pub frames: PathBuf,
+    /// The classes, in class-index order (the paper's three by default; `viral` may be added).
+    /// Frames of other classes are left out.
+    pub classes: Vec<lus_data::pocus::PocusClass>,
+    /// Probes whose frames are used.
+    pub probes: Vec<lus_data::Probe>,
+    /// Use still images (one-frame clips) as well as clip frames.
+    pub images: bool,
+    /// How a non-square frame becomes square before it is resized: `pad` (black borders, the
+    /// whole field of view), `crop` (centre square) or `stretch`.
+    pub aspect: lus_data::pocus::AspectMode,
+    /// Use at most this many frames of each clip (evenly spread over the clip's ingested
+    /// frames); 0 uses them all. For quick runs: `--set dataset.pocus.max_frames_per_clip=4`.
+    pub max_frames_per_clip: usize,
+}
+
+impl Default for PocusPoolConfig {
+    fn default() -> Self {
+        use lus_data::pocus::PocusClass;
+        PocusPoolConfig {
+            frames: PathBuf::from("runs/pocus-frames"),
+            classes: vec![
+                PocusClass::Covid,
+                PocusClass::Pneumonia,
+                PocusClass::Healthy,
+            ],
+            probes: vec![lus_data::Probe::Convex, lus_data::Probe::Linear],
+            images: true,
+            aspect: lus_data::pocus::AspectMode::Pad,
+            max_frames_per_clip: 0,
+        }
+    }
 }
 
 impl Default for DatasetConfig {
@@ -96,6 +153,8 @@ impl Default for DatasetConfig {
             classify_samples: 600,
             scanner: ScannerConfig::default(),
             sparse_width: lus_data::RasterOptions::default().sparse_width,
+            classify_from: ClassifyFrom::Dataset,
+            pocus: PocusPoolConfig::default(),
         }
     }
 }
@@ -316,6 +375,12 @@ impl ExperimentConfig {
             );
         }
         self.pretrain.validate().context("pretrain")?;
+        let segmentation_classes = crate::seg_cell::class_names(&lus_data::LabelSchema::default());
+        check_best_metric(
+            "pretrain.train.best_metric",
+            &self.pretrain.train.best_metric,
+            &lus_train::segmentation_metric_names(&segmentation_classes),
+        )?;
         let d = &self.dataset;
         match d.source {
             DataSource::Scanner => {
@@ -409,9 +474,37 @@ impl ExperimentConfig {
                 self.grid.folds
             );
         }
+        let p = &self.dataset.pocus;
+        if p.classes.len() < 2 {
+            bail!("dataset.pocus.classes: needs at least 2 classes");
+        }
+        for (i, class) in p.classes.iter().enumerate() {
+            if p.classes[..i].contains(class) {
+                bail!("dataset.pocus.classes: {class} appears twice");
+            }
+        }
+        if p.probes.is_empty() {
+            bail!("dataset.pocus.probes: needs at least one probe");
+        }
         if let Some(classify) = &self.classify {
             classify.validate(&self.pretrain.unet).context("classify")?;
-            if self.dataset.classify_samples < 2 * self.grid.folds * self.grid.inner_folds {
+            let classes = self.class_names();
+            check_best_metric(
+                "classify.train.best_metric",
+                &classify.train.best_metric,
+                &lus_train::classification_metric_names(&classes),
+            )?;
+            if classify.classifier.num_diagnoses != classes.len() {
+                bail!(
+                    "classify.classifier.num_diagnoses: is {} but the diagnostic task has {} classes ({})",
+                    classify.classifier.num_diagnoses,
+                    classes.len(),
+                    classes.join(", ")
+                );
+            }
+            if self.dataset.classify_from == ClassifyFrom::Dataset
+                && self.dataset.classify_samples < 2 * self.grid.folds * self.grid.inner_folds
+            {
                 bail!(
                     "dataset.classify_samples: {} examples cannot fill {} folds",
                     self.dataset.classify_samples,
@@ -427,6 +520,20 @@ impl ExperimentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The diagnostic classes in class-index order.
+    pub fn class_names(&self) -> Vec<String> {
+        match self.dataset.classify_from {
+            ClassifyFrom::Dataset => crate::dataset::diagnosis_names(),
+            ClassifyFrom::Pocus => self
+                .dataset
+                .pocus
+                .classes
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
+        }
     }
 
     /// Reads `path`, applies `overrides` (`key.path=value`), checks unknown keys and values.
@@ -534,6 +641,24 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> anyhow::Result
     }
     table.insert(last.to_string(), value);
     Ok(())
+}
+
+/// Checks that `best` is `train_loss`, `val_loss` or `val_<m>` for a metric `m` of the task,
+/// before any training starts (a typo would otherwise surface only when the run begins).
+fn check_best_metric(key: &str, best: &str, metrics: &[String]) -> anyhow::Result<()> {
+    let mut selectable: Vec<String> = vec!["train_loss".into(), "val_loss".into()];
+    selectable.extend(metrics.iter().map(|m| format!("val_{m}")));
+    if selectable.iter().any(|s| s == best) {
+        return Ok(());
+    }
+    let nearest = selectable
+        .iter()
+        .min_by_key(|s| edit_distance(s, best))
+        .expect("never empty");
+    bail!(
+        "{key}: {best:?} is not a metric of this task (did you mean {nearest:?}?); choose one of {}",
+        selectable.join(", ")
+    )
 }
 
 /// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages.

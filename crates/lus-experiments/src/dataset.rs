@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::config::{DataSource, DatasetConfig};
+use crate::config::{ClassifyFrom, DataSource, DatasetConfig, ExperimentConfig};
 
 /// The examples of the diagnostic task, with what splits and reports need.
 pub struct ClassifyPool {
@@ -28,6 +28,13 @@ pub struct ClassifyPool {
     /// Group of each example for the folds (a scanner sample is its own group).
     pub groups: Vec<String>,
     pub probes: Vec<String>,
+    /// The clip of each example (clip-level metrics average its frames' probabilities); a
+    /// scanner sample or a still image is a clip of its own.
+    pub clips: Vec<String>,
+    /// Class names in class-id order.
+    pub class_names: Vec<String>,
+    /// What the pool is, for the report ("240 scanner images", "2287 POCUS frames of ...").
+    pub description: String,
 }
 
 /// Diagnosis names in class-id order.
@@ -39,6 +46,33 @@ pub fn diagnosis_names() -> Vec<String> {
 }
 
 impl ClassifyPool {
+    /// The diagnostic pool of `experiment`: from its pretraining source or from POCUS frames.
+    pub fn for_experiment(experiment: &ExperimentConfig) -> anyhow::Result<Self> {
+        match experiment.dataset.classify_from {
+            ClassifyFrom::Dataset => Self::load(&experiment.dataset),
+            ClassifyFrom::Pocus => {
+                let size = experiment
+                    .classify
+                    .as_ref()
+                    .map_or(experiment.pretrain.data.size, |c| c.data.size);
+                crate::pocus_pool::load_pocus_pool(&experiment.dataset.pocus, size)
+            }
+        }
+    }
+
+    fn empty(count: usize, description: String) -> Self {
+        ClassifyPool {
+            source: Arc::new(InMemoryClassSource(Vec::new())),
+            ids: Vec::with_capacity(count),
+            labels: Vec::with_capacity(count),
+            groups: Vec::with_capacity(count),
+            probes: Vec::with_capacity(count),
+            clips: Vec::with_capacity(count),
+            class_names: diagnosis_names(),
+            description,
+        }
+    }
+
     /// `config.classify_samples` examples after the pretraining ones.
     pub fn load(config: &DatasetConfig) -> anyhow::Result<Self> {
         let count = config.classify_samples;
@@ -47,17 +81,12 @@ impl ClassifyPool {
             DataSource::Scanner => {
                 let scanner = Scanner::new(config.scanner.clone(), config.seed)?;
                 let samples = scanner.generate(start as u64..(start + count) as u64);
-                let mut pool = ClassifyPool {
-                    source: Arc::new(InMemoryClassSource(Vec::new())),
-                    ids: Vec::with_capacity(count),
-                    labels: Vec::with_capacity(count),
-                    groups: Vec::with_capacity(count),
-                    probes: Vec::with_capacity(count),
-                };
+                let mut pool = Self::empty(count, format!("{count} scanner images"));
                 let mut examples = Vec::with_capacity(count);
                 for s in samples {
                     let id = format!("scanner-{}", s.index);
                     pool.ids.push(id.clone());
+                    pool.clips.push(id.clone());
                     pool.groups.push(id);
                     pool.labels.push(s.diagnosis.index());
                     pool.probes.push(s.probe.as_str().to_string());
@@ -78,18 +107,14 @@ impl ClassifyPool {
                     "dataset.train + val + test + classify_samples",
                 )?;
                 let mut files = Vec::with_capacity(count);
-                let mut pool = ClassifyPool {
-                    source: Arc::new(InMemoryClassSource(Vec::new())),
-                    ids: Vec::new(),
-                    labels: Vec::new(),
-                    groups: Vec::new(),
-                    probes: Vec::new(),
-                };
+                let mut pool =
+                    Self::empty(count, format!("{count} images of {}", folder.display()));
                 for &i in &manifest.order[start..start + count] {
                     let row = &manifest.rows[i];
                     let image = manifest.resolve(&row.image)?;
                     files.push((image, row.diagnosis.index()));
                     pool.ids.push(row.id.clone());
+                    pool.clips.push(row.id.clone());
                     pool.groups.push(row.id.clone());
                     pool.labels.push(row.diagnosis.index());
                     pool.probes.push(row.probe.as_str().to_string());

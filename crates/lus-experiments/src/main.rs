@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lus_experiments::{bench, contact_sheet, eval_seg, rasterize, study, synth, train_seg};
+use lus_experiments::{
+    bench, contact_sheet, eval_seg, ingest, predict, rasterize, study, synth, train_seg,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +30,9 @@ enum Command {
     ContactSheet(contact_sheet::ContactSheetArgs),
     /// Rasterize a folder of annotations (LabelMe or lus JSON) into dense or sparse masks.
     Rasterize(rasterize::RasterizeArgs),
+    /// Decode the real POCUS clips and images into grayscale frames with a manifest
+    /// (frames sampled by the POCOVID-Net rule; reruns skip clips already done).
+    IngestPocus(ingest::IngestArgs),
     /// Train one segmentation U-Net on dense or sparse labels, then evaluate it on the test
     /// split (resumes an interrupted run in the same folder).
     TrainSeg(train_seg::TrainSegArgs),
@@ -37,6 +42,9 @@ enum Command {
     /// Run every cell of an experiment (skipping finished ones, resuming interrupted ones)
     /// and write its report.
     Run(study::RunArgs),
+    /// Diagnose one frame or clip with a trained classification cell: class probabilities
+    /// (JSON with --json), the segmentation overlay, and per-frame results for a clip.
+    Predict(predict::PredictArgs),
     /// Write an experiment's report from the cells finished so far.
     Report(study::ReportArgs),
     /// Time kernels end to end (compare with PyTorch via benches/pytorch_unet_step.py).
@@ -50,9 +58,11 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Rasterize(args) => rasterize::run(args),
         Command::ContactSheet(args) => contact_sheet::run(args),
+        Command::IngestPocus(args) => ingest::run(args),
         Command::TrainSeg(args) => train_seg::run(args),
         Command::EvalSeg(args) => eval_seg::run(args),
         Command::Run(args) => study::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Report(args) => study::report(args),
         Command::Bench(command) => bench::run(command),
     };

@@ -17,7 +17,6 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cls_cell::{TEST_DIR, cls_cell_config, cls_cell_dir};
 use crate::config::ExperimentConfig;
-use crate::dataset::diagnosis_names;
 use crate::report::float;
 use crate::seg_cell::is_complete;
 
@@ -43,34 +42,52 @@ pub struct ClsCellResult {
     /// Test truths and probabilities.
     pub truth: Vec<usize>,
     pub probabilities: Vec<Vec<f64>>,
+    /// The clip and probe of each test example.
+    pub clips: Vec<String>,
+    pub probes: Vec<String>,
 }
 
 impl ClsCellResult {
-    fn load(arm: &str, seed: u64, fold: usize, dir: &Path) -> anyhow::Result<Self> {
+    fn load(
+        arm: &str,
+        seed: u64,
+        fold: usize,
+        dir: &Path,
+        names: &[String],
+    ) -> anyhow::Result<Self> {
         let table = |path: PathBuf| -> anyhow::Result<MetricsTable> {
             MetricsTable::from_dataframe(&read_table_parquet(&path)?)
                 .with_context(|| path.display().to_string())
         };
         let metrics = table(dir.join(TEST_DIR).join("metrics.parquet"))?;
         let history = table(dir.join(lus_train::trainer::METRICS_PARQUET))?;
-        let names = diagnosis_names();
         let path = dir.join(TEST_DIR).join("predictions.csv");
         let text = lus_data::io::read_text(&path)?;
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
         let truth_col = header.iter().position(|h| *h == "truth");
+        let clip_col = header.iter().position(|h| *h == "clip");
+        let probe_col = header.iter().position(|h| *h == "probe");
         let prob_cols: Vec<Option<usize>> = names
             .iter()
             .map(|n| header.iter().position(|h| *h == format!("p_{n}")))
             .collect();
-        let (Some(truth_col), true) = (truth_col, prob_cols.iter().all(Option::is_some)) else {
+        let (Some(truth_col), Some(clip_col), Some(probe_col), true) = (
+            truth_col,
+            clip_col,
+            probe_col,
+            prob_cols.iter().all(Option::is_some),
+        ) else {
             anyhow::bail!("{}: unexpected header {header:?}", path.display());
         };
         let mut truth = Vec::new();
         let mut probabilities = Vec::new();
+        let (mut clips, mut probes) = (Vec::new(), Vec::new());
         for (i, line) in lines.enumerate() {
             let cells: Vec<&str> = line.split(',').collect();
             let bad = || anyhow::anyhow!("{}: line {}: malformed row", path.display(), i + 2);
+            clips.push(cells.get(clip_col).ok_or_else(bad)?.to_string());
+            probes.push(cells.get(probe_col).ok_or_else(bad)?.to_string());
             let t = cells.get(truth_col).ok_or_else(bad)?;
             truth.push(names.iter().position(|n| n == t).ok_or_else(bad)?);
             let row = prob_cols
@@ -93,6 +110,8 @@ impl ClsCellResult {
             history,
             truth,
             probabilities,
+            clips,
+            probes,
         })
     }
 
@@ -104,12 +123,13 @@ impl ClsCellResult {
 /// Every complete classification cell of `experiment`.
 pub fn load_cls_cells(experiment: &ExperimentConfig) -> anyhow::Result<Vec<ClsCellResult>> {
     let mut cells = Vec::new();
+    let names = experiment.class_names();
     for &seed in &experiment.grid.seeds {
         for fold in 0..experiment.grid.folds {
             for arm in &experiment.grid.arms {
                 let dir = cls_cell_dir(experiment, &arm.name, seed, fold);
                 if is_complete(&dir, &cls_cell_config(experiment, arm, seed, fold))? {
-                    cells.push(ClsCellResult::load(&arm.name, seed, fold, &dir)?);
+                    cells.push(ClsCellResult::load(&arm.name, seed, fold, &dir, &names)?);
                 }
             }
         }
@@ -145,7 +165,7 @@ pub fn classification_section<'a>(
     figures: &Path,
 ) -> anyhow::Result<String> {
     let mut md = String::new();
-    let names = diagnosis_names();
+    let names = experiment.class_names();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let arms: Vec<&str> = experiment
         .grid
@@ -157,15 +177,25 @@ pub fn classification_section<'a>(
     let total = experiment.grid.arms.len() * experiment.grid.seeds.len() * experiment.grid.folds;
     let _ = writeln!(
         md,
-        "## Reverse transfer: diagnosis (healthy / covid / pneumonia)\n"
+        "## Reverse transfer: diagnosis ({})\n",
+        names.join(" / ")
     );
+    let pool = match experiment.dataset.classify_from {
+        crate::config::ClassifyFrom::Dataset => {
+            format!("{} scanner images", experiment.dataset.classify_samples)
+        }
+        crate::config::ClassifyFrom::Pocus => format!(
+            "real POCUS frames (`{}`, folds grouped by patient, else clip)",
+            experiment.dataset.pocus.frames.display()
+        ),
+    };
     let classify = experiment.classify.as_ref();
     if let Some(c) = classify {
         let _ = writeln!(
             md,
             "Each arm's U-Net becomes a classifier (head on the `{:?}` output, freeze `{:?}`, {} head \
              channels) trained {} epochs (batch {}, lr {:e}, best epoch by `{}` on the validation \
-             part) on {} scanner images in {} stratified folds: fold f is the test set of cell f; \
+             part) on {} in {} stratified folds: fold f is the test set of cell f; \
              the other folds are split {} ways the same stratified way, one part validating, the \
              rest training. Arms: {}. \
              {} of {total} cells are complete; every number below is over those.\n",
@@ -176,7 +206,7 @@ pub fn classification_section<'a>(
             c.train.batch_size,
             c.train.lr,
             c.train.best_metric,
-            experiment.dataset.classify_samples,
+            pool,
             experiment.grid.folds,
             experiment.grid.inner_folds,
             experiment
@@ -380,6 +410,10 @@ pub fn classification_section<'a>(
         );
     }
 
+    md.push_str(&levels_section(
+        experiment, cells, &arms, &names, report_dir,
+    )?);
+
     // Bars: headline metrics per arm.
     let groups: Vec<&str> = ["balanced_accuracy", "macro_f1", "macro_auc"].to_vec();
     let stats: Vec<(Vec<f64>, Vec<f64>)> = arms
@@ -450,5 +484,206 @@ pub fn classification_section<'a>(
         "Every cell's test metrics: `cls_results.csv` / `cls_results.parquet` (columns `arm, seed, fold, best_epoch, test_examples`, then the metrics); \
          per-example predictions in each cell's `test/predictions.csv`."
     );
+    Ok(md)
+}
+
+/// Out-of-fold predictions of one arm and seed (every pool example once, from the fold that
+/// tested it), at frame or clip level, for one probe or all.
+fn pooled_predictions(
+    cells: &[&ClsCellResult],
+    clip_level: bool,
+    probe: Option<&str>,
+) -> anyhow::Result<Option<Predictions>> {
+    let mut truth = Vec::new();
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    // Clip -> (truth, summed probabilities, frames), in first-seen order.
+    let mut clips: Vec<(String, usize, Vec<f64>, usize)> = Vec::new();
+    let mut clip_index = std::collections::HashMap::new();
+    for cell in cells {
+        for i in 0..cell.truth.len() {
+            if probe.is_some_and(|p| cell.probes[i] != p) {
+                continue;
+            }
+            if !clip_level {
+                truth.push(cell.truth[i]);
+                rows.push(cell.probabilities[i].clone());
+                continue;
+            }
+            let key = cell.clips[i].clone();
+            let k = *clip_index.entry(key.clone()).or_insert_with(|| {
+                clips.push((
+                    key,
+                    cell.truth[i],
+                    vec![0.0; cell.probabilities[i].len()],
+                    0,
+                ));
+                clips.len() - 1
+            });
+            let entry = &mut clips[k];
+            if entry.1 != cell.truth[i] {
+                anyhow::bail!(
+                    "{}: clip {} has frames of two classes",
+                    cell.dir.display(),
+                    entry.0
+                );
+            }
+            for (sum, p) in entry.2.iter_mut().zip(&cell.probabilities[i]) {
+                *sum += p;
+            }
+            entry.3 += 1;
+        }
+    }
+    for (_, t, sums, n) in clips {
+        truth.push(t);
+        rows.push(sums.into_iter().map(|s| s / n as f64).collect());
+    }
+    if truth.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Predictions::from_rows(&truth, &rows)?))
+}
+
+/// One line of the levels table: an arm at one level (frame or clip) for one probe or all.
+struct LevelSummary {
+    arm: String,
+    level: &'static str,
+    subset: String,
+    /// Per seed: the number of examples and the metric values, in the table's column order.
+    per_seed: Vec<(usize, Vec<f64>)>,
+}
+
+/// Frame- and clip-level metrics (a clip's verdict is the mean of its frames' probabilities),
+/// overall and per probe, of each arm's out-of-fold predictions, mean ± std over seeds; also
+/// written as `cls_levels.{csv,parquet}` (one row per arm, seed, level and probe).
+fn levels_section(
+    experiment: &ExperimentConfig,
+    cells: &[ClsCellResult],
+    arms: &[&str],
+    names: &[String],
+    report_dir: &Path,
+) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut probes: Vec<&str> = cells
+        .iter()
+        .flat_map(|c| c.probes.iter().map(String::as_str))
+        .collect();
+    probes.sort_unstable();
+    probes.dedup();
+    let has_clips = cells.iter().any(|c| {
+        let mut seen = std::collections::HashSet::new();
+        c.clips.iter().any(|clip| !seen.insert(clip))
+    });
+    let levels: &[(&str, bool)] = if has_clips {
+        &[("frame", false), ("clip", true)]
+    } else {
+        &[("frame", false)]
+    };
+    let mut subsets: Vec<Option<&str>> = vec![None];
+    if probes.len() > 1 {
+        subsets.extend(probes.iter().map(|p| Some(*p)));
+    }
+    let mut columns: Vec<String> = vec![
+        "accuracy".into(),
+        "balanced_accuracy".into(),
+        "macro_f1".into(),
+    ];
+    columns.extend(names.iter().map(|n| format!("recall_{n}")));
+
+    let mut table = MetricsTable::new();
+    let mut summary: Vec<LevelSummary> = Vec::new();
+    for arm in arms {
+        for &(level, clip_level) in levels {
+            for subset in &subsets {
+                let mut per_seed = Vec::new();
+                for &seed in &experiment.grid.seeds {
+                    let of_seed: Vec<&ClsCellResult> = cells
+                        .iter()
+                        .filter(|c| c.arm == *arm && c.seed == seed)
+                        .collect();
+                    let Some(predictions) = pooled_predictions(&of_seed, clip_level, *subset)?
+                    else {
+                        continue;
+                    };
+                    let named = predictions.metrics().named(&name_refs)?;
+                    let value = |m: &str| {
+                        named
+                            .iter()
+                            .find(|(n, _)| n == m)
+                            .map_or(f64::NAN, |(_, v)| *v)
+                    };
+                    let values: Vec<f64> = columns.iter().map(|c| value(c)).collect();
+                    let mut row = Row::new()
+                        .text("arm", arm.to_string())
+                        .int("seed", seed as i64)
+                        .text("level", level.to_string())
+                        .text("probe", subset.unwrap_or("all").to_string())
+                        .int("examples", predictions.num_examples() as i64);
+                    for (c, v) in columns.iter().zip(&values) {
+                        row = row.float(c, *v);
+                    }
+                    table.push_row(row)?;
+                    per_seed.push((predictions.num_examples(), values));
+                }
+                if !per_seed.is_empty() {
+                    summary.push(LevelSummary {
+                        arm: arm.to_string(),
+                        level,
+                        subset: subset.unwrap_or("all").to_string(),
+                        per_seed,
+                    });
+                }
+            }
+        }
+    }
+    if summary.is_empty() {
+        return Ok(md);
+    }
+    table.write(
+        &report_dir.join("cls_levels.csv"),
+        &report_dir.join("cls_levels.parquet"),
+    )?;
+    let _ = writeln!(
+        md,
+        "### Frame and clip level, overall and per probe (out-of-fold predictions)\n\n\
+         Each seed's test predictions pooled over its folds (every pool example once); {}\
+         mean ± std over seeds. Sensitivity = recall of the class. Table: `cls_levels.csv`.\n",
+        if has_clips {
+            "a clip's verdict is the mean of its frames' class probabilities; "
+        } else {
+            ""
+        }
+    );
+    let mut header = String::from("| arm | level | probe | examples |");
+    let mut rule = String::from("|---|---|---|---:|");
+    for c in &columns {
+        let label = c
+            .strip_prefix("recall_")
+            .map_or_else(|| c.replace('_', " "), |n| format!("sensitivity {n}"));
+        let _ = write!(header, " {label} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for LevelSummary {
+        arm,
+        level,
+        subset,
+        per_seed,
+    } in &summary
+    {
+        let examples = per_seed[0].0;
+        let mut line = format!("| {arm} | {level} | {subset} | {examples} |");
+        for k in 0..columns.len() {
+            let values: Vec<f64> = per_seed.iter().map(|(_, v)| v[k]).collect();
+            let cell = if values.iter().any(|v| v.is_nan()) {
+                "-".to_string()
+            } else {
+                pm(&values)
+            };
+            let _ = write!(line, " {cell} |");
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(md);
     Ok(md)
 }

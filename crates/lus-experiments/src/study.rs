@@ -113,7 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         index += seg_cells.len();
     }
     if experiment.classify.is_some() && args.stage != Stage::Pretrain {
-        let pool = ClassifyPool::load(&experiment.dataset)?;
+        let pool = ClassifyPool::for_experiment(&experiment)?;
         let folds = stratified_group_kfold(
             &pool.labels,
             &pool.groups,

@@ -64,9 +64,12 @@ fn tested(runs: &Path, arm: &str) -> BTreeMap<String, (usize, String)> {
             "grid/classify/{arm}-seed0-fold{fold}/test/predictions.csv"
         ));
         let text = fs::read_to_string(&path).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (id, truth) = (column("id"), column("truth"));
         for line in text.lines().skip(1) {
             let cells: Vec<&str> = line.split(',').collect();
-            let previous = out.insert(cells[1].to_string(), (fold, cells[3].to_string()));
+            let previous = out.insert(cells[id].to_string(), (fold, cells[truth].to_string()));
             assert!(previous.is_none(), "{} tested twice", cells[1]);
         }
     }

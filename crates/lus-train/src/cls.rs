@@ -205,6 +205,14 @@ impl Task for ClassificationTask {
     }
 
     fn metric_names(&self) -> Vec<String> {
+        classification_metric_names(&self.class_names)
+    }
+}
+
+/// The validation metrics of a classifier over `class_names` (what `best_metric = "val_<name>"`
+/// may pick), known before training so configs can be checked up front.
+pub fn classification_metric_names(class_names: &[String]) -> Vec<String> {
+    {
         let mut names: Vec<String> = [
             "accuracy",
             "balanced_accuracy",
@@ -217,7 +225,7 @@ impl Task for ClassificationTask {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        for class in &self.class_names {
+        for class in class_names {
             for metric in ["precision", "recall", "specificity", "f1", "auc", "support"] {
                 names.push(format!("{metric}_{class}"));
             }

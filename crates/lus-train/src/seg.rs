@@ -234,14 +234,21 @@ impl Task for SegmentationTask {
     }
 
     fn metric_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = ["pixel_accuracy", "miou", "mdice"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        names.extend(self.class_names.iter().map(|n| format!("iou_{n}")));
-        names.extend(self.class_names.iter().map(|n| format!("dice_{n}")));
-        names
+        segmentation_metric_names(&self.class_names)
     }
+}
+
+/// The validation metrics of a segmentation net over `class_names` (what
+/// `best_metric = "val_<name>"` may pick), known before training so configs can be checked up
+/// front.
+pub fn segmentation_metric_names(class_names: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = ["pixel_accuracy", "miou", "mdice"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.extend(class_names.iter().map(|n| format!("iou_{n}")));
+    names.extend(class_names.iter().map(|n| format!("dice_{n}")));
+    names
 }
 
 /// How examples become batches, for segmentation and classification alike (the batch size is
