@@ -22,7 +22,7 @@ use lus_data::cls_loader::{ClassSubset, ClassificationLoader};
 use lus_metrics::classification::Predictions;
 use lus_metrics::{MetricsTable, Row};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
-use lus_train::{Backbone, ClassificationTask, Task, device_name, train_classifier};
+use lus_train::{Backbone, ClassificationTask, device_name, train_classifier};
 
 use crate::config::{ArmConfig, ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::dataset::ClassifyPool;
@@ -170,16 +170,13 @@ pub fn run_cls_cell(
 
     // The best checkpoint on the test fold.
     let device = lus_train::parse_device(&run.train.device)?;
-    let task = ClassificationTask::new(
+    let task = ClassificationTask::from_checkpoint(
         &cell.pretrain.unet,
         &run.classifier,
-        Backbone::Fresh,
         names.clone(),
-        None,
+        &dir.join(BEST_CHECKPOINT),
         &device,
-        *seed,
     )?;
-    lus_unet::load_weights(task.varmap(), dir.join(BEST_CHECKPOINT))?;
     let loader = ClassificationLoader::new(
         subset(&test),
         run.loader_config(false),

@@ -60,7 +60,8 @@ impl ClassifyPool {
         }
     }
 
-    fn empty(count: usize, description: String) -> Self {
+    /// A pool with no examples yet, room for `count`, the scanner's diagnosis names.
+    pub(crate) fn empty(count: usize, description: String) -> Self {
         ClassifyPool {
             source: Arc::new(InMemoryClassSource(Vec::new())),
             ids: Vec::with_capacity(count),

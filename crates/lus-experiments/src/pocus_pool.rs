@@ -73,19 +73,9 @@ pub fn load_pocus_pool(config: &PocusPoolConfig, size: u32) -> anyhow::Result<Cl
     let clips: std::collections::HashSet<&str> = rows.iter().map(|r| r.clip.as_str()).collect();
     let groups: std::collections::HashSet<String> = rows.iter().map(FrameRow::group).collect();
     let mut examples = Vec::with_capacity(count);
-    let mut pool = ClassifyPool {
-        source: Arc::new(InMemoryClassSource(Vec::new())),
-        ids: Vec::with_capacity(count),
-        labels: Vec::with_capacity(count),
-        groups: Vec::with_capacity(count),
-        probes: Vec::with_capacity(count),
-        clips: Vec::with_capacity(count),
-        class_names: config
-            .classes
-            .iter()
-            .map(|c| c.as_str().to_string())
-            .collect(),
-        description: format!(
+    let mut pool = ClassifyPool::empty(
+        count,
+        format!(
             "{count} real POCUS frames ({} clips and images, {} patient-or-clip groups; {}, \
              {} probes, aspect `{:?}`) from `{}`",
             clips.len(),
@@ -105,7 +95,12 @@ pub fn load_pocus_pool(config: &PocusPoolConfig, size: u32) -> anyhow::Result<Cl
             config.aspect,
             config.frames.display()
         ),
-    };
+    );
+    pool.class_names = config
+        .classes
+        .iter()
+        .map(|c| c.as_str().to_string())
+        .collect();
     for (row, image) in rows.iter().zip(images) {
         let label = class_of(row).expect("rows are filtered to the configured classes");
         pool.ids.push(format!("{}/{}", row.clip, row.frame_index));

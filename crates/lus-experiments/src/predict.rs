@@ -28,7 +28,7 @@ use lus_data::pocus::{
 };
 use lus_data::{LabelSchema, image_io};
 use lus_metrics::{OverlayRow, overlay_grid};
-use lus_train::{Backbone, ClassificationTask, Task, parse_device};
+use lus_train::{ClassificationTask, parse_device};
 use lus_unet::Mode;
 use serde::Serialize;
 
@@ -148,17 +148,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     };
     let size = run.data.size;
     let device = parse_device(&args.device)?;
-    let task = ClassificationTask::new(
+    let task = ClassificationTask::from_checkpoint(
         &config.pretrain.unet,
         &run.classifier,
-        Backbone::Fresh,
         names.clone(),
-        None,
+        &args.weights,
         &device,
-        0,
-    )?;
-    lus_unet::load_weights(task.varmap(), &args.weights)
-        .with_context(|| format!("{}: cannot load the weights", args.weights.display()))?;
+    )
+    .with_context(|| format!("{}: cannot load the weights", args.weights.display()))?;
 
     // The input's frames.
     let still = is_still_image(&args.input);

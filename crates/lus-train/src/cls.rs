@@ -121,6 +121,29 @@ impl ClassificationTask {
         })
     }
 
+    /// A trained classifier: the network of `unet` + `classifier` with every variable read
+    /// from `weights` (a classification run's `best.safetensors`); an error names the file and
+    /// the variable that is missing or has the wrong shape.
+    pub fn from_checkpoint(
+        unet: &UNetConfig,
+        classifier: &ClassifierConfig,
+        class_names: Vec<String>,
+        weights: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let task = Self::new(
+            unet,
+            classifier,
+            Backbone::Fresh,
+            class_names,
+            None,
+            device,
+            0,
+        )?;
+        lus_unet::load_weights(&task.varmap, weights)?;
+        Ok(task)
+    }
+
     pub fn model(&self) -> &UNetClassifier {
         &self.model
     }
