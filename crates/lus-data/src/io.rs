@@ -156,6 +156,16 @@ impl StagedDir {
     /// rename, so the final name never points at a half-made folder).
     pub fn commit(self, replace: bool) -> Result<PathBuf> {
         if self.final_path.exists() {
+            // Never move a file (or anything but a folder) aside in a folder's place.
+            if !self.final_path.is_dir() {
+                return Err(DataError::io(
+                    &self.final_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists and is not a folder; not replaced",
+                    ),
+                ));
+            }
             if !replace {
                 return Err(DataError::io(
                     &self.final_path,
@@ -176,6 +186,30 @@ impl StagedDir {
                 .map_err(|e| DataError::io(&self.final_path, e))?;
         }
         Ok(self.final_path)
+    }
+
+    /// Repairs what a [`StagedDir::commit`] with `replace` leaves when the process dies between
+    /// its two renames: no folder under `final_path`, the previous one under the `.old` name.
+    /// The previous folder is whole, so it is moved back (the newer staging folder may hold a
+    /// mix of two attempts and is not trusted). Returns whether anything was moved; a caller
+    /// that resumes from `final_path` calls this first.
+    pub fn recover_replaced(final_path: &Path) -> Result<bool> {
+        if final_path.exists() {
+            return Ok(false);
+        }
+        let Some(name) = final_path.file_name() else {
+            return Ok(false);
+        };
+        let parent = final_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let old = parent.join(format!(".{}.old", name.to_string_lossy()));
+        if !old.is_dir() {
+            return Ok(false);
+        }
+        fs::rename(&old, final_path).map_err(|e| DataError::io(final_path, e))?;
+        Ok(true)
     }
 
     /// Removes the staging folder (after an error that makes its contents useless).
@@ -234,5 +268,46 @@ mod tests {
         stage.commit(true).unwrap();
         assert!(out.join("y").exists() && !out.join("x").exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_in_the_folders_place_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("last");
+        fs::write(&out, b"not a folder").unwrap();
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("x"), b"1").unwrap();
+        let err = stage.commit(true).unwrap_err().to_string();
+        assert!(
+            err.contains("last") && err.contains("not a folder"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&out).unwrap(), b"not a folder");
+    }
+
+    #[test]
+    fn a_commit_killed_between_its_renames_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("last");
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("state"), b"epoch 1").unwrap();
+        stage.commit(false).unwrap();
+        // What `commit(true)` leaves when killed after moving the old folder aside: the old
+        // folder under `.last.old`, the new one still staged, nothing under `last`.
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("state"), b"epoch 2").unwrap();
+        fs::rename(&out, dir.path().join(".last.old")).unwrap();
+        assert!(StagedDir::recover_replaced(&out).unwrap());
+        assert_eq!(fs::read(out.join("state")).unwrap(), b"epoch 1");
+        assert!(!dir.path().join(".last.old").exists());
+        assert!(
+            !StagedDir::recover_replaced(&out).unwrap(),
+            "nothing to do twice"
+        );
+        // The next save goes through as usual.
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("state"), b"epoch 2").unwrap();
+        stage.commit(true).unwrap();
+        assert_eq!(fs::read(out.join("state")).unwrap(), b"epoch 2");
     }
 }
