@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(old.checkpoint_every_steps, 0);
         let every = TrainConfig::from_toml_str("checkpoint_every_steps = 25").unwrap();
         assert_eq!(every.checkpoint_every_steps, 25);
-        for bad in ["checkpoint_every_steps = -1", "checkpoint_every_steps = 2.5"] {
+        for bad in [
+            "checkpoint_every_steps = -1",
+            "checkpoint_every_steps = 2.5",
+        ] {
             let err = TrainConfig::from_toml_str(bad).unwrap_err().to_string();
             assert!(err.contains("checkpoint_every_steps"), "{bad}: {err}");
         }

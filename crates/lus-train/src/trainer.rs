@@ -342,8 +342,10 @@ impl Trainer {
             task.param_groups()?,
         )?;
         let last_dir = self.out_dir.join(LAST_CHECKPOINT_DIR);
-        // A save killed between its two renames leaves the previous checkpoint aside.
+        // A save killed between its two renames leaves the previous checkpoint aside, and a
+        // write killed before its rename a temporary file.
         lus_data::io::StagedDir::recover_replaced(&last_dir)?;
+        lus_data::io::remove_stale_temp_files(&self.out_dir)?;
         if last_dir.exists() && !last_dir.is_dir() {
             return Err(TrainError::file(
                 &last_dir,
@@ -897,7 +899,8 @@ impl LoopState {
         partial: Option<&EpochProgress>,
     ) -> Result<()> {
         let final_dir = out_dir.join(LAST_CHECKPOINT_DIR);
-        let stage = lus_data::io::StagedDir::open(&final_dir)?;
+        // Fresh: a save killed earlier may have left files (or temporary files) in the stage.
+        let stage = lus_data::io::StagedDir::open_fresh(&final_dir)?;
         lus_unet::save_weights(task.varmap(), stage.path().join(MODEL_FILE))?;
         optimizer.save(stage.path())?;
         let saved = SavedLoopState {
