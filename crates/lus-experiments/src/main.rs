@@ -6,7 +6,9 @@
 //! `lus train-seg` and `lus run` stop gracefully on SIGINT (Ctrl-C) and SIGTERM: the training
 //! step under way finishes, the run's `last/` checkpoint is written, and the process exits with
 //! 128 + the signal (130, 143); the same command resumes. A second signal stops at once (every
-//! file is written atomically, so the last checkpoint stays whole).
+//! file is written atomically, so the last checkpoint stays whole). A signal that arrives after
+//! the last training step lets the command finish its outputs and exit 0: nothing is left to
+//! resume.
 
 use std::process::ExitCode;
 

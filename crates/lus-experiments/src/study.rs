@@ -192,8 +192,9 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
 fn check_stop(stop: &StopRequest) -> anyhow::Result<()> {
     match stop.raised() {
         Some(signal) => bail!(
-            "interrupted by signal {signal} between cells; the finished cells are kept: run the \
-             same command again to continue"
+            "interrupted by {} between cells; the finished cells are kept: run the same command \
+             again to continue",
+            lus_train::error::signal_name(signal)
         ),
         None => Ok(()),
     }

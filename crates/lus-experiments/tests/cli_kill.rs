@@ -2,7 +2,8 @@
 //! (inside steps, checkpoint writes, validation, the final evaluation) and rerun after each kill
 //! ends with the same weights, metrics and evaluation tables as a run never interrupted, and
 //! with no stray file; SIGINT and SIGTERM stop a run gracefully (exit 130 / 143) and the rerun
-//! resumes it; a `lus run` grid killed inside its cells gives the same cell outputs; an output
+//! resumes it; a `lus run` grid killed (SIGKILL, then SIGTERM) inside its cells gives the same
+//! cell outputs; an output
 //! that cannot be written is a clear error that changes nothing.
 //!
 //! The longer variant (25 kills) is ignored by default:
@@ -527,10 +528,11 @@ fn a_grid_killed_inside_its_cells_gives_the_same_cell_outputs() {
         command
     };
     let cells = dir.path().join("killed/grid");
-    // Inside the pretraining cell (epoch 2 of 3), then inside the first classification cell.
-    for (cell, step) in [
-        ("pretrain/dense-seed0", 6),
-        ("classify/dense-seed0-fold0", 3),
+    // SIGKILL inside the pretraining cell (epoch 2 of 3), then SIGTERM inside the first
+    // classification cell.
+    for (cell, step, sigterm) in [
+        ("pretrain/dense-seed0", 6, false),
+        ("classify/dense-seed0-fold0", 3, true),
     ] {
         let mut child = run().spawn().unwrap();
         wait_for_step(&mut child, &cells.join(cell), step);
@@ -538,8 +540,14 @@ fn a_grid_killed_inside_its_cells_gives_the_same_cell_outputs() {
             child.try_wait().unwrap().is_none(),
             "{cell}: finished first"
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        if sigterm {
+            send(&child, 15);
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
         assert!(!cells.join(cell).join("run.json").exists());
     }
     let out = run().output().unwrap();

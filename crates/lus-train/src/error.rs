@@ -147,12 +147,17 @@ pub struct Interrupted {
 impl Interrupted {
     /// The conventional name of the signal (`SIGINT`, `SIGTERM`), or `signal N`.
     pub fn signal_name(&self) -> String {
-        match self.signal {
-            1 => "SIGHUP".to_string(),
-            2 => "SIGINT".to_string(),
-            15 => "SIGTERM".to_string(),
-            n => format!("signal {n}"),
-        }
+        signal_name(self.signal)
+    }
+}
+
+/// The conventional name of a stop signal: `SIGHUP`, `SIGINT`, `SIGTERM`, else `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        1 => "SIGHUP".to_string(),
+        2 => "SIGINT".to_string(),
+        15 => "SIGTERM".to_string(),
+        n => format!("signal {n}"),
     }
 }
 
