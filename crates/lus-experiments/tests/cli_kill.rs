@@ -3,8 +3,7 @@
 //! ends with the same weights, metrics and evaluation tables as a run never interrupted, and
 //! with no stray file; SIGINT and SIGTERM stop a run gracefully (exit 130 / 143) and the rerun
 //! resumes it; a `lus run` grid killed (SIGKILL, then SIGTERM) inside its cells gives the same
-//! cell outputs; an output
-//! that cannot be written is a clear error that changes nothing.
+//! cell outputs; an output that cannot be written is a clear error that changes nothing.
 //!
 //! The longer variant (25 kills) is ignored by default:
 //! `cargo test -p lus-experiments --test cli_kill -- --ignored --nocapture`
