@@ -182,7 +182,13 @@ impl ClassificationLoader {
     /// The batches of epoch `epoch` (an `Err` ends it: an unreadable image, a label out of
     /// range — the error names the example).
     pub fn epoch(&self, epoch: u64) -> Prefetcher<ClsBatch> {
-        let plan = epoch_batches_plan(
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` after its first `first` (see
+    /// [`crate::loader::SegmentationLoader::epoch_from`]): for a run resumed inside an epoch.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> Prefetcher<ClsBatch> {
+        let mut plan = epoch_batches_plan(
             self.source.len(),
             self.config.batch_size,
             self.config.shuffle,
@@ -190,6 +196,7 @@ impl ClassificationLoader {
             self.seed,
             epoch,
         );
+        plan.drain(..first.min(plan.len()));
         let source = Arc::clone(&self.source);
         let config = self.config.clone();
         let device = self.device.clone();

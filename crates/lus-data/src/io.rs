@@ -76,6 +76,51 @@ pub fn write_atomic_via_path(
     result
 }
 
+/// The writer's process id if `name` is a temporary name of [`temp_path_for`]
+/// (`.<name>.<pid>-<n>.tmp`) or of lus-metrics' atomic writer (`.<name>.tmp-<pid>-<n>`).
+fn temp_file_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let pid_and_counter = if let Some(inner) = rest.strip_suffix(".tmp") {
+        inner.rsplit_once('.')?.1
+    } else {
+        rest.rsplit_once(".tmp-")?.1
+    };
+    let (pid, counter) = pid_and_counter.split_once('-')?;
+    counter.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the temporary files that atomic writes of dead processes left in `dir` (a process
+/// killed between creating its temporary file and renaming it). A file whose writer may still
+/// run is kept: ours, and on systems without `/proc` every one. Returns the removed paths; a
+/// missing `dir` removes nothing.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DataError::io(dir, e)),
+    };
+    let proc_fs = Path::new("/proc/self").exists();
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let Some(pid) = temp_file_writer(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let alive = pid == std::process::id()
+            || !proc_fs
+            || Path::new("/proc").join(pid.to_string()).exists();
+        if alive || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
+        removed.push(path);
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Reads a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| DataError::io(path, e))
@@ -156,6 +201,16 @@ impl StagedDir {
     /// rename, so the final name never points at a half-made folder).
     pub fn commit(self, replace: bool) -> Result<PathBuf> {
         if self.final_path.exists() {
+            // Never move a file (or anything but a folder) aside in a folder's place.
+            if !self.final_path.is_dir() {
+                return Err(DataError::io(
+                    &self.final_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists and is not a folder; not replaced",
+                    ),
+                ));
+            }
             if !replace {
                 return Err(DataError::io(
                     &self.final_path,
@@ -176,6 +231,32 @@ impl StagedDir {
                 .map_err(|e| DataError::io(&self.final_path, e))?;
         }
         Ok(self.final_path)
+    }
+
+    /// Repairs what a [`StagedDir::commit`] with `replace` leaves when the process dies between
+    /// its two renames: no folder under `final_path`, the previous one under the `.old` name.
+    /// The previous folder is whole, so it is moved back (the newer staging folder may hold a
+    /// mix of two attempts and is not trusted). A commit killed after its second rename leaves
+    /// the `.old` folder beside the new one: it is removed. Returns whether a folder was moved
+    /// back; a caller that resumes from `final_path` calls this first.
+    pub fn recover_replaced(final_path: &Path) -> Result<bool> {
+        let Some(name) = final_path.file_name() else {
+            return Ok(false);
+        };
+        let parent = final_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let old = parent.join(format!(".{}.old", name.to_string_lossy()));
+        if !old.is_dir() {
+            return Ok(false);
+        }
+        if final_path.exists() {
+            fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, e))?;
+            return Ok(false);
+        }
+        fs::rename(&old, final_path).map_err(|e| DataError::io(final_path, e))?;
+        Ok(true)
     }
 
     /// Removes the staging folder (after an error that makes its contents useless).
@@ -234,5 +315,91 @@ mod tests {
         stage.commit(true).unwrap();
         assert!(out.join("y").exists() && !out.join("x").exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Far above Linux's pid_max (2^22): no such process.
+        let dead = 99_999_999;
+        let ours = std::process::id();
+        for name in [
+            format!(".best.safetensors.{dead}-3.tmp"),
+            format!(".metrics.csv.tmp-{dead}-0"),
+            format!(".model.safetensors.{ours}-1.tmp"),
+            "metrics.csv".to_string(),
+            ".hidden".to_string(),
+            format!(".x.{dead}-y.tmp"),
+        ] {
+            fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let removed = remove_stale_temp_files(dir.path()).unwrap();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(
+                removed,
+                vec![
+                    dir.path().join(format!(".best.safetensors.{dead}-3.tmp")),
+                    dir.path().join(format!(".metrics.csv.tmp-{dead}-0")),
+                ]
+            );
+        }
+        assert!(
+            dir.path()
+                .join(format!(".model.safetensors.{ours}-1.tmp"))
+                .exists()
+        );
+        assert!(dir.path().join("metrics.csv").exists());
+        assert!(dir.path().join(".hidden").exists());
+        assert!(
+            remove_stale_temp_files(&dir.path().join("absent"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_file_in_the_folders_place_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("last");
+        fs::write(&out, b"not a folder").unwrap();
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("x"), b"1").unwrap();
+        let err = stage.commit(true).unwrap_err().to_string();
+        assert!(
+            err.contains("last") && err.contains("not a folder"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&out).unwrap(), b"not a folder");
+    }
+
+    #[test]
+    fn a_commit_killed_between_its_renames_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("last");
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("state"), b"epoch 1").unwrap();
+        stage.commit(false).unwrap();
+        // What `commit(true)` leaves when killed after moving the old folder aside: the old
+        // folder under `.last.old`, the new one still staged, nothing under `last`.
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("state"), b"epoch 2").unwrap();
+        fs::rename(&out, dir.path().join(".last.old")).unwrap();
+        assert!(StagedDir::recover_replaced(&out).unwrap());
+        assert_eq!(fs::read(out.join("state")).unwrap(), b"epoch 1");
+        assert!(!dir.path().join(".last.old").exists());
+        assert!(
+            !StagedDir::recover_replaced(&out).unwrap(),
+            "nothing to do twice"
+        );
+        // Killed after the second rename: the new folder is in place, the old one beside it.
+        fs::create_dir(dir.path().join(".last.old")).unwrap();
+        assert!(!StagedDir::recover_replaced(&out).unwrap());
+        assert!(!dir.path().join(".last.old").exists());
+        assert_eq!(fs::read(out.join("state")).unwrap(), b"epoch 1");
+        // The next save goes through as usual.
+        let stage = StagedDir::open(&out).unwrap();
+        write_atomic(&stage.path().join("state"), b"epoch 2").unwrap();
+        stage.commit(true).unwrap();
+        assert_eq!(fs::read(out.join("state")).unwrap(), b"epoch 2");
     }
 }

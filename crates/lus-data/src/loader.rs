@@ -252,7 +252,15 @@ impl SegmentationLoader {
     /// The batches of epoch `epoch`. With `prefetch > 0` a producer thread starts preparing
     /// immediately; dropping the iterator stops it.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
-        let plan = epoch_batches_plan(
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `first` on (counted from 0): the batches
+    /// [`SegmentationLoader::epoch`] yields after its first `first`, identical to them (order
+    /// and augmentation are keyed by seed, epoch and example), without preparing the skipped
+    /// ones. A run resumed inside an epoch continues with these.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochBatches {
+        let mut plan = epoch_batches_plan(
             self.source.len(),
             self.config.batch_size,
             self.config.shuffle,
@@ -260,6 +268,7 @@ impl SegmentationLoader {
             self.seed,
             epoch,
         );
+        plan.drain(..first.min(plan.len()));
         let source = Arc::clone(&self.source);
         let config = self.config.clone();
         let device = self.device.clone();

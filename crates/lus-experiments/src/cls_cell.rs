@@ -22,7 +22,7 @@ use lus_data::cls_loader::{ClassSubset, ClassificationLoader};
 use lus_metrics::classification::Predictions;
 use lus_metrics::{MetricsTable, Row};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
-use lus_train::{Backbone, ClassificationTask, device_name, train_classifier};
+use lus_train::{Backbone, ClassificationTask, StopRequest, device_name, train_classifier};
 
 use crate::config::{ArmConfig, ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::dataset::ClassifyPool;
@@ -76,7 +76,8 @@ pub fn roles(
     Ok((train, val, test))
 }
 
-/// Trains and tests one cell (skipped when complete, resumed when interrupted).
+/// Trains and tests one cell (skipped when complete, resumed when interrupted). A raised
+/// `stop` ends the training with its checkpoint saved, as an error.
 pub fn run_cls_cell(
     cell: &ExperimentConfig,
     pool: &ClassifyPool,
@@ -84,6 +85,7 @@ pub fn run_cls_cell(
     backbone: Option<&Path>,
     dir: &Path,
     quiet: bool,
+    stop: &StopRequest,
 ) -> anyhow::Result<()> {
     if is_complete(dir, cell)? {
         if !quiet {
@@ -92,6 +94,9 @@ pub fn run_cls_cell(
         return Ok(());
     }
     check_same_config(dir, cell)?;
+    // Temporary files of a killed earlier attempt (the trainer cleans its own).
+    lus_data::io::remove_stale_temp_files(dir)?;
+    lus_data::io::remove_stale_temp_files(&dir.join(TEST_DIR))?;
     let ([arm], [seed], Some(fold)) = (
         cell.grid.arms.as_slice(),
         cell.grid.seeds.as_slice(),
@@ -151,6 +156,7 @@ pub fn run_cls_cell(
         |trainer| {
             let label = label.clone();
             trainer
+                .with_stop_request(stop.clone())
                 .with_progress_bar(!quiet)
                 .on_epoch(move |r: &EpochRecord| {
                     if !quiet {

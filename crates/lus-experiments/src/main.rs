@@ -1,6 +1,13 @@
 //! `lus`: the command-line program of lus. Each subcommand validates all of its input before it
 //! writes anything, builds its output folder under a temporary name and renames it into place
 //! when complete, and exits non-zero with a message naming the offending file on any error.
+//!
+//! `lus train-seg` and `lus run` stop gracefully on SIGINT (Ctrl-C) and SIGTERM: the training
+//! step under way finishes, the run's `last/` checkpoint is written, and the process exits with
+//! 128 + the signal (130, 143); the same command resumes. A second signal stops at once (every
+//! file is written atomically, so the last checkpoint stays whole). A signal that arrives after
+//! the last training step lets the command finish its outputs and exit 0: nothing is left to
+//! resume.
 
 use std::process::ExitCode;
 
@@ -8,6 +15,8 @@ use clap::{Parser, Subcommand};
 use lus_experiments::{
     bench, contact_sheet, eval_seg, ingest, predict, rasterize, study, synth, train_seg,
 };
+use lus_train::StopRequest;
+use signal_hook::consts::signal::{SIGINT, SIGTERM};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,15 +62,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a program that stops reading (`lus predict --json | head`) ends the
+    // process quietly, as for any Unix filter, instead of a panic in `println!`.
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    let stop = StopRequest::new();
+    if matches!(cli.command, Command::TrainSeg(_) | Command::Run(_))
+        && let Err(e) = stop_on_signals(&stop)
+    {
+        eprintln!("error: installing the SIGINT/SIGTERM handler: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Synth(args) => synth::run(args),
         Command::Rasterize(args) => rasterize::run(args),
         Command::ContactSheet(args) => contact_sheet::run(args),
         Command::IngestPocus(args) => ingest::run(args),
-        Command::TrainSeg(args) => train_seg::run(args),
+        Command::TrainSeg(args) => train_seg::run(args, &stop),
         Command::EvalSeg(args) => eval_seg::run(args),
-        Command::Run(args) => study::run(args),
+        Command::Run(args) => study::run(args, &stop),
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => study::report(args),
         Command::Bench(command) => bench::run(command),
@@ -70,7 +92,41 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A command that fails after a stop request stopped because of it.
+            match stop.raised() {
+                Some(signal) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(u8::MAX)),
+                None => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// Raises `stop` on the first SIGINT or SIGTERM; a second one takes the signal's default
+/// action (the process ends at once). The handler only wakes a thread (signal-hook's self-pipe),
+/// so the message is printed outside the signal handler.
+fn stop_on_signals(stop: &StopRequest) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name("lus-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                if stop.raised().is_some() {
+                    eprintln!("\n{name} again: stopping now");
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                    std::process::exit(128 + signal);
+                }
+                stop.raise(signal);
+                eprintln!(
+                    "\n{name}: stopping after the current training step and saving the run \
+                     (send it again to stop at once)"
+                );
+            }
+        })?;
+    Ok(())
 }

@@ -19,7 +19,7 @@ use lus_data::{LabelMode, LabelSchema};
 use lus_metrics::{MetricsTable, plot_curves, read_table_parquet};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
 use lus_train::{
-    SegEvalOptions, SegEvalReport, SegModel, device_name, evaluate_segmentation,
+    SegEvalOptions, SegEvalReport, SegModel, StopRequest, device_name, evaluate_segmentation,
     train_segmentation_with,
 };
 
@@ -107,11 +107,13 @@ pub fn cell_arm(cell: &ExperimentConfig) -> anyhow::Result<(LabelMode, u64)> {
 }
 
 /// Trains (or resumes, or skips when complete) the cell `cell` into `dir`, then evaluates it.
+/// A raised `stop` ends the training with its checkpoint saved, as an error.
 pub fn run_cell(
     cell: &ExperimentConfig,
     data: &Dataset,
     dir: &Path,
     quiet: bool,
+    stop: &StopRequest,
 ) -> anyhow::Result<()> {
     let (labels, seed) = cell_arm(cell)?;
     if is_complete(dir, cell)? {
@@ -121,6 +123,9 @@ pub fn run_cell(
         return Ok(());
     }
     check_same_config(dir, cell)?;
+    // Temporary files of a killed earlier attempt (the trainer cleans its own).
+    lus_data::io::remove_stale_temp_files(dir)?;
+    lus_data::io::remove_stale_temp_files(&dir.join(EVAL_DIR))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     lus_data::io::write_atomic(
         &dir.join(RESOLVED_CONFIG_FILE),
@@ -140,6 +145,7 @@ pub fn run_cell(
         Resume::IfPresent,
         |trainer| {
             let label = label.clone();
+            let trainer = trainer.with_stop_request(stop.clone());
             trainer.with_progress_bar(!quiet).on_epoch(move |r: &EpochRecord| {
                 if !quiet {
                     eprintln!(

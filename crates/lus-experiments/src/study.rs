@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 use lus_data::LabelMode;
+use lus_train::StopRequest;
 
 use crate::cls_cell::{cls_cell_config, cls_cell_dir, run_cls_cell};
 use crate::config::ExperimentConfig;
@@ -83,7 +84,9 @@ fn cells(experiment: &ExperimentConfig) -> Vec<(LabelMode, u64)> {
     cells
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Runs the cells, then writes the report. A raised `stop` ends the cell under way with its
+/// checkpoint saved (or, between cells, before the next one starts), as an error.
+pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
     let started = Instant::now();
     let experiment = ExperimentConfig::load(&args.file, &args.overrides)?;
     lus_train::parse_device(&experiment.pretrain.train.device)?;
@@ -104,8 +107,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                         seg_cells.len()
                     );
                 }
+                check_stop(stop)?;
                 let cell = cell_config(&experiment, arm, seed);
-                run_cell(&cell, &data, &cell_dir(&experiment, arm, seed), args.quiet)?;
+                run_cell(
+                    &cell,
+                    &data,
+                    &cell_dir(&experiment, arm, seed),
+                    args.quiet,
+                    stop,
+                )?;
             }
             index += 1;
         }
@@ -128,6 +138,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 for arm in &experiment.grid.arms {
                     n += 1;
                     if in_shard(index) {
+                        check_stop(stop)?;
                         if !args.quiet {
                             eprintln!(
                                 "classification cell {n}/{total}: {}, seed {seed}, fold {fold}",
@@ -157,6 +168,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                             backbone.as_deref(),
                             &cls_cell_dir(&experiment, &arm.name, seed, fold),
                             args.quiet,
+                            stop,
                         )?;
                     }
                     index += 1;
@@ -173,6 +185,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let results = load_complete(&experiment)?;
     write_report_from(&experiment, &data, results, "lus run", started)
+}
+
+/// An error once `stop` is raised: checked before each cell, so a stop that arrives between
+/// the trainer's last check and the end of a cell (its test evaluation) ends the run there.
+fn check_stop(stop: &StopRequest) -> anyhow::Result<()> {
+    match stop.raised() {
+        Some(signal) => bail!(
+            "interrupted by {} between cells; the finished cells are kept: run the same command \
+             again to continue",
+            lus_train::error::signal_name(signal)
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Writes the report of `experiment` from its finished pretraining cells `results` and its

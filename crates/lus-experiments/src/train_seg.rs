@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lus_data::LabelMode;
+use lus_train::StopRequest;
 
 use crate::config::ExperimentConfig;
 use crate::dataset::Dataset;
@@ -47,7 +48,9 @@ pub fn parse_labels(text: &str) -> Result<LabelMode, String> {
     }
 }
 
-pub fn run(args: TrainSegArgs) -> anyhow::Result<()> {
+/// Trains the cell; a raised `stop` ends training early with its checkpoint saved (see
+/// [`lus_train::StopRequest`]).
+pub fn run(args: TrainSegArgs, stop: &StopRequest) -> anyhow::Result<()> {
     let mut overrides = args.overrides.clone();
     if let Some(device) = &args.device {
         overrides.push(format!("pretrain.train.device={device:?}"));
@@ -63,7 +66,7 @@ pub fn run(args: TrainSegArgs) -> anyhow::Result<()> {
             .with_context(|| format!("removing {}", args.out.display()))?;
     }
     let data = Dataset::load(&cell.dataset)?;
-    run_cell(&cell, &data, &args.out, args.quiet)?;
+    run_cell(&cell, &data, &args.out, args.quiet, stop)?;
     if !args.quiet {
         eprintln!("{}: done", args.out.display());
     }

@@ -47,6 +47,15 @@ impl BatchSource for ClassificationLoader {
         let batches: Prefetcher<ClsBatch> = ClassificationLoader::epoch(self, epoch);
         Box::new(batches.map(|b| b.map_err(Into::into)))
     }
+
+    fn epoch_from(
+        &self,
+        epoch: u64,
+        first: usize,
+    ) -> Box<dyn Iterator<Item = Result<ClsBatch>> + '_> {
+        let batches: Prefetcher<ClsBatch> = ClassificationLoader::epoch_from(self, epoch, first);
+        Box::new(batches.map(|b| b.map_err(Into::into)))
+    }
 }
 
 /// Where the classifier's U-Net starts from.

@@ -74,6 +74,12 @@ pub struct TrainConfig {
     /// Read the training loss back from the device (and update the progress bar) every this
     /// many steps; the loss stays on the device in between.
     pub log_every: usize,
+    /// Also write the `last/` checkpoint inside an epoch, after every this many optimizer
+    /// steps (counted over the run), so a killed run loses at most that many steps; 0 writes
+    /// it at the end of each epoch only. A mid-epoch checkpoint holds the position in the
+    /// epoch and its partial loss, so resuming from it ends bit-identical to a run that was
+    /// never interrupted; it costs one save of model and optimizer state (see `Trainer`).
+    pub checkpoint_every_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +98,7 @@ impl Default for TrainConfig {
             best_metric: "val_miou".to_string(),
             best_direction: None,
             log_every: 10,
+            checkpoint_every_steps: 0,
         }
     }
 }
@@ -260,6 +267,22 @@ mod tests {
             assert!(err.contains(field), "{field}: {err}");
         }
         assert!(TrainConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn checkpoint_interval_defaults_to_epoch_ends_and_must_be_a_count() {
+        // Files written before the setting existed still load, with epoch-end checkpoints.
+        let old = TrainConfig::from_toml_str("epochs = 2\ndevice = \"cpu\"").unwrap();
+        assert_eq!(old.checkpoint_every_steps, 0);
+        let every = TrainConfig::from_toml_str("checkpoint_every_steps = 25").unwrap();
+        assert_eq!(every.checkpoint_every_steps, 25);
+        for bad in [
+            "checkpoint_every_steps = -1",
+            "checkpoint_every_steps = 2.5",
+        ] {
+            let err = TrainConfig::from_toml_str(bad).unwrap_err().to_string();
+            assert!(err.contains("checkpoint_every_steps"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -21,9 +21,17 @@ pub enum TrainError {
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
     /// The training loss of a batch was NaN or infinite: the run stops, and the last checkpoint
-    /// written (from the end of an earlier epoch, if any) is left as it was.
+    /// written (before that batch) is left as it was.
     #[error("{0}")]
     NonFiniteLoss(Box<NonFiniteLoss>),
+    /// A gradient of a training batch held a NaN or an infinity (while the loss was finite):
+    /// the run stops as for [`TrainError::NonFiniteLoss`].
+    #[error("{0}")]
+    NonFiniteGradient(Box<NonFiniteGradient>),
+    /// A stop was requested (Ctrl-C, SIGTERM): the step under way finished, the state was
+    /// saved to `last/`, and running the same training again resumes from there.
+    #[error("{0}")]
+    Interrupted(Box<Interrupted>),
     /// Batches do not fit the task (shape, dtype, labels out of range).
     #[error("batch: {0}")]
     Batch(String),
@@ -67,13 +75,112 @@ impl fmt::Display for NonFiniteLoss {
              training stopped",
             self.loss, self.epoch, self.step, self.indices
         )?;
-        match &self.last_good_checkpoint {
+        write_last_good(f, self.last_good_checkpoint.as_deref())
+    }
+}
+
+/// Where a non-finite gradient appeared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFiniteGradient {
+    /// Epoch, counted from 1.
+    pub epoch: usize,
+    /// Global optimizer step, counted from 1 (the step whose gradient was not finite).
+    pub step: u64,
+    /// Source indices of the examples of that batch.
+    pub indices: Vec<usize>,
+    /// Names of the parameters whose gradient held a NaN or an infinity, in optimizer order.
+    pub variables: Vec<String>,
+    /// The checkpoint folder that still holds the last good state, if one was written.
+    pub last_good_checkpoint: Option<PathBuf>,
+}
+
+impl fmt::Display for NonFiniteGradient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 3;
+        let mut names = self
+            .variables
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.variables.len() > SHOWN {
+            names.push_str(&format!(" and {} more", self.variables.len() - SHOWN));
+        }
+        write!(
+            f,
+            "non-finite gradient (NaN or inf) of {names} at epoch {}, step {}, batch of source \
+             examples {:?}; training stopped",
+            self.epoch, self.step, self.indices
+        )?;
+        write_last_good(f, self.last_good_checkpoint.as_deref())
+    }
+}
+
+fn write_last_good(f: &mut fmt::Formatter<'_>, last: Option<&std::path::Path>) -> fmt::Result {
+    match last {
+        Some(path) => write!(
+            f,
+            "; the last good checkpoint is {} (not overwritten)",
+            path.display()
+        ),
+        None => write!(f, "; no checkpoint had been written yet"),
+    }
+}
+
+/// Where a requested stop left the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted {
+    /// What asked for the stop: the signal number (2 for SIGINT, 15 for SIGTERM), or any
+    /// other positive code of the caller's.
+    pub signal: i32,
+    /// Epochs done; the saved state is inside epoch `epochs_done + 1` unless `in_epoch` is 0.
+    pub epochs_done: usize,
+    /// Batches of the next epoch done (0: the state is at an epoch's end).
+    pub in_epoch: u64,
+    /// Optimizer updates done (and saved).
+    pub step: u64,
+    /// The checkpoint folder a rerun resumes from (`None` if the stop came before any step).
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl Interrupted {
+    /// The conventional name of the signal (`SIGINT`, `SIGTERM`), or `signal N`.
+    pub fn signal_name(&self) -> String {
+        signal_name(self.signal)
+    }
+}
+
+/// The conventional name of a stop signal: `SIGHUP`, `SIGINT`, `SIGTERM`, else `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        1 => "SIGHUP".to_string(),
+        2 => "SIGINT".to_string(),
+        15 => "SIGTERM".to_string(),
+        n => format!("signal {n}"),
+    }
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "interrupted by {} at step {} (",
+            self.signal_name(),
+            self.step
+        )?;
+        if self.in_epoch == 0 {
+            write!(f, "end of epoch {}", self.epochs_done)?;
+        } else {
+            write!(f, "epoch {}, batch {}", self.epochs_done + 1, self.in_epoch)?;
+        }
+        match &self.checkpoint {
             Some(path) => write!(
                 f,
-                "; the last good checkpoint is {} (not overwritten)",
+                "); the state is saved in {}: run the same command again to resume",
                 path.display()
             ),
-            None => write!(f, "; no checkpoint had been written yet"),
+            None => write!(f, "); nothing was trained yet"),
         }
     }
 }

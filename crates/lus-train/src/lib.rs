@@ -33,7 +33,7 @@ pub use cls::{
 };
 pub use config::{Direction, TrainConfig};
 pub use device::{DeviceSpec, device_name, parse_device};
-pub use error::{NonFiniteLoss, Result, TrainError};
+pub use error::{Interrupted, NonFiniteGradient, NonFiniteLoss, Result, TrainError};
 pub use loss::{LossConfig, SegLoss, cross_entropy, soft_dice};
 pub use optim::{Optimizer, OptimizerConfig, ParamGroup};
 pub use schedule::LrSchedule;
@@ -43,4 +43,6 @@ pub use seg::{
 };
 pub use seg_eval::{SegEvalOptions, SegEvalReport, SegModel, evaluate_segmentation};
 pub use task::{BatchSource, Task, TaskBatch};
-pub use trainer::{BestEpoch, EpochRecord, Resume, StepLog, TrainSummary, Trainer, evaluate};
+pub use trainer::{
+    BestEpoch, EpochRecord, Resume, StepLog, StopRequest, TrainSummary, Trainer, evaluate,
+};

@@ -394,6 +394,35 @@ impl Optimizer {
         Ok(Some(norm))
     }
 
+    /// The sum of every gradient this optimizer would apply, one f32 per parameter that has a
+    /// gradient in `grads`, stacked into one vector that stays on the device, with the
+    /// positions (in [`Optimizer::params`] order) of those parameters. A gradient holds a NaN
+    /// or an infinity exactly when its sum is not finite (NaN and opposite infinities give NaN;
+    /// a sum can overflow only when the gradient's elements are near f32's maximum over its
+    /// size, a run that has diverged anyway). The trainer reads these back with the losses,
+    /// so the check adds one reduction per parameter per step and no host synchronisation.
+    pub fn gradient_sums(&self, grads: &GradStore) -> Result<Option<(Tensor, Vec<usize>)>> {
+        let mut sums = Vec::new();
+        let mut positions = Vec::new();
+        for (position, (_, var)) in self.params().enumerate() {
+            if let Some(grad) = grads.get(var.as_tensor()) {
+                // Detached, as in `step`: the sums wait in the trainer's window for several
+                // steps and must not keep this step's graph alive meanwhile.
+                sums.push(grad.detach().sum_all()?.to_dtype(candle_core::DType::F32)?);
+                positions.push(position);
+            }
+        }
+        if sums.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((Tensor::stack(&sums, 0)?, positions)))
+    }
+
+    /// The name of the parameter at `position` in [`Optimizer::params`] order.
+    pub fn param_name(&self, position: usize) -> Option<&str> {
+        self.params().nth(position).map(|(name, _)| name.as_str())
+    }
+
     /// Writes the state into `dir` (created if needed): [`OPTIMIZER_TENSORS_FILE`] and
     /// [`OPTIMIZER_STATE_FILE`], each atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {

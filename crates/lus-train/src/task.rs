@@ -40,6 +40,16 @@ pub trait BatchSource {
     fn batches_per_epoch(&self) -> usize;
     /// The batches of epoch `epoch`; an `Err` ends the epoch (and the run).
     fn epoch(&self, epoch: u64) -> Box<dyn Iterator<Item = Result<Self::Batch>> + '_>;
+    /// The batches of epoch `epoch` after its first `first` (a run resumed inside an epoch):
+    /// the same batches [`BatchSource::epoch`] yields from there on. The default prepares the
+    /// skipped batches and drops them; the loaders skip them without preparing them.
+    fn epoch_from(
+        &self,
+        epoch: u64,
+        first: usize,
+    ) -> Box<dyn Iterator<Item = Result<Self::Batch>> + '_> {
+        Box::new(self.epoch(epoch).skip(first))
+    }
 }
 
 impl BatchSource for SegmentationLoader {
@@ -51,6 +61,14 @@ impl BatchSource for SegmentationLoader {
 
     fn epoch(&self, epoch: u64) -> Box<dyn Iterator<Item = Result<SegBatch>> + '_> {
         Box::new(SegmentationLoader::epoch(self, epoch).map(|b| b.map_err(Into::into)))
+    }
+
+    fn epoch_from(
+        &self,
+        epoch: u64,
+        first: usize,
+    ) -> Box<dyn Iterator<Item = Result<SegBatch>> + '_> {
+        Box::new(SegmentationLoader::epoch_from(self, epoch, first).map(|b| b.map_err(Into::into)))
     }
 }
 

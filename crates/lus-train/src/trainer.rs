@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `best.safetensors` | every variable of the task's `VarMap`, when the best metric improves |
 //! | `best.json` | epoch, metric name and value of `best.safetensors` |
-//! | `last/model.safetensors`, `last/optimizer.{safetensors,json}`, `last/trainer.json` | after every epoch; the folder is staged and renamed into place, so it is always whole |
+//! | `last/model.safetensors`, `last/optimizer.{safetensors,json}`, `last/trainer.json` | after every epoch, every `checkpoint_every_steps` steps inside an epoch, and when a stop is requested; the folder is staged and renamed into place, so it is always whole |
 //! | `metrics.csv`, `metrics.parquet` | after every epoch, one row per epoch |
 //!
 //! Epochs are counted from 1 in the table, in errors and in `trainer.json`; `step` is the number
@@ -21,13 +21,36 @@
 //!
 //! The loss of each step stays on the device; every `log_every` steps (and at the end of an
 //! epoch) the losses of the window are read back in one transfer, checked for NaN/inf, and
-//! summed on the host. A non-finite loss stops the run with [`crate::TrainError::NonFiniteLoss`]
-//! naming its epoch, step and examples; at most `log_every - 1` further updates have then been
-//! applied to the in-memory weights, but no file is written after it, so `last/` and
-//! `best.safetensors` keep the state of the last good epoch.
+//! summed on the host. With each loss the window keeps the sum of every gradient of the step
+//! (one f32 per parameter, stacked on the device: [`Optimizer::gradient_sums`]), read back in
+//! the same transfer. A non-finite loss stops the run with [`crate::TrainError::NonFiniteLoss`],
+//! a non-finite gradient with [`crate::TrainError::NonFiniteGradient`] (naming the parameters),
+//! both naming the epoch, step and examples; at most `log_every - 1` further updates have then
+//! been applied to the in-memory weights, but no file is written after it: every checkpoint is
+//! written right after a read-back that found the window finite, so `last/` and
+//! `best.safetensors` keep the last good state.
+//!
+//! # Resume
+//!
+//! Every random draw is a function of (seed, epoch, step) or (seed, epoch, example), so the loop
+//! state is all a resumed run needs besides model and optimizer: `trainer.json` holds the epochs
+//! done, the step, the best epoch, the table so far and, for a checkpoint inside an epoch, the
+//! batches of the epoch done, the epoch's loss accumulator (sum and weight, as IEEE bits) and
+//! the learning rate of its last update. The loop continues with the epoch's next batch
+//! ([`BatchSource::epoch_from`]), and the run ends bit-identical to one never interrupted (on
+//! CPU; every column of the table but `images_per_s` and `seconds`).
+//!
+//! # Stopping
+//!
+//! A [`StopRequest`] given to [`Trainer::with_stop_request`] is polled after every step: once
+//! raised (by a signal handler, say), the step under way finishes, the window is checked, `last/`
+//! is written and [`Trainer::fit`] returns [`crate::TrainError::Interrupted`]. A request raised
+//! during validation takes effect after the epoch's checkpoint.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -37,7 +60,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::device::{DeviceSpec, device_name};
-use crate::error::{NonFiniteLoss, Result, TrainError};
+use crate::error::{Interrupted, NonFiniteGradient, NonFiniteLoss, Result, TrainError};
 use crate::optim::Optimizer;
 use crate::rng::{Stream, stream_rng};
 use crate::table::write_metrics_tables;
@@ -57,10 +80,14 @@ pub const TRAINER_STATE_FILE: &str = "trainer.json";
 pub const METRICS_CSV: &str = "metrics.csv";
 pub const METRICS_PARQUET: &str = "metrics.parquet";
 
-const TRAINER_FORMAT: &str = "lus-trainer-v1";
+/// `trainer.json` as written now: v1 plus the state of a partly done epoch.
+const TRAINER_FORMAT: &str = "lus-trainer-v2";
+/// Checkpoints of earlier builds (epoch ends only) still resume.
+const TRAINER_FORMAT_V1: &str = "lus-trainer-v1";
 /// Fields of the config that may change when a run is resumed: they do not change what is
-/// computed in the epochs already done (a longer run, another log interval, another device).
-const RESUMABLE_CHANGES: [&str; 3] = ["epochs", "log_every", "device"];
+/// computed in the epochs already done (a longer run, another log or checkpoint interval,
+/// another device).
+const RESUMABLE_CHANGES: [&str; 4] = ["epochs", "log_every", "checkpoint_every_steps", "device"];
 
 /// What to do with a run folder that already holds a `last/` checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +190,9 @@ pub struct TrainSummary {
     pub steps: u64,
     /// The epoch a resumed run continued after (0 for a fresh run).
     pub resumed_after_epoch: usize,
+    /// The step a resumed run continued from (0 for a fresh run); larger than the step of
+    /// `resumed_after_epoch`'s end when it resumed inside an epoch.
+    pub resumed_at_step: u64,
     /// The run folder.
     pub out_dir: PathBuf,
 }
@@ -177,6 +207,32 @@ impl TrainSummary {
     }
 }
 
+/// A request to stop training at the next step boundary, shared between the trainer and
+/// whoever raises it (a signal handler, a test). Cloning shares the request.
+#[derive(Debug, Clone, Default)]
+pub struct StopRequest(Arc<AtomicI32>);
+
+impl StopRequest {
+    /// A request that is not raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the request; `signal` (> 0: 2 for SIGINT, 15 for SIGTERM) is reported back in
+    /// [`crate::TrainError::Interrupted`]. Only an atomic store: safe in a signal handler.
+    pub fn raise(&self, signal: i32) {
+        self.0.store(signal.max(1), Ordering::SeqCst);
+    }
+
+    /// The signal of a raised request.
+    pub fn raised(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+}
+
 type Observer = Box<dyn FnMut(&StepLog) + Send>;
 type EpochObserver = Box<dyn FnMut(&EpochRecord) + Send>;
 
@@ -188,6 +244,7 @@ pub struct Trainer {
     on_step: Option<Observer>,
     on_epoch: Option<EpochObserver>,
     progress: bool,
+    stop: Option<StopRequest>,
 }
 
 impl Trainer {
@@ -203,6 +260,7 @@ impl Trainer {
             on_step: None,
             on_epoch: None,
             progress: std::io::stderr().is_terminal(),
+            stop: None,
         })
     }
 
@@ -229,6 +287,13 @@ impl Trainer {
     /// Calls `f` with each epoch's row once it is complete.
     pub fn on_epoch(mut self, f: impl FnMut(&EpochRecord) + Send + 'static) -> Self {
         self.on_epoch = Some(Box::new(f));
+        self
+    }
+
+    /// Polls `stop` after every step: once raised, the run saves `last/` and returns
+    /// [`crate::TrainError::Interrupted`] (see the module documentation).
+    pub fn with_stop_request(mut self, stop: StopRequest) -> Self {
+        self.stop = Some(stop);
         self
     }
 
@@ -277,7 +342,18 @@ impl Trainer {
             task.param_groups()?,
         )?;
         let last_dir = self.out_dir.join(LAST_CHECKPOINT_DIR);
-        let mut state = if last_dir.join(TRAINER_STATE_FILE).exists() {
+        // A save killed between its two renames leaves the previous checkpoint aside, and a
+        // write killed before its rename a temporary file.
+        lus_data::io::StagedDir::recover_replaced(&last_dir)?;
+        lus_data::io::remove_stale_temp_files(&self.out_dir)?;
+        if last_dir.exists() && !last_dir.is_dir() {
+            return Err(TrainError::file(
+                &last_dir,
+                "is not a folder: the run's checkpoint folder cannot be written there; move \
+                 the file away (nothing was written)",
+            ));
+        }
+        let (mut state, mut partial) = if last_dir.join(TRAINER_STATE_FILE).exists() {
             match resume {
                 Resume::Never => {
                     return Err(TrainError::file(
@@ -287,7 +363,7 @@ impl Trainer {
                     ));
                 }
                 Resume::IfPresent => {
-                    let state = LoopState::load(&last_dir, &config)?;
+                    let (state, partial) = LoopState::load(&last_dir, &config, steps_per_epoch)?;
                     lus_unet::load_weights(task.varmap(), last_dir.join(MODEL_FILE))?;
                     optimizer.load(&last_dir)?;
                     if optimizer.steps() != state.step {
@@ -300,27 +376,43 @@ impl Trainer {
                             ),
                         ));
                     }
-                    state
+                    // The tables are written after `last/`: a run killed in between has
+                    // tables one epoch short, which a finished run would never rewrite.
+                    if !state.history.is_empty() {
+                        write_metrics_tables(
+                            &state.history,
+                            &self.out_dir.join(METRICS_CSV),
+                            &self.out_dir.join(METRICS_PARQUET),
+                        )?;
+                    }
+                    (state, partial)
                 }
             }
         } else {
-            LoopState::fresh()
+            (LoopState::fresh(), None)
         };
         let resumed_after_epoch = state.epoch;
+        let resumed_at_step = state.step;
+        if let Some(signal) = self.stop_raised() {
+            let in_epoch = partial.as_ref().map_or(0, |p| p.batches_done);
+            return Err(self.interrupted(signal, &state, in_epoch));
+        }
 
         for epoch_index in state.epoch..config.epochs {
             let epoch = epoch_index + 1;
+            let mut progress = partial
+                .take()
+                .unwrap_or_else(|| EpochProgress::new(config.lr));
             let epoch_start = Instant::now();
             let bar = self.progress_bar(epoch, steps_per_epoch);
+            bar.set_position(progress.batches_done);
             let mut window = LossWindow::default();
-            let mut epoch_loss = WeightedMean::default();
-            let mut lr = config.lr;
-            let mut train_examples = 0usize;
-            for batch in train.epoch(epoch_index as u64) {
+            for batch in train.epoch_from(epoch_index as u64, progress.batches_done as usize) {
                 let batch = batch?;
-                lr = config
-                    .schedule
-                    .lr(config.lr, state.step, steps_per_epoch, total_steps);
+                progress.lr =
+                    config
+                        .schedule
+                        .lr(config.lr, state.step, steps_per_epoch, total_steps);
                 let mut dropout_rng =
                     stream_rng(config.seed, Stream::Dropout, epoch_index as u64, state.step);
                 let loss = task.train_loss(&batch, &mut Mode::train(&mut dropout_rng))?;
@@ -331,58 +423,84 @@ impl Trainer {
                     )));
                 }
                 let mut grads = loss.backward()?;
+                // Summed before clipping: a clipped NaN gradient turns every gradient NaN.
+                let grad_sums = optimizer.gradient_sums(&grads)?;
                 if let Some(max_norm) = config.grad_clip_norm {
                     optimizer.clip_grad_norm(&mut grads, max_norm)?;
                 }
-                optimizer.step(&grads, lr)?;
+                optimizer.step(&grads, progress.lr)?;
                 state.step += 1;
-                train_examples += batch.num_examples();
+                progress.batches_done += 1;
+                progress.train_examples += batch.num_examples();
                 window.push(
                     loss.detach(),
+                    grad_sums,
                     batch.num_examples(),
                     batch.indices(),
                     state.step,
                 );
                 bar.inc(1);
-                if window.len() >= config.log_every {
+                let stop = self.stop_raised();
+                // The epoch's own checkpoint follows its last batch shortly.
+                let periodic = config.checkpoint_every_steps > 0
+                    && state.step % config.checkpoint_every_steps == 0
+                    && progress.batches_done < steps_per_epoch;
+                if window.len() >= config.log_every || periodic || stop.is_some() {
                     self.flush(
                         &mut window,
-                        &mut epoch_loss,
+                        &mut progress,
                         epoch,
-                        lr,
                         epoch_start,
-                        train_examples,
+                        &optimizer,
                         &bar,
                     )?;
+                }
+                if periodic || stop.is_some() {
+                    let snapshot = EpochProgress {
+                        seconds_before: progress.seconds_before
+                            + epoch_start.elapsed().as_secs_f64(),
+                        ..progress.clone()
+                    };
+                    state.save(
+                        &self.out_dir,
+                        task,
+                        &optimizer,
+                        &config,
+                        &self.device,
+                        Some(&snapshot),
+                    )?;
+                }
+                if let Some(signal) = stop {
+                    bar.finish_and_clear();
+                    return Err(self.interrupted(signal, &state, progress.batches_done));
                 }
             }
             if !window.is_empty() {
                 self.flush(
                     &mut window,
-                    &mut epoch_loss,
+                    &mut progress,
                     epoch,
-                    lr,
                     epoch_start,
-                    train_examples,
+                    &optimizer,
                     &bar,
                 )?;
             }
-            let train_seconds = epoch_start.elapsed().as_secs_f64();
+            let train_seconds = progress.seconds_before + epoch_start.elapsed().as_secs_f64();
             bar.finish_and_clear();
 
             let (val_loss, metrics) = evaluate(task, val)?;
             let record = EpochRecord {
                 epoch,
                 step: state.step,
-                lr,
-                train_loss: epoch_loss.value(),
+                lr: progress.lr,
+                train_loss: progress.loss.value(),
                 val_loss,
                 val_metrics: metrics
                     .into_iter()
                     .map(|(name, value)| (format!("val_{name}"), value))
                     .collect(),
-                images_per_s: train_examples as f64 / train_seconds.max(1e-9),
-                seconds: epoch_start.elapsed().as_secs_f64(),
+                images_per_s: progress.train_examples as f64 / train_seconds.max(1e-9),
+                seconds: progress.seconds_before + epoch_start.elapsed().as_secs_f64(),
             };
             let value = record.get(&config.best_metric).ok_or_else(|| {
                 TrainError::config(
@@ -413,7 +531,7 @@ impl Trainer {
             }
             state.epoch = epoch;
             state.history.push(record.clone());
-            state.save(&self.out_dir, task, &optimizer, &config, &self.device)?;
+            state.save(&self.out_dir, task, &optimizer, &config, &self.device, None)?;
             write_metrics_tables(
                 &state.history,
                 &self.out_dir.join(METRICS_CSV),
@@ -422,14 +540,37 @@ impl Trainer {
             if let Some(f) = self.on_epoch.as_mut() {
                 f(&record);
             }
+            if epoch < config.epochs
+                && let Some(signal) = self.stop_raised()
+            {
+                return Err(self.interrupted(signal, &state, 0));
+            }
         }
         Ok(TrainSummary {
             history: state.history,
             best: state.best,
             steps: state.step,
             resumed_after_epoch,
+            resumed_at_step,
             out_dir: self.out_dir.clone(),
         })
+    }
+
+    fn stop_raised(&self) -> Option<i32> {
+        self.stop.as_ref().and_then(StopRequest::raised)
+    }
+
+    /// The error of a requested stop, after `state` (and `in_epoch` batches of the next
+    /// epoch) was saved.
+    fn interrupted(&self, signal: i32, state: &LoopState, in_epoch: u64) -> TrainError {
+        let last = self.out_dir.join(LAST_CHECKPOINT_DIR);
+        TrainError::Interrupted(Box::new(Interrupted {
+            signal,
+            epochs_done: state.epoch,
+            in_epoch,
+            step: state.step,
+            checkpoint: last.join(TRAINER_STATE_FILE).exists().then_some(last),
+        }))
     }
 
     /// Errors if the best metric is not a column this task's table will have.
@@ -475,42 +616,72 @@ impl Trainer {
         bar
     }
 
-    /// Reads the window's losses back (one transfer), stops on a non-finite one, and reports.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads the window's losses and gradient sums back (one transfer), stops on a non-finite
+    /// one, adds the losses to the epoch's, and reports.
     fn flush(
         &mut self,
         window: &mut LossWindow,
-        epoch_loss: &mut WeightedMean,
+        progress: &mut EpochProgress,
         epoch: usize,
-        lr: f64,
         epoch_start: Instant,
-        train_examples: usize,
+        optimizer: &Optimizer,
         bar: &ProgressBar,
     ) -> Result<()> {
-        let values = Tensor::stack(&window.losses, 0)?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
+        let steps = window.len();
+        let mut parts = vec![Tensor::stack(&window.losses, 0)?.to_dtype(DType::F64)?];
+        for (sums, _) in window.grad_sums.iter().flatten() {
+            parts.push(sums.to_dtype(DType::F64)?);
+        }
+        let values = Tensor::cat(&parts, 0)?.to_vec1::<f64>()?;
+        let (losses, mut sums) = values.split_at(steps);
+        let last_good = || {
+            let last = self.out_dir.join(LAST_CHECKPOINT_DIR);
+            last.join(TRAINER_STATE_FILE).exists().then_some(last)
+        };
         let mut window_mean = WeightedMean::default();
-        for (i, &loss) in values.iter().enumerate() {
+        for (i, &loss) in losses.iter().enumerate() {
             if !loss.is_finite() {
-                let last = self.out_dir.join(LAST_CHECKPOINT_DIR);
                 return Err(TrainError::NonFiniteLoss(Box::new(NonFiniteLoss {
                     epoch,
                     step: window.steps[i],
                     indices: window.indices[i].clone(),
                     loss: loss as f32,
-                    last_good_checkpoint: last.join(TRAINER_STATE_FILE).exists().then_some(last),
+                    last_good_checkpoint: last_good(),
                 })));
             }
-            epoch_loss.add(loss, window.examples[i]);
+            if let Some((_, positions)) = &window.grad_sums[i] {
+                let (step_sums, rest) = sums.split_at(positions.len());
+                sums = rest;
+                let variables: Vec<String> = positions
+                    .iter()
+                    .zip(step_sums)
+                    .filter(|(_, sum)| !sum.is_finite())
+                    .map(|(&p, _)| {
+                        optimizer
+                            .param_name(p)
+                            .map_or_else(|| format!("parameter #{p}"), str::to_string)
+                    })
+                    .collect();
+                if !variables.is_empty() {
+                    return Err(TrainError::NonFiniteGradient(Box::new(NonFiniteGradient {
+                        epoch,
+                        step: window.steps[i],
+                        indices: window.indices[i].clone(),
+                        variables,
+                        last_good_checkpoint: last_good(),
+                    })));
+                }
+            }
+            progress.loss.add(loss, window.examples[i]);
             window_mean.add(loss, window.examples[i]);
         }
+        let seconds = progress.seconds_before + epoch_start.elapsed().as_secs_f64();
         let log = StepLog {
             epoch,
             step: *window.steps.last().unwrap_or(&0),
-            lr,
+            lr: progress.lr,
             loss: window_mean.value(),
-            images_per_s: train_examples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9),
+            images_per_s: progress.train_examples as f64 / seconds.max(1e-9),
         };
         bar.set_message(format!(
             "loss {:.4} | {:.1} img/s | lr {:.2e}",
@@ -554,18 +725,28 @@ where
     Ok((val_loss, metrics))
 }
 
-/// Losses of the steps since the last read-back, still on the device.
+/// Losses and gradient sums of the steps since the last read-back, still on the device.
 #[derive(Default)]
 struct LossWindow {
     losses: Vec<Tensor>,
+    /// Per step: [`Optimizer::gradient_sums`] (`None` when no parameter had a gradient).
+    grad_sums: Vec<Option<(Tensor, Vec<usize>)>>,
     examples: Vec<usize>,
     indices: Vec<Vec<usize>>,
     steps: Vec<u64>,
 }
 
 impl LossWindow {
-    fn push(&mut self, loss: Tensor, examples: usize, indices: &[usize], step: u64) {
+    fn push(
+        &mut self,
+        loss: Tensor,
+        grad_sums: Option<(Tensor, Vec<usize>)>,
+        examples: usize,
+        indices: &[usize],
+        step: u64,
+    ) {
         self.losses.push(loss);
+        self.grad_sums.push(grad_sums);
         self.examples.push(examples);
         self.indices.push(indices.to_vec());
         self.steps.push(step);
@@ -585,7 +766,7 @@ impl LossWindow {
 }
 
 /// An example-weighted mean accumulated in f64, in a fixed order.
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct WeightedMean {
     sum: f64,
     weight: usize,
@@ -602,6 +783,36 @@ impl WeightedMean {
             f64::NAN
         } else {
             self.sum / self.weight as f64
+        }
+    }
+}
+
+/// How far the current epoch has come: what a checkpoint inside an epoch saves besides the
+/// [`LoopState`].
+#[derive(Debug, Clone)]
+struct EpochProgress {
+    /// Batches of the epoch done (the next one to train is this, counted from 0).
+    batches_done: u64,
+    /// The epoch's training loss so far (of the batches read back).
+    loss: WeightedMean,
+    /// Learning rate (multiplier 1) of the epoch's last update (the base rate before the
+    /// first).
+    lr: f64,
+    /// Training examples of the epoch so far.
+    train_examples: usize,
+    /// Training seconds of the epoch spent before this process continued it (for the
+    /// machine-dependent columns only).
+    seconds_before: f64,
+}
+
+impl EpochProgress {
+    fn new(base_lr: f64) -> Self {
+        EpochProgress {
+            batches_done: 0,
+            loss: WeightedMean::default(),
+            lr: base_lr,
+            train_examples: 0,
+            seconds_before: 0.0,
         }
     }
 }
@@ -628,6 +839,24 @@ struct SavedLoopState {
     config: serde_json::Value,
     best: Option<SavedBest>,
     history: Vec<SavedRecord>,
+    /// The epoch under way when the checkpoint was written inside it (absent at epoch ends,
+    /// and in v1 files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partial: Option<SavedProgress>,
+}
+
+/// [`EpochProgress`] in `trainer.json`, floats as IEEE-754 bits.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedProgress {
+    /// The epoch under way, counted from 1 (always `epoch + 1` of the file).
+    epoch: usize,
+    batches_done: u64,
+    loss_sum_bits: u64,
+    loss_weight: usize,
+    lr_bits: u64,
+    train_examples: usize,
+    seconds_bits: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -658,7 +887,8 @@ impl LoopState {
     }
 
     /// Writes `last/` as a whole: model, optimizer and loop state go into a staging folder
-    /// that replaces the previous `last/` by renames.
+    /// that replaces the previous `last/` by renames. `partial` is the epoch under way (epoch
+    /// `self.epoch + 1`) for a checkpoint inside it.
     fn save<T: Task>(
         &self,
         out_dir: &Path,
@@ -666,9 +896,11 @@ impl LoopState {
         optimizer: &Optimizer,
         config: &TrainConfig,
         device: &Device,
+        partial: Option<&EpochProgress>,
     ) -> Result<()> {
         let final_dir = out_dir.join(LAST_CHECKPOINT_DIR);
-        let stage = lus_data::io::StagedDir::open(&final_dir)?;
+        // Fresh: a save killed earlier may have left files (or temporary files) in the stage.
+        let stage = lus_data::io::StagedDir::open_fresh(&final_dir)?;
         lus_unet::save_weights(task.varmap(), stage.path().join(MODEL_FILE))?;
         optimizer.save(stage.path())?;
         let saved = SavedLoopState {
@@ -695,6 +927,15 @@ impl LoopState {
                         .collect(),
                 })
                 .collect(),
+            partial: partial.map(|p| SavedProgress {
+                epoch: self.epoch + 1,
+                batches_done: p.batches_done,
+                loss_sum_bits: p.loss.sum.to_bits(),
+                loss_weight: p.loss.weight,
+                lr_bits: p.lr.to_bits(),
+                train_examples: p.train_examples,
+                seconds_bits: p.seconds_before.to_bits(),
+            }),
         };
         let path = stage.path().join(TRAINER_STATE_FILE);
         let json = serde_json::to_vec_pretty(&saved).map_err(|e| TrainError::file(&path, e))?;
@@ -703,17 +944,23 @@ impl LoopState {
         Ok(())
     }
 
-    /// Reads `last/trainer.json` and checks that it belongs to a run of `config`.
-    fn load(last_dir: &Path, config: &TrainConfig) -> Result<Self> {
+    /// Reads `last/trainer.json`, checks that it belongs to a run of `config` whose epochs
+    /// have `steps_per_epoch` batches, and returns the state with the progress of the epoch
+    /// under way, if the checkpoint was written inside one.
+    fn load(
+        last_dir: &Path,
+        config: &TrainConfig,
+        steps_per_epoch: u64,
+    ) -> Result<(Self, Option<EpochProgress>)> {
         let path = last_dir.join(TRAINER_STATE_FILE);
         let text = lus_data::io::read_text(&path)?;
         let saved: SavedLoopState =
             serde_json::from_str(&text).map_err(|e| TrainError::file(&path, e))?;
-        if saved.format != TRAINER_FORMAT {
+        if saved.format != TRAINER_FORMAT && saved.format != TRAINER_FORMAT_V1 {
             return Err(TrainError::file(
                 &path,
                 format!(
-                    "unknown format {:?} (expected {TRAINER_FORMAT:?})",
+                    "unknown format {:?} (expected {TRAINER_FORMAT:?} or {TRAINER_FORMAT_V1:?})",
                     saved.format
                 ),
             ));
@@ -736,16 +983,60 @@ impl LoopState {
             .into_iter()
             .map(|r| record_from_saved(r).map_err(|e| TrainError::file(&path, e)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(LoopState {
-            epoch: saved.epoch,
-            step: saved.step,
-            best: saved.best.map(|b| BestEpoch {
-                epoch: b.epoch,
-                metric: b.metric,
-                value: f64::from_bits(b.value_bits),
-            }),
-            history,
-        })
+        let partial = saved.partial.map(|p| {
+            (
+                p.epoch,
+                EpochProgress {
+                    batches_done: p.batches_done,
+                    loss: WeightedMean {
+                        sum: f64::from_bits(p.loss_sum_bits),
+                        weight: p.loss_weight,
+                    },
+                    lr: f64::from_bits(p.lr_bits),
+                    train_examples: p.train_examples,
+                    seconds_before: f64::from_bits(p.seconds_bits),
+                },
+            )
+        });
+        // The position must fit the data as it is now: another number of batches per epoch
+        // (a changed data set or batch size) would resume at the wrong example.
+        let in_epoch = partial.as_ref().map_or(0, |(_, p)| p.batches_done);
+        let expected_step = (saved.epoch as u64)
+            .checked_mul(steps_per_epoch)
+            .and_then(|s| s.checked_add(in_epoch));
+        let fault = match &partial {
+            Some((epoch, _)) if *epoch != saved.epoch + 1 => Some(format!(
+                "the epoch under way is {epoch}, but {} epochs are done",
+                saved.epoch
+            )),
+            Some((_, p)) if p.batches_done > steps_per_epoch => Some(format!(
+                "{} batches of the epoch are done, but an epoch has {steps_per_epoch}",
+                p.batches_done
+            )),
+            _ if expected_step != Some(saved.step) => Some(format!(
+                "{} epochs and {in_epoch} batches are done at step {}, which does not fit \
+                 {steps_per_epoch} batches per epoch (has the training data or the batch size \
+                 changed?)",
+                saved.epoch, saved.step
+            )),
+            _ => None,
+        };
+        if let Some(fault) = fault {
+            return Err(TrainError::file(&path, fault));
+        }
+        Ok((
+            LoopState {
+                epoch: saved.epoch,
+                step: saved.step,
+                best: saved.best.map(|b| BestEpoch {
+                    epoch: b.epoch,
+                    metric: b.metric,
+                    value: f64::from_bits(b.value_bits),
+                }),
+                history,
+            },
+            partial.map(|(_, p)| p),
+        ))
     }
 }
 

@@ -98,6 +98,7 @@ pub fn train_config(epochs: usize, seed: u64) -> TrainConfig {
         best_metric: "val_miou".to_string(),
         best_direction: None,
         log_every: 2,
+        checkpoint_every_steps: 0,
     }
 }
 
