@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use lus_data::LabelMode;
 use lus_data::scanner::ScannerConfig;
-use lus_data::schema::edit_distance;
 use lus_metrics::ObjectConfig;
 use lus_metrics::components::Connectivity;
 use lus_train::{ClsRunConfig, SegRunConfig};
@@ -536,33 +535,9 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> anyhow::Result
     Ok(())
 }
 
-/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages.
-pub fn explain_unknown_key(message: &str) -> String {
-    let Some(start) = message.find("unknown field `") else {
-        return message.to_string();
-    };
-    let rest = &message[start + "unknown field `".len()..];
-    let Some(end) = rest.find('`') else {
-        return message.to_string();
-    };
-    let unknown = &rest[..end];
-    let expected: Vec<&str> = rest[end..]
-        .split('`')
-        .skip(2)
-        .step_by(2)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let best = expected
-        .iter()
-        .map(|k| (edit_distance(unknown, k), *k))
-        .min_by_key(|(d, k)| (*d, k.len()));
-    match best {
-        Some((d, key)) if d <= 3.max(unknown.len() / 3) => {
-            format!("{} (did you mean `{key}`?)", message.trim_end())
-        }
-        _ => message.to_string(),
-    }
-}
+/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages (it
+/// lives in lus-data, which also reads TOML: label schemas and scanner settings).
+pub use lus_data::schema::explain_unknown_key;
 
 #[cfg(test)]
 mod tests {
