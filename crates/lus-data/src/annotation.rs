@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
+use crate::image_io::MAX_IMAGE_SIDE;
 use crate::schema::LabelSchema;
 
 /// A point `[x, y]` in pixels.
@@ -26,16 +27,50 @@ pub const OUTSIDE_TOLERANCE_PX: f32 = 1.0;
 pub enum Geometry {
     /// A closed region (chest wall, lung, rib and its shadow, consolidation, effusion; also a
     /// line artifact outlined by an annotator, whose centre line is then derived).
-    Polygon { points: Vec<Point> },
+    Polygon {
+        #[serde(deserialize_with = "points_or_null")]
+        points: Vec<Point>,
+    },
     /// An open stroke of a given full width: in dense labels the stroke is the object's extent;
     /// in sparse labels only its centre line is drawn, at the sparse stroke width.
-    Polyline { points: Vec<Point>, width: f32 },
+    Polyline {
+        #[serde(deserialize_with = "points_or_null")]
+        points: Vec<Point>,
+        width: f32,
+    },
     /// A line artifact with both its centre line (sparse labels) and its full outline (dense
     /// labels), e.g. a B-line band widening with depth under a convex probe.
     Band {
+        #[serde(deserialize_with = "points_or_null")]
         centerline: Vec<Point>,
+        #[serde(deserialize_with = "points_or_null")]
         outline: Vec<Point>,
     },
+}
+
+/// Reads a list of `[x, y]` points in which a coordinate may be `null`, read as NaN.
+///
+/// serde_json writes a non-finite float as `null`, and Python's `json` writes it as a bare
+/// `NaN`/`Infinity` (which [`Annotation::from_json_str`] turns into `null`): either way the
+/// point is kept as non-finite, so validation reports it against its shape ("shape 3 (label
+/// ...): non-finite coordinate") instead of a JSON type error at a line and column.
+fn points_or_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<Point>, D::Error> {
+    let points: Vec<[Option<f32>; 2]> = Deserialize::deserialize(deserializer)?;
+    Ok(points
+        .into_iter()
+        .map(|p| p.map(|c| c.unwrap_or(f32::NAN)))
+        .collect())
+}
+
+fn optional_points_or_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Vec<Point>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Points(#[serde(deserialize_with = "points_or_null")] Vec<Point>);
+    let points: Option<Points> = Deserialize::deserialize(deserializer)?;
+    Ok(points.map(|p| p.0))
 }
 
 impl Geometry {
@@ -79,7 +114,11 @@ pub struct Annotation {
     pub image: Option<String>,
     /// The field of view (the scanned fan or rectangle) as a polygon; `None` means the whole
     /// image. Outside it every mask is background.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_points_or_null"
+    )]
     pub field_of_view: Option<Vec<Point>>,
     /// The objects.
     pub shapes: Vec<Shape>,
@@ -141,6 +180,14 @@ impl Annotation {
         if self.width == 0 || self.height == 0 {
             return Err(whole(format!(
                 "image size {}x{} is empty",
+                self.width, self.height
+            )));
+        }
+        // Checked here, not only when rasterizing, so that a folder of annotations is refused
+        // while it is read, before any mask is written, with the error naming the file.
+        if self.width > MAX_IMAGE_SIDE || self.height > MAX_IMAGE_SIDE {
+            return Err(whole(format!(
+                "image size {}x{} exceeds the largest supported side of {MAX_IMAGE_SIDE} px",
                 self.width, self.height
             )));
         }
@@ -236,7 +283,8 @@ impl Annotation {
 
     /// Parses our own JSON format and validates it against the schema.
     pub fn from_json_str(text: &str, schema: &LabelSchema, source: &Path) -> Result<Self> {
-        let annotation: Annotation = serde_json::from_str(text).map_err(|e| DataError::Json {
+        let text = crate::labelme::non_finite_literals_as_null(text);
+        let annotation: Annotation = serde_json::from_str(&text).map_err(|e| DataError::Json {
             path: source.to_path_buf(),
             source: e,
         })?;
@@ -352,6 +400,52 @@ mod tests {
         let mut a = sample();
         a.width = 0;
         assert!(error_of(&a).contains("empty"));
+    }
+
+    #[test]
+    fn non_finite_coordinates_are_reported_against_their_shape() {
+        let schema = LabelSchema::default();
+        let text = sample().to_json_string();
+        // serde_json's null, Python's bare NaN and -Infinity, and a number beyond f32.
+        for (from, to) in [
+            ("15.0", "null"),
+            ("15.0", "NaN"),
+            ("15.0", "-Infinity"),
+            ("15.0", "1e39"),
+        ] {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text);
+            let e = Annotation::from_json_str(&bad, &schema, Path::new("x/a.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("x/a.json: shape 0 (label \"pleural-line\"): non-finite coordinate"),
+                "{to}: {e}"
+            );
+        }
+        let mut bad: serde_json::Value = serde_json::from_str(&text).unwrap();
+        bad["field_of_view"][2][0] = serde_json::Value::Null;
+        let e = Annotation::from_json_str(&bad.to_string(), &schema, Path::new("x/a.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field of view has a non-finite point [NaN, 12.0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_image_too_large_to_rasterize_is_refused_when_read() {
+        let mut a = sample();
+        a.height = MAX_IMAGE_SIDE + 1;
+        let e = error_of(&a);
+        assert!(
+            e.contains("16x8193 exceeds the largest supported side of 8192 px"),
+            "{e}"
+        );
+        a.height = MAX_IMAGE_SIDE;
+        a.validate(&LabelSchema::default(), Path::new("x/a.json"))
+            .unwrap();
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{Device, Tensor};
 use image::GrayImage;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::augment::prepare;
 use crate::error::{DataError, Result};
@@ -28,6 +29,17 @@ pub trait ClassificationSource: Send + Sync {
     fn label(&self, index: usize) -> Result<usize>;
     /// Image and class id of example `index`.
     fn load(&self, index: usize) -> Result<(GrayImage, usize)>;
+    /// Loads every example once (in parallel) and returns the error of the first one, in index
+    /// order, that fails (see [`crate::loader::SegmentationSource::check_all`]).
+    fn check_all(&self) -> Result<()> {
+        match (0..self.len())
+            .into_par_iter()
+            .find_map_first(|i| self.load(i).err())
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Examples held in memory.
@@ -245,6 +257,25 @@ impl ClassificationLoader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_all_names_the_first_unreadable_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut examples = Vec::new();
+        for i in 0..4 {
+            let path = dir.path().join(format!("f{i}.png"));
+            crate::image_io::save_gray_png(&GrayImage::new(4, 4), &path).unwrap();
+            examples.push((path, i % 3));
+        }
+        assert!(FileClassSource::new(examples.clone()).check_all().is_ok());
+        std::fs::write(&examples[3].0, b"").unwrap();
+        std::fs::write(&examples[2].0, b"not an image").unwrap();
+        let e = FileClassSource::new(examples)
+            .check_all()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f2.png: not a PNG or JPEG image"), "{e}");
+    }
 
     fn source(count: usize) -> Arc<dyn ClassificationSource> {
         Arc::new(InMemoryClassSource(

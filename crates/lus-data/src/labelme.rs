@@ -123,9 +123,21 @@ pub fn load_labelme(
     schema: &LabelSchema,
     options: &LabelmeOptions,
 ) -> Result<Annotation> {
-    options.validate()?;
     let raw = crate::io::read_text(path)?;
-    labelme_from_str(&non_finite_literals_as_null(&raw), path, schema, options)
+    labelme_from_json_str(&raw, path, schema, options)
+}
+
+/// Parses LabelMe JSON text and converts it to a validated [`Annotation`], like
+/// [`load_labelme`] without reading the file: `source` names the text in errors, and an
+/// `imagePath` is looked up relative to its folder.
+pub fn labelme_from_json_str(
+    text: &str,
+    source: &Path,
+    schema: &LabelSchema,
+    options: &LabelmeOptions,
+) -> Result<Annotation> {
+    options.validate()?;
+    labelme_from_str(&non_finite_literals_as_null(text), source, schema, options)
 }
 
 /// Reads an annotation file of either format: ours (a `"format"` key, or `width`/`height`
@@ -137,13 +149,24 @@ pub fn load_annotation(
     options: &LabelmeOptions,
 ) -> Result<Annotation> {
     let raw = crate::io::read_text(path)?;
-    let text = non_finite_literals_as_null(&raw);
+    annotation_from_json_str(&raw, path, schema, options)
+}
+
+/// Parses annotation JSON text of either format (see [`load_annotation`]) without reading a
+/// file: `source` names the text in errors.
+pub fn annotation_from_json_str(
+    raw: &str,
+    path: &Path,
+    schema: &LabelSchema,
+    options: &LabelmeOptions,
+) -> Result<Annotation> {
+    let text = non_finite_literals_as_null(raw);
     let value: Value = serde_json::from_str(&text).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     match sniff(&value) {
-        Some(Format::Lus) => Annotation::from_json_str(&raw, schema, path),
+        Some(Format::Lus) => Annotation::from_json_str(&text, schema, path),
         Some(Format::Labelme) => {
             options.validate()?;
             labelme_from_str(&text, path, schema, options)
@@ -458,7 +481,7 @@ fn check_image_size(
 
 /// Replaces the bare `NaN`, `Infinity` and `-Infinity` that Python's `json` writes (not JSON)
 /// by `null` outside strings, so the coordinate is reported against its shape. Lines are kept.
-fn non_finite_literals_as_null(text: &str) -> Cow<'_, str> {
+pub(crate) fn non_finite_literals_as_null(text: &str) -> Cow<'_, str> {
     const LITERALS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
     let bytes = text.as_bytes();
     let mut out: Option<String> = None;

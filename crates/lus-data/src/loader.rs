@@ -44,6 +44,18 @@ pub trait SegmentationSource: Send + Sync {
     }
     /// Loads example `index` (< `len()`); the mask has the image's dimensions.
     fn load(&self, index: usize) -> Result<(GrayImage, Mask)>;
+    /// Loads every example once (in parallel) and returns the error of the first one, in index
+    /// order, that fails: a command calls this before it writes anything, so that a broken file
+    /// deep in a data folder fails the command up front instead of an epoch into a run.
+    fn check_all(&self) -> Result<()> {
+        match (0..self.len())
+            .into_par_iter()
+            .find_map_first(|i| self.load(i).err())
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Examples held in memory (synthetic data, tests).

@@ -1,6 +1,7 @@
 //! The manifest of a generated data set (`manifest.csv`): one row per sample, paths relative to
 //! the data set's folder. Written by `lus synth`, read by the trainers.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,19 +47,31 @@ pub fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
     })
 }
 
-/// Reads a manifest and checks that every path it names stays inside `root` (no absolute
-/// paths, no `..`) and exists.
+/// Reads a manifest and checks that ids are unique and that every path it names stays inside
+/// `root` (no absolute paths, no `..`) and exists.
 pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
     let root = path.parent().unwrap_or(Path::new("."));
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = csv::Reader::from_reader(file);
     let mut rows = Vec::new();
+    // The line of each id: an id names an example in splits, predictions and reports, so two
+    // rows under one id would be silently merged or confused downstream.
+    let mut lines_of_ids: HashMap<String, usize> = HashMap::new();
     for (i, record) in reader.deserialize::<ManifestRow>().enumerate() {
         let line = i + 2; // header is line 1
         let row = record.map_err(|e| DataError::Annotation {
             path: path.to_path_buf(),
             reason: format!("line {line}: {e}"),
         })?;
+        if let Some(first) = lines_of_ids.insert(row.id.clone(), line) {
+            return Err(DataError::Annotation {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "line {line}: id {:?} is already the id of line {first}; ids must be unique",
+                    row.id
+                ),
+            });
+        }
         for rel in [
             &row.image,
             &row.dense_mask,
@@ -145,6 +158,17 @@ mod tests {
         write_manifest(&path, &[missing]).unwrap();
         let e = read_manifest(&path).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
+
+        let mut twice = row("000004");
+        touch_all(dir.path(), &twice);
+        let first = twice.clone();
+        twice.image = "images/000000.png".into();
+        write_manifest(&path, &[row("000000"), first, row("000001"), twice]).unwrap();
+        let e = read_manifest(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("manifest.csv: line 5: id \"000004\" is already the id of line 3"),
+            "{e}"
+        );
 
         std::fs::write(&path, "id,image\n1,2\n").unwrap();
         let e = read_manifest(&path).unwrap_err().to_string();

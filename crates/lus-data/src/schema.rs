@@ -153,6 +153,34 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages.
+pub fn explain_unknown_key(message: &str) -> String {
+    let Some(start) = message.find("unknown field `") else {
+        return message.to_string();
+    };
+    let rest = &message[start + "unknown field `".len()..];
+    let Some(end) = rest.find('`') else {
+        return message.to_string();
+    };
+    let unknown = &rest[..end];
+    let expected: Vec<&str> = rest[end..]
+        .split('`')
+        .skip(2)
+        .step_by(2)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let best = expected
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min_by_key(|(d, k)| (*d, k.len()));
+    match best {
+        Some((d, key)) if d <= 3.max(unknown.len() / 3) => {
+            format!("{} (did you mean `{key}`?)", message.trim_end())
+        }
+        _ => message.to_string(),
+    }
+}
+
 impl Default for LabelSchema {
     fn default() -> Self {
         Self::from_toml_str(DEFAULT_SCHEMA_TOML, Path::new("<embedded default schema>"))
@@ -171,7 +199,7 @@ impl LabelSchema {
     pub fn from_toml_str(text: &str, source: &Path) -> Result<Self> {
         let file: SchemaFile = toml::from_str(text).map_err(|e| DataError::Toml {
             path: source.to_path_buf(),
-            message: e.to_string(),
+            message: explain_unknown_key(&e.to_string()),
         })?;
         LabelSchema::try_from(file).map_err(|reason| DataError::Schema {
             path: source.to_path_buf(),
@@ -429,7 +457,7 @@ mod tests {
                     "id = 0\nname = \"bg\"\ncolour = \"#000000\"",
                     "id = 1\nname = \"x\"\ncolor = \"#ffffff\"\nline = true",
                 ),
-                "unknown field `colour`",
+                "unknown field `colour`, expected one of `id`, `name`, `color`, `line`, `layer`, `aliases` (did you mean `color`?)",
             ),
             ("name = \"t\"\nclass = []\n".to_string(), "no classes"),
             ("name = \"t\"\n[[class]\n".to_string(), "invalid TOML"),

@@ -909,11 +909,25 @@ fn a_corrupt_png_ends_the_epoch_with_an_error_naming_it() {
     let mut mismatched = pairs.clone();
     banded_mask(12, 11).save_png(&mismatched[1].1).unwrap();
     mismatched.truncate(2);
-    let source = FileSource::new(mismatched, schema, None);
+    let source = FileSource::new(mismatched, schema.clone(), None);
     let err = source.load(1).unwrap_err().to_string();
     assert!(
         err.contains("mask1.png") && err.contains("image1.png"),
         "{err}"
+    );
+
+    // check_all reads every example and names the first bad one in index order (mask 1, then
+    // image 3), whichever thread finds which first.
+    let all = FileSource::new(pairs.clone(), schema.clone(), None);
+    let err = all.check_all().unwrap_err().to_string();
+    assert!(err.contains("mask1.png") && err.contains("12x11"), "{err}");
+    let rest = FileSource::new(pairs[2..].to_vec(), schema.clone(), None);
+    let err = rest.check_all().unwrap_err().to_string();
+    assert!(err.contains("image3.png"), "{err}");
+    assert!(
+        FileSource::new(pairs[..1].to_vec(), schema, None)
+            .check_all()
+            .is_ok()
     );
 }
 

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use lus_data::LabelMode;
 use lus_data::scanner::ScannerConfig;
-use lus_data::schema::edit_distance;
 use lus_metrics::ObjectConfig;
 use lus_metrics::components::Connectivity;
 use lus_train::{ClsRunConfig, SegRunConfig};
@@ -549,6 +548,18 @@ impl ExperimentConfig {
         for assignment in overrides {
             apply_override(&mut doc, assignment)?;
         }
+        // A `[classify.train]` table is a TrainConfig whose own default best metric is the
+        // segmentation one (`val_miou`); a table that leaves it out means the classifier's
+        // default, as an absent table does.
+        if let Some(toml::Value::Table(classify)) = doc.get_mut("classify")
+            && let Some(toml::Value::Table(train)) = classify.get_mut("train")
+            && !train.contains_key("best_metric")
+        {
+            train.insert(
+                "best_metric".into(),
+                toml::Value::String(ClsRunConfig::default().train.best_metric),
+            );
+        }
         let config: ExperimentConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!(explain_unknown_key(&e.to_string())))?;
@@ -653,7 +664,7 @@ fn check_best_metric(key: &str, best: &str, metrics: &[String]) -> anyhow::Resul
     }
     let nearest = selectable
         .iter()
-        .min_by_key(|s| edit_distance(s, best))
+        .min_by_key(|s| lus_data::schema::edit_distance(s, best))
         .expect("never empty");
     bail!(
         "{key}: {best:?} is not a metric of this task (did you mean {nearest:?}?); choose one of {}",
@@ -661,36 +672,25 @@ fn check_best_metric(key: &str, best: &str, metrics: &[String]) -> anyhow::Resul
     )
 }
 
-/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages.
-pub fn explain_unknown_key(message: &str) -> String {
-    let Some(start) = message.find("unknown field `") else {
-        return message.to_string();
-    };
-    let rest = &message[start + "unknown field `".len()..];
-    let Some(end) = rest.find('`') else {
-        return message.to_string();
-    };
-    let unknown = &rest[..end];
-    let expected: Vec<&str> = rest[end..]
-        .split('`')
-        .skip(2)
-        .step_by(2)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let best = expected
-        .iter()
-        .map(|k| (edit_distance(unknown, k), *k))
-        .min_by_key(|(d, k)| (*d, k.len()));
-    match best {
-        Some((d, key)) if d <= 3.max(unknown.len() / 3) => {
-            format!("{} (did you mean `{key}`?)", message.trim_end())
-        }
-        _ => message.to_string(),
-    }
-}
+/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" messages (it
+/// lives in lus-data, which also reads TOML: label schemas and scanner settings).
+pub use lus_data::schema::explain_unknown_key;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_classify_train_table_without_best_metric_keeps_the_classifier_default() {
+        let config = super::ExperimentConfig::from_toml_str(
+            "[classify.train]\nepochs = 3\n[grid]\narms = [\"none\"]\nseeds = [0]",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.classify.unwrap().train.best_metric,
+            "val_balanced_accuracy"
+        );
+    }
+
     use super::*;
 
     #[test]

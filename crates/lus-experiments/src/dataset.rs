@@ -121,6 +121,9 @@ impl ClassifyPool {
                     pool.probes.push(row.probe.as_str().to_string());
                 }
                 pool.source = Arc::new(FileClassSource::new(files));
+                // Every image is decoded once before any cell writes, so a broken file fails
+                // the command up front, naming it (see `SegmentationSource::check_all`).
+                pool.source.check_all()?;
                 Ok(pool)
             }
         }
@@ -306,6 +309,13 @@ fn folder_dataset(config: &DatasetConfig, folder: &Path) -> anyhow::Result<Datas
     let train = next_split(config.train)?;
     let val = next_split(config.val)?;
     let test = next_split(config.test)?;
+    // Every image and mask is decoded once before anything is written: a truncated file or a
+    // mask value outside the schema then fails the command up front, naming the file, instead
+    // of an epoch into a run with a half-made run folder.
+    for split in [&train, &val, &test] {
+        split.dense.check_all()?;
+        split.sparse.check_all()?;
+    }
     Ok(Dataset {
         schema,
         train,

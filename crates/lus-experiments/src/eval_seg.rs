@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use lus_data::LabelMode;
-use lus_data::loader::FileSource;
+use lus_data::loader::{FileSource, SegmentationSource};
 use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
 use lus_train::{SegModel, device_name, evaluate_segmentation};
 
@@ -83,6 +83,9 @@ pub fn run(args: EvalSegArgs) -> anyhow::Result<()> {
         schema.clone(),
         experiment.pretrain.train.loss.ignore_id,
     ));
+    // Every image and mask is decoded once up front: a broken file fails before the weights
+    // are loaded and anything is written.
+    source.check_all()?;
 
     let device = lus_train::parse_device(&args.device)?;
     let clock = RunClock::start("eval-seg", experiment.pretrain.train.seed, &args.device);

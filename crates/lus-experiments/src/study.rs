@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use lus_data::LabelMode;
 use lus_train::StopRequest;
@@ -123,6 +123,7 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
         index += seg_cells.len();
     }
     if experiment.classify.is_some() && args.stage != Stage::Pretrain {
+        check_backbones(&experiment, index, &in_shard)?;
         let pool = ClassifyPool::for_experiment(&experiment)?;
         let folds = stratified_group_kfold(
             &pool.labels,
@@ -198,6 +199,51 @@ fn check_stop(stop: &StopRequest) -> anyhow::Result<()> {
         ),
         None => Ok(()),
     }
+}
+
+/// Checks, before the first classification cell writes anything, that every pretrained
+/// backbone the classification cells of this shard need is complete and that its weights load
+/// into the experiment's U-Net (every tensor present, with its shape and dtype). Without this a
+/// truncated or mismatched `best.safetensors` would be found only after a cell had written its
+/// resolved config and split, and after the cells before it had run. `first_index` is the
+/// number of the first classification cell (cells are numbered pretraining first).
+fn check_backbones(
+    experiment: &ExperimentConfig,
+    first_index: usize,
+    in_shard: &dyn Fn(usize) -> bool,
+) -> anyhow::Result<()> {
+    let mut needed: Vec<(String, LabelMode, u64)> = Vec::new();
+    let mut index = first_index;
+    for &seed in &experiment.grid.seeds {
+        for _fold in 0..experiment.grid.folds {
+            for arm in &experiment.grid.arms {
+                if let Some(mode) = arm.pretrain.label_mode()
+                    && in_shard(index)
+                    && !needed.iter().any(|(_, m, s)| (*m, *s) == (mode, seed))
+                {
+                    needed.push((arm.name.clone(), mode, seed));
+                }
+                index += 1;
+            }
+        }
+    }
+    for (arm, mode, seed) in needed {
+        let dir = cell_dir(experiment, mode, seed);
+        if !is_complete(&dir, &cell_config(experiment, mode, seed))? {
+            bail!(
+                "arm {arm} needs the {mode} pretraining of seed {seed} ({}), which is not complete; \
+                 run the pretraining stage first",
+                dir.display()
+            );
+        }
+        lus_train::SegModel::load(
+            &experiment.pretrain.unet,
+            &best_checkpoint(&dir),
+            &candle_core::Device::Cpu,
+        )
+        .with_context(|| format!("the backbone of arm {arm}, seed {seed}"))?;
+    }
+    Ok(())
 }
 
 /// Writes the report of `experiment` from its finished pretraining cells `results` and its

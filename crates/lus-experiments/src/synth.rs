@@ -67,8 +67,13 @@ fn resolve(args: &SynthArgs) -> anyhow::Result<SynthRecord> {
     let mut scanner = match &args.scanner {
         Some(path) => {
             let text = lus_data::io::read_text(path)?;
-            toml::from_str::<ScannerConfig>(&text)
-                .with_context(|| format!("{}: invalid scanner config", path.display()))?
+            toml::from_str::<ScannerConfig>(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: invalid scanner config: {}",
+                    path.display(),
+                    lus_data::schema::explain_unknown_key(&e.to_string())
+                )
+            })?
         }
         None => ScannerConfig::default(),
     };
