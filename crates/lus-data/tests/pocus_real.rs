@@ -15,7 +15,11 @@ fn pocus_dir() -> Option<PathBuf> {
     if dir.join("metadata.csv").is_file() {
         Some(dir)
     } else {
-        eprintln!(
+        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and
+        // a skipped real-data test must be visible in the CI log.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "skipping: no POCUS data at {} (set LUS_POCUS_DIR)",
             dir.display()
         );
