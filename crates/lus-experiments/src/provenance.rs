@@ -39,6 +39,10 @@ pub struct RunManifest {
     pub wall_seconds: Option<f64>,
     /// Peak resident memory of the process in MiB (Linux `VmHWM`), when known.
     pub peak_rss_mib: Option<f64>,
+    /// Largest memory in use on the CUDA device during training, in MiB (driver's view, the
+    /// allocator's pool included); absent on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_memory_mib: Option<f64>,
 }
 
 /// Starts a manifest; [`RunClock::finish`] fills in the end.
@@ -71,6 +75,7 @@ impl RunClock {
                 finished_unix: None,
                 wall_seconds: None,
                 peak_rss_mib: None,
+                peak_device_memory_mib: None,
             },
             started: Instant::now(),
         }

@@ -181,6 +181,7 @@ pub fn run_cell(
     }
     let mut manifest = clock.finish();
     manifest.device = device_name(&device);
+    manifest.peak_device_memory_mib = summary.peak_device_memory_mib;
     write_run_manifest(dir, &manifest)?;
     Ok(())
 }

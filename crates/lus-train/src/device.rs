@@ -77,6 +77,19 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
     })
 }
 
+/// Memory in use on a CUDA device, in MiB, as the driver sees it (`total - free`: every
+/// context on the device, the allocator's cached pool included), or `None` on the CPU and in
+/// builds without CUDA. A cheap driver call, sampled by the trainer at each loss read-back.
+pub fn device_memory_used_mib(device: &Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free) as f64 / (1024.0 * 1024.0));
+    }
+    let _ = device;
+    None
+}
+
 /// The device for `spec` (`cpu | cuda | cuda:N | auto`); see [`DeviceSpec`].
 pub fn parse_device(spec: &str) -> Result<Device> {
     DeviceSpec::parse(spec)?.open()

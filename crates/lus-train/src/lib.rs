@@ -32,7 +32,7 @@ pub use cls::{
     classification_metric_names, train_classifier,
 };
 pub use config::{Direction, TrainConfig};
-pub use device::{DeviceSpec, device_name, parse_device};
+pub use device::{DeviceSpec, device_memory_used_mib, device_name, parse_device};
 pub use error::{Interrupted, NonFiniteGradient, NonFiniteLoss, Result, TrainError};
 pub use loss::{LossConfig, SegLoss, cross_entropy, soft_dice};
 pub use optim::{Optimizer, OptimizerConfig, ParamGroup};

@@ -195,6 +195,9 @@ pub struct TrainSummary {
     pub resumed_at_step: u64,
     /// The run folder.
     pub out_dir: PathBuf,
+    /// Largest memory in use on the CUDA device seen at the loss read-backs, in MiB (`None` on
+    /// the CPU; see [`crate::device::device_memory_used_mib`]).
+    pub peak_device_memory_mib: Option<f64>,
 }
 
 impl TrainSummary {
@@ -245,6 +248,8 @@ pub struct Trainer {
     on_epoch: Option<EpochObserver>,
     progress: bool,
     stop: Option<StopRequest>,
+    /// Largest device memory in use seen at a loss read-back (CUDA only).
+    peak_device_mib: Option<f64>,
 }
 
 impl Trainer {
@@ -261,6 +266,7 @@ impl Trainer {
             on_epoch: None,
             progress: std::io::stderr().is_terminal(),
             stop: None,
+            peak_device_mib: None,
         })
     }
 
@@ -553,6 +559,7 @@ impl Trainer {
             resumed_after_epoch,
             resumed_at_step,
             out_dir: self.out_dir.clone(),
+            peak_device_memory_mib: self.peak_device_mib,
         })
     }
 
@@ -628,6 +635,9 @@ impl Trainer {
         bar: &ProgressBar,
     ) -> Result<()> {
         let steps = window.len();
+        if let Some(used) = crate::device::device_memory_used_mib(&self.device) {
+            self.peak_device_mib = Some(self.peak_device_mib.map_or(used, |p| p.max(used)));
+        }
         let mut parts = vec![Tensor::stack(&window.losses, 0)?.to_dtype(DType::F64)?];
         for (sums, _) in window.grad_sums.iter().flatten() {
             parts.push(sums.to_dtype(DType::F64)?);
