@@ -506,8 +506,10 @@ pub(crate) fn non_finite_literals_as_null(text: &str) -> Cow<'_, str> {
             i += 1;
             continue;
         }
+        // Compared as bytes: `i` may sit inside a multi-byte character outside any string (in
+        // a malformed file), where slicing `text[i..]` would panic.
         let literal = LITERALS.iter().find(|l| {
-            text[i..].starts_with(**l)
+            bytes[i..].starts_with(l.as_bytes())
                 && !bytes
                     .get(i + l.len())
                     .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
@@ -546,6 +548,37 @@ mod tests {
             non_finite_literals_as_null("{\"a\": 1}\n"),
             Cow::Borrowed(_)
         ));
+    }
+
+    /// Fuzzing (annotation_json) found a panic: a multi-byte character outside strings made
+    /// the literal scan slice `text` inside a character.
+    #[test]
+    fn multi_byte_characters_outside_strings_are_a_json_error_not_a_panic() {
+        assert_eq!(
+            non_finite_literals_as_null("{\u{795}NaN: ޕ}"),
+            "{\u{795}null: ޕ}"
+        );
+        let crash =
+            "{\n  \"format\": \"lus-annotation/1\",\n\" hdiw t\": 40,\n  ޕmage\": \"frame.png\"}";
+        let schema = LabelSchema::default();
+        for result in [
+            annotation_from_json_str(
+                crash,
+                Path::new("c.json"),
+                &schema,
+                &LabelmeOptions::default(),
+            ),
+            labelme_from_json_str(
+                crash,
+                Path::new("c.json"),
+                &schema,
+                &LabelmeOptions::default(),
+            ),
+            Annotation::from_json_str(crash, &schema, Path::new("c.json")),
+        ] {
+            let e = result.unwrap_err().to_string();
+            assert!(e.starts_with("c.json: invalid JSON"), "{e}");
+        }
     }
 
     #[test]
