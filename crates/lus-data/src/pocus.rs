@@ -663,17 +663,17 @@ impl Tools {
     }
 }
 
-/// Ingests the POCUS folder `src` into `out` (see the module documentation), decoding clips in
-/// parallel; `on_file` is called once per source file as it finishes (for a progress bar).
+/// Ingests the files `inventory` lists (see [`inventory`]; the caller lists them first, e.g.
+/// to size a progress bar) into `out` (see the module documentation), decoding clips in
+/// parallel; `on_file` is called once per source file as it finishes.
 pub fn ingest(
-    src: &Path,
+    inventory: Inventory,
     out: &Path,
     options: &IngestOptions,
     tools: &Tools,
     on_file: &(dyn Fn(&str, &Outcome) + Sync),
 ) -> Result<IngestReport> {
     options.validate()?;
-    let inventory = inventory(src, options)?;
     fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let settings_path = out.join(INGEST_SETTINGS);
     let settings = serde_json::to_string_pretty(options)
@@ -790,14 +790,9 @@ fn ingest_file(
         Media::Video => decode_clip(file, stage.path(), options, tools),
         Media::Image => copy_still(file, stage.path(), options),
     };
+    // `decode_video` refuses a clip with no frame and a still is one frame, so `f` is never
+    // empty.
     let frames = match result {
-        Ok(f) if f.is_empty() => {
-            stage.discard();
-            return Err(DataError::Image {
-                path: file.path.clone(),
-                reason: "no frame could be decoded".into(),
-            });
-        }
         Ok(f) => f,
         Err(e) => {
             stage.discard();

@@ -63,7 +63,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let work = || {
-        ingest(&src, &args.out, &options, &tools, &|rel, outcome| {
+        ingest(listed, &args.out, &options, &tools, &|rel, outcome| {
             if let Outcome::Failed(reason) = outcome {
                 bar.suspend(|| eprintln!("warning: {rel}: skipped: {reason}"));
             }

@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use lus_data::cls_loader::InMemoryClassSource;
 use lus_data::manifest::resolve_inside;
 use lus_data::pocus::{
-    FrameRow, IngestOptions, Media, POCUS_MANIFEST, Tools, ingest, read_frame_rows, square_resized,
+    FrameRow, IngestOptions, Media, POCUS_MANIFEST, Tools, ingest, inventory, read_frame_rows,
+    square_resized,
 };
 use rayon::prelude::*;
 
@@ -30,10 +31,11 @@ pub fn load_pocus_pool(config: &PocusPoolConfig, size: u32) -> anyhow::Result<Cl
             src.display()
         );
         let tools = Tools::find()?;
+        let options = IngestOptions::default();
         let report = ingest(
-            &src,
+            inventory(&src, &options)?,
             &config.frames,
-            &IngestOptions::default(),
+            &options,
             &tools,
             &|_, _| {},
         )
