@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let message = e.to_string();
-            assert!(message.starts_with(SOURCE), "error without the file: {message}");
+            assert!(
+                message.starts_with(SOURCE),
+                "error without the file: {message}"
+            );
         }
     }
 });

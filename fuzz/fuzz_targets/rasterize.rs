@@ -78,6 +78,9 @@ fuzz_target!(|data: &[u8]| {
         let again = reused
             .rasterize(&annotation, schema, &options)
             .expect("the same annotation rasterizes again");
-        assert!(again == mask, "a reused rasterizer differs from a fresh one");
+        assert!(
+            again == mask,
+            "a reused rasterizer differs from a fresh one"
+        );
     }
 });
