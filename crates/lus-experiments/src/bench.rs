@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, Subcommand};
 use lus_train::{Optimizer, OptimizerConfig, ParamGroup, cross_entropy, device_name};
-use lus_unet::{Kernels, Mode, UNet, UNetConfig};
+use lus_unet::{Kernels, Mode, Precision, UNet, UNetConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -38,6 +38,10 @@ pub struct UnetStepArgs {
     /// CPU kernels: lus (lus-unet's custom ops) or candle (candle's own ops).
     #[arg(long, default_value = "lus")]
     kernels: String,
+    /// Arithmetic of the convolutions: f32, tf32 (CUDA's TF32 tensor cores for f32 products)
+    /// or bf16 (autocast: bf16 convolutions, f32 weights, norms, loss and optimizer).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Timed rounds (the median is reported), after one untimed warm-up round.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -53,6 +57,7 @@ struct UnetStepResult {
     framework: &'static str,
     device: String,
     kernels: String,
+    precision: Precision,
     batch: usize,
     size: usize,
     base: usize,
@@ -68,6 +73,9 @@ struct UnetStepResult {
     step_gflops: f64,
     forward_gflops: f64,
     peak_rss_mib: Option<f64>,
+    /// CUDA memory in use (driver total - free, all of this process's allocations and the
+    /// context) right after the timed training steps; absent on the CPU.
+    device_memory_after_steps_mib: Option<f64>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -91,12 +99,19 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         "candle" => Kernels::Candle,
         other => bail!("--kernels {other:?}: expected lus or candle"),
     };
+    let precision = match args.precision.as_str() {
+        "f32" => Precision::F32,
+        "tf32" => Precision::Tf32,
+        "bf16" => Precision::Bf16,
+        other => bail!("--precision {other:?}: expected f32, tf32 or bf16"),
+    };
     let device = lus_train::parse_device(&args.device)?;
     let config = UNetConfig {
         num_classes: args.classes,
         depth: args.depth,
         base_channels: args.base,
         kernels,
+        precision,
         ..UNetConfig::default()
     };
     config.validate()?;
@@ -147,6 +162,7 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
     let steps = (1..=args.rounds)
         .map(&mut step)
         .collect::<anyhow::Result<Vec<f64>>>()?;
+    let device_memory_after_steps_mib = lus_train::device_memory_used_mib(&device);
     let forward = |_: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
         unet.forward_t(&x, &mut Mode::Eval)?
@@ -166,6 +182,7 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         framework: "lus",
         device: device_name(&device),
         kernels: args.kernels.clone(),
+        precision,
         batch: n,
         size: side,
         base: args.base,
@@ -181,18 +198,20 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         step_gflops: gflop_step / (step_ms / 1e3),
         forward_gflops: gflop_forward / (forward_ms / 1e3),
         peak_rss_mib: crate::provenance::peak_rss_mib(),
+        device_memory_after_steps_mib,
     };
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!(
-            "lus U-Net (depth {}, base {}, {} classes, {} kernels) on {}, batch {n} x 1 x {side} x {side}, {} threads:\n  \
+            "lus U-Net (depth {}, base {}, {} classes, {} kernels, {:?}) on {}, batch {n} x 1 x {side} x {side}, {} threads:\n  \
              training step {:.1} ms (median of {}; {:.2} GFLOP, {:.1} GFLOP/s)\n  \
              eval forward  {:.1} ms ({:.2} GFLOP, {:.1} GFLOP/s)\n  peak RSS {}",
             args.depth,
             args.base,
             args.classes,
             args.kernels,
+            precision,
             result.device,
             result.threads,
             step_ms,

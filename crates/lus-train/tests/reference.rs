@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use lus_train::{LrSchedule, Optimizer, OptimizerConfig, ParamGroup, cross_entropy, soft_dice};
+use lus_unet::test_device;
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -52,10 +53,11 @@ fn to_f64_vec(t: &Tensor) -> Vec<f64> {
 fn run_loss_case(
     case: &Value,
     dtype: DType,
+    device: &Device,
     loss_fn: &dyn Fn(&Tensor, &Tensor) -> Tensor,
 ) -> (f64, Vec<f64>) {
     let dims = shape(&case["shape"]);
-    let logits = Tensor::from_vec(floats(&case["logits"]), dims.clone(), &Device::Cpu)
+    let logits = Tensor::from_vec(floats(&case["logits"]), dims.clone(), device)
         .unwrap()
         .to_dtype(dtype)
         .unwrap();
@@ -66,7 +68,7 @@ fn run_loss_case(
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let target = Tensor::from_vec(target, target_dims, &Device::Cpu).unwrap();
+    let target = Tensor::from_vec(target, target_dims, device).unwrap();
     let var = Var::from_tensor(&logits).unwrap();
     let loss = loss_fn(var.as_tensor(), &target);
     let grads = loss.backward().unwrap();
@@ -80,8 +82,7 @@ fn run_loss_case(
     )
 }
 
-#[test]
-fn cross_entropy_matches_torch() {
+fn cross_entropy_matches(device: &Device) {
     let reference = reference();
     for case in reference["cross_entropy"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -90,14 +91,14 @@ fn cross_entropy_matches_torch() {
         for (dtype, tolerance) in [(DType::F64, 1e-10), (DType::F32, 1e-5)] {
             let loss_fn = |logits: &Tensor, target: &Tensor| {
                 let w = weight.as_ref().map(|w| {
-                    Tensor::from_slice(w, w.len(), &Device::Cpu)
+                    Tensor::from_slice(w, w.len(), device)
                         .unwrap()
                         .to_dtype(dtype)
                         .unwrap()
                 });
                 cross_entropy(logits, target, w.as_ref(), ignore).unwrap()
             };
-            let (loss, grad) = run_loss_case(case, dtype, &loss_fn);
+            let (loss, grad) = run_loss_case(case, dtype, device, &loss_fn);
             let expected = case["loss"].as_f64().unwrap();
             assert!(
                 (loss - expected).abs() <= tolerance * expected.abs().max(1.0),
@@ -112,8 +113,7 @@ fn cross_entropy_matches_torch() {
     }
 }
 
-#[test]
-fn soft_dice_matches_an_independent_torch_implementation() {
+fn soft_dice_matches(device: &Device) {
     let reference = reference();
     for case in reference["dice"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -123,7 +123,7 @@ fn soft_dice_matches_an_independent_torch_implementation() {
             let loss_fn = |logits: &Tensor, target: &Tensor| {
                 soft_dice(logits, target, ignore, smooth).unwrap()
             };
-            let (loss, grad) = run_loss_case(case, dtype, &loss_fn);
+            let (loss, grad) = run_loss_case(case, dtype, device, &loss_fn);
             let expected = case["loss"].as_f64().unwrap();
             assert!(
                 (loss - expected).abs() <= tolerance,
@@ -136,6 +136,17 @@ fn soft_dice_matches_an_independent_torch_implementation() {
         }
     }
 }
+
+test_device!(
+    cross_entropy_matches,
+    cross_entropy_matches_torch,
+    cross_entropy_matches_torch_cuda
+);
+test_device!(
+    soft_dice_matches,
+    soft_dice_matches_an_independent_torch_implementation,
+    soft_dice_matches_an_independent_torch_implementation_cuda
+);
 
 fn optimizer_config(name: &str) -> (OptimizerConfig, f64) {
     match name {
@@ -183,8 +194,7 @@ fn optimizer_config(name: &str) -> (OptimizerConfig, f64) {
     }
 }
 
-#[test]
-fn optimizers_match_torch_with_group_multipliers() {
+fn optimizers_match(device: &Device) {
     let reference = reference();
     for case in reference["optimizers"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -199,7 +209,7 @@ fn optimizers_match_torch_with_group_multipliers() {
                 let init = Tensor::from_vec(
                     floats(&case["init"][param]),
                     shape(&case["shapes"][param]),
-                    &Device::Cpu,
+                    device,
                 )
                 .unwrap()
                 .to_dtype(dtype)
@@ -221,11 +231,10 @@ fn optimizers_match_torch_with_group_multipliers() {
                 let mut grads = GradStore::default();
                 for param in ["a", "b"] {
                     let var = &vars[param];
-                    let g =
-                        Tensor::from_vec(floats(&step["grads"][param]), var.dims(), &Device::Cpu)
-                            .unwrap()
-                            .to_dtype(dtype)
-                            .unwrap();
+                    let g = Tensor::from_vec(floats(&step["grads"][param]), var.dims(), device)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
                     grads.insert(var.as_tensor(), g);
                 }
                 optimizer.step(&grads, base_lr).unwrap();
@@ -250,6 +259,12 @@ fn optimizers_match_torch_with_group_multipliers() {
         }
     }
 }
+
+test_device!(
+    optimizers_match,
+    optimizers_match_torch_with_group_multipliers,
+    optimizers_match_torch_with_group_multipliers_cuda
+);
 
 #[test]
 fn schedules_match_torch() {

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use lus_transfer::{ClassifierConfig, Freeze, HeadPlacement, TransferError, UNetClassifier};
-use lus_unet::{Mode, UNet, UNetConfig};
+use lus_unet::{Mode, UNet, UNetConfig, test_device};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -18,18 +18,30 @@ fn unet_config() -> UNetConfig {
 }
 
 fn input(n: usize) -> Tensor {
+    input_on(n, &Device::Cpu)
+}
+
+fn input_on(n: usize, device: &Device) -> Tensor {
     let values: Vec<f32> = (0..n * 16 * 16)
         .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
         .collect();
-    Tensor::from_vec(values, (n, 1, 16, 16), &Device::Cpu).unwrap()
+    Tensor::from_vec(values, (n, 1, 16, 16), device).unwrap()
 }
 
 fn classifier(config: &ClassifierConfig, seed: u64) -> (UNetClassifier, VarMap) {
+    classifier_on(config, seed, &Device::Cpu)
+}
+
+fn classifier_on(
+    config: &ClassifierConfig,
+    seed: u64,
+    device: &Device,
+) -> (UNetClassifier, VarMap) {
     let varmap = VarMap::new();
     let model = UNetClassifier::new(
         &unet_config(),
         config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
     )
     .unwrap();
     model
@@ -44,12 +56,17 @@ fn segmentation_checkpoint(
     seed: u64,
     path: &std::path::Path,
 ) -> (UNet, VarMap) {
+    segmentation_checkpoint_on(config, seed, path, &Device::Cpu)
+}
+
+fn segmentation_checkpoint_on(
+    config: &UNetConfig,
+    seed: u64,
+    path: &std::path::Path,
+    device: &Device,
+) -> (UNet, VarMap) {
     let varmap = VarMap::new();
-    let unet = UNet::new(
-        config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .unwrap();
+    let unet = UNet::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device)).unwrap();
     unet.init_weights(&varmap, &mut ChaCha8Rng::seed_from_u64(seed))
         .unwrap();
     lus_unet::save_weights(&varmap, path).unwrap();
@@ -69,8 +86,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-#[test]
-fn every_placement_gives_logits_and_the_segmentation_map() {
+/// Every head placement on `device`; the logits and map equal the CPU's to float rounding.
+fn every_placement(device: &Device) {
     for head in [
         HeadPlacement::SegLogits,
         HeadPlacement::Decoder,
@@ -80,15 +97,28 @@ fn every_placement_gives_logits_and_the_segmentation_map() {
             head,
             ..ClassifierConfig::default()
         };
-        let (model, _varmap) = classifier(&config, 1);
-        let out = model.forward_t(&input(2), &mut Mode::Eval, true).unwrap();
+        let (model, _varmap) = classifier_on(&config, 1, device);
+        let out = model
+            .forward_t(&input_on(2, device), &mut Mode::Eval, true)
+            .unwrap();
         assert_eq!(out.logits.dims(), &[2, 3], "{head:?}");
-        assert_eq!(
-            out.segmentation.unwrap().dims(),
-            &[2, 5, 16, 16],
-            "{head:?}"
+        let segmentation = out.segmentation.unwrap();
+        assert_eq!(segmentation.dims(), &[2, 5, 16, 16], "{head:?}");
+        let (cpu_model, _cpu_varmap) = classifier(&config, 1);
+        let cpu = cpu_model
+            .forward_t(&input(2), &mut Mode::Eval, true)
+            .unwrap();
+        let cpu_host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+        let logits_diff = max_abs_diff(&cpu_host(&out.logits), &cpu.logits);
+        let map_diff = max_abs_diff(&cpu_host(&segmentation), cpu.segmentation.as_ref().unwrap());
+        assert!(
+            logits_diff < 1e-4 && map_diff < 1e-4,
+            "{head:?} on {device:?}: logits differ from the CPU's by {logits_diff}, maps by \
+             {map_diff}"
         );
-        let out = model.forward_t(&input(2), &mut Mode::Eval, false).unwrap();
+        let out = model
+            .forward_t(&input_on(2, device), &mut Mode::Eval, false)
+            .unwrap();
         assert_eq!(
             out.segmentation.is_some(),
             head == HeadPlacement::SegLogits,
@@ -99,19 +129,24 @@ fn every_placement_gives_logits_and_the_segmentation_map() {
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
     }
 }
+test_device!(
+    every_placement,
+    every_placement_gives_logits_and_the_segmentation_map,
+    every_placement_gives_logits_and_the_segmentation_map_cuda
+);
 
-#[test]
-fn a_loaded_backbone_segments_exactly_like_the_segmentation_unet() {
+fn loaded_backbone(device: &Device) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("seg.safetensors");
-    let (unet, _seg_vars) = segmentation_checkpoint(&unet_config(), 7, &path);
-    let (model, varmap) = classifier(&ClassifierConfig::default(), 3);
-    let before = model.forward_t(&input(2), &mut Mode::Eval, true).unwrap();
+    let (unet, _seg_vars) = segmentation_checkpoint_on(&unet_config(), 7, &path, device);
+    let (model, varmap) = classifier_on(&ClassifierConfig::default(), 3, device);
+    let x = input_on(2, device);
+    let before = model.forward_t(&x, &mut Mode::Eval, true).unwrap();
     model.load_backbone(&varmap, &path).unwrap();
-    let out = model.forward_t(&input(2), &mut Mode::Eval, true).unwrap();
-    let reference = unet.forward_t(&input(2), &mut Mode::Eval).unwrap();
+    let out = model.forward_t(&x, &mut Mode::Eval, true).unwrap();
+    let reference = unet.forward_t(&x, &mut Mode::Eval).unwrap();
     // Tensor by tensor: every pretrained tensor is copied bit for bit under `unet.`.
-    let file = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let file = candle_core::safetensors::load(&path, device).unwrap();
     let data = varmap.data().lock().unwrap();
     assert_eq!(
         data.keys().filter(|k| k.starts_with("unet.")).count(),
@@ -131,6 +166,11 @@ fn a_loaded_backbone_segments_exactly_like_the_segmentation_unet() {
         "loading changed nothing"
     );
 }
+test_device!(
+    loaded_backbone,
+    a_loaded_backbone_segments_exactly_like_the_segmentation_unet,
+    a_loaded_backbone_segments_exactly_like_the_segmentation_unet_cuda
+);
 
 #[test]
 fn a_checkpoint_of_another_architecture_is_one_error_listing_the_tensors() {

@@ -52,6 +52,38 @@ pub enum Kernels {
     Candle,
 }
 
+/// The arithmetic of the convolutions (3x3, transposed and the 1x1 head). In TOML:
+/// `precision = "f32"`, `"tf32"` or `"bf16"`. The weights (master copies, what the optimizer
+/// updates and the checkpoints hold), norms, pooling, losses and optimizer state stay f32 in
+/// every mode; only the convolutions' products change, as with PyTorch's autocast.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Full single precision everywhere.
+    #[default]
+    F32,
+    /// f32 tensors, but CUDA's f32 matrix products may use TF32 tensor cores (10-bit
+    /// mantissa inputs, f32 accumulation; PyTorch's `allow_tf32`). Only CUDA has TF32: on the
+    /// CPU this is the same arithmetic as `f32`.
+    Tf32,
+    /// bf16 autocast: each convolution casts its input and weight to bf16, runs in bf16 (f32
+    /// accumulation inside the GEMMs) and casts its output back to f32, where the bias is
+    /// added. Gradients reach the f32 weights through the casts. Meant for CUDA (tensor
+    /// cores); on the CPU candle's bf16 convolutions run, much slower than the f32 `lus`
+    /// kernels.
+    Bf16,
+}
+
+impl Precision {
+    /// The element type the convolutions compute in, when it is not the model's.
+    pub fn autocast_dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Self::Bf16 => Some(candle_core::DType::BF16),
+            Self::F32 | Self::Tf32 => None,
+        }
+    }
+}
+
 /// The architecture of a [`crate::UNet`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -74,6 +106,8 @@ pub struct UNetConfig {
     pub dropout: f32,
     /// Which kernels run the layers on the CPU (no effect on the weights or their names).
     pub kernels: Kernels,
+    /// Arithmetic of the convolutions (no effect on the weights' dtype or names).
+    pub precision: Precision,
 }
 
 impl Default for UNetConfig {
@@ -87,6 +121,7 @@ impl Default for UNetConfig {
             upsampling: Upsampling::TransposedConv,
             dropout: 0.0,
             kernels: Kernels::Lus,
+            precision: Precision::F32,
         }
     }
 }

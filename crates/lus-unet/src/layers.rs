@@ -83,6 +83,9 @@ pub(crate) struct Registry {
     pub(crate) part: Part,
     /// The kernels the layers built through this registry run with.
     pub(crate) kernels: Kernels,
+    /// The element type the convolutions compute in when it is not the model's (bf16
+    /// autocast).
+    pub(crate) autocast: Option<DType>,
 }
 
 impl Registry {
@@ -123,21 +126,57 @@ fn add_channel_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// `conv(x, weight) + bias` with the product in `dtype` (autocast): input and weight are cast
+/// to `dtype`, the product is cast back to the input's type, and the bias is added in that
+/// type. The casts are differentiable, so the gradients reach the f32 weights in f32.
+///
+/// candle's CPU backend has no bf16 matrix product, so on the CPU the same arithmetic is
+/// emulated: operands and product are rounded to `dtype` and the product runs in the input's
+/// type (f32 accumulation, as in a bf16 GEMM on tensor cores), on the `lus` kernels when they
+/// apply. The results then show what bf16 does to a run, without its speed.
+fn autocast_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    dtype: DType,
+    conv: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let y = if x.device().is_cpu() {
+        let round = |t: &Tensor| t.to_dtype(dtype)?.to_dtype(t.dtype());
+        round(&conv(&round(x)?, &round(weight)?)?)?
+    } else {
+        conv(&x.to_dtype(dtype)?, &weight.to_dtype(dtype)?)?.to_dtype(x.dtype())?
+    };
+    add_channel_bias(y, bias)
+}
+
 /// A stride-1 convolution that runs on [`cpu_ops::conv2d`] or on candle's op.
 #[derive(Debug, Clone)]
 pub(crate) struct Conv {
     inner: Conv2d,
     kernels: Kernels,
+    autocast: Option<DType>,
 }
 
 impl Conv {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.autocast {
+            Some(dtype) if dtype != x.dtype() => {
+                autocast_conv(x, self.inner.weight(), self.inner.bias(), dtype, |x, w| {
+                    self.convolve(x, w)
+                })
+            }
+            _ => add_channel_bias(self.convolve(x, self.inner.weight())?, self.inner.bias()),
+        }
+    }
+
+    /// The convolution of `x` with `weight`, without the bias.
+    fn convolve(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let padding = self.inner.config().padding;
         if lus_kernels_apply(self.kernels, x) {
-            let padding = self.inner.config().padding;
-            let y = cpu_ops::conv2d(x, self.inner.weight(), 1, padding)?;
-            add_channel_bias(y, self.inner.bias())
+            cpu_ops::conv2d(x, weight, 1, padding)
         } else {
-            self.inner.forward(x)
+            x.conv2d(weight, padding, 1, 1, 1)
         }
     }
 }
@@ -172,6 +211,7 @@ pub(crate) fn conv2d(
     Ok(Conv {
         inner: Conv2d::new(weight, bias, config),
         kernels: reg.kernels,
+        autocast: reg.autocast,
     })
 }
 
@@ -314,7 +354,7 @@ impl DoubleConv {
 /// channels. Both variants are linear with a bias, so they differ only in the interpolation.
 #[derive(Debug, Clone)]
 pub(crate) enum UpLayer {
-    Transposed(ConvTranspose2d, Kernels),
+    Transposed(ConvTranspose2d, Kernels, Option<DType>),
     BilinearConv(Conv),
 }
 
@@ -345,6 +385,7 @@ impl UpLayer {
         Ok(Self::Transposed(
             ConvTranspose2d::new(weight, Some(bias), config),
             reg.kernels,
+            reg.autocast,
         ))
     }
 
@@ -366,11 +407,21 @@ impl UpLayer {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Transposed(conv, kernels) if lus_kernels_apply(*kernels, x) => {
-                let y = cpu_ops::conv_transpose2d_k2s2(x, conv.weight())?;
-                add_channel_bias(y, conv.bias())
+            Self::Transposed(conv, kernels, autocast) => {
+                let convolve = |x: &Tensor, w: &Tensor| {
+                    if lus_kernels_apply(*kernels, x) {
+                        cpu_ops::conv_transpose2d_k2s2(x, w)
+                    } else {
+                        x.conv_transpose2d(w, 0, 0, 2, 1)
+                    }
+                };
+                match autocast {
+                    Some(dtype) if *dtype != x.dtype() => {
+                        autocast_conv(x, conv.weight(), conv.bias(), *dtype, convolve)
+                    }
+                    _ => add_channel_bias(convolve(x, conv.weight())?, conv.bias()),
+                }
             }
-            Self::Transposed(conv, _) => conv.forward(x),
             Self::BilinearConv(conv) => conv.forward(&upsample_bilinear2x(x)?),
         }
     }

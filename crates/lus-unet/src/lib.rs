@@ -92,7 +92,7 @@ mod io;
 mod layers;
 mod model;
 
-pub use config::{Kernels, MAX_DEPTH, Norm, UNetConfig, Upsampling};
+pub use config::{Kernels, MAX_DEPTH, Norm, Precision, UNetConfig, Upsampling};
 pub use error::{Result, TensorMismatch, UNetError, WeightsReport};
 pub use io::{load_weights, load_weights_prefixed, save_weights, save_weights_prefixed};
 pub use layers::{
@@ -100,3 +100,27 @@ pub use layers::{
     upsample_bilinear2x,
 };
 pub use model::{EncoderFeatures, Mode, UNet};
+
+/// One test body run once per device, candle's `test_device!` pattern:
+/// `test_device!(body, body_cpu, body_cuda)` defines the test `body_cpu`, which calls
+/// `body(&Device::Cpu)`, and, in a build with the calling crate's `cuda` feature, `body_cuda`,
+/// which calls it with CUDA device 0 (such a binary needs the NVIDIA driver to start at all).
+/// `body` takes `&candle_core::Device` and returns `()`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! test_device {
+    ($body:ident, $cpu:ident, $cuda:ident) => {
+        #[test]
+        fn $cpu() {
+            $body(&::candle_core::Device::Cpu)
+        }
+
+        #[cfg(feature = "cuda")]
+        #[test]
+        fn $cuda() {
+            let device = ::candle_core::Device::new_cuda(0)
+                .expect("this test binary has the `cuda` feature, so it needs CUDA device 0");
+            $body(&device)
+        }
+    };
+}

@@ -6,7 +6,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::config::{Norm, UNetConfig, Upsampling};
+use crate::config::{Norm, Precision, UNetConfig, Upsampling};
 use crate::cpu_ops;
 use crate::error::{Result, UNetError};
 use crate::layers::{
@@ -79,6 +79,7 @@ impl UNet {
             specs: Vec::new(),
             part: Part::Encoder,
             kernels: config.kernels,
+            autocast: config.precision.autocast_dtype(),
         };
         let mut encoder = Vec::with_capacity(config.depth);
         for level in 0..config.depth {
@@ -286,6 +287,13 @@ impl UNet {
                 x.dtype(),
                 self.dtype
             )
+        }
+        if x.device().is_cuda() {
+            // candle's TF32 switch is process-wide: set it at every forward, so each model in a
+            // process computes in its own precision (the backward pass follows its forward).
+            candle_core::cuda::set_gemm_reduced_precision_f32(
+                self.config.precision == Precision::Tf32,
+            );
         }
         let train = mode.is_train();
         if train && self.config.norm == Norm::Batch {

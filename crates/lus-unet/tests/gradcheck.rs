@@ -171,6 +171,7 @@ fn tiny(norm: Norm, upsampling: Upsampling, dropout: f32) -> UNetConfig {
         upsampling,
         dropout,
         kernels: Kernels::default(),
+        ..UNetConfig::default()
     }
 }
 

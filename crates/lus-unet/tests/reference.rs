@@ -10,12 +10,19 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{max_abs_diff, values};
 use lus_unet::{
-    Kernels, Mode, Norm, UNet, UNetConfig, Upsampling, load_weights, upsample_bilinear2x,
+    Kernels, Mode, Norm, Precision, UNet, UNetConfig, Upsampling, load_weights, test_device,
+    upsample_bilinear2x,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const TOLERANCE: f64 = 1e-4;
+/// Error allowed for bf16 and TF32 products, relative to the largest logit, in evaluation mode.
+const BF16_RELATIVE_TOLERANCE: f64 = 0.02;
+/// The same in training mode: batch statistics of small batches amplify the rounding of the
+/// convolution outputs (a channel whose spread is small next to its mean loses most digits in
+/// `x - mean`), as they do in PyTorch's autocast.
+const BF16_TRAIN_RELATIVE_TOLERANCE: f64 = 0.1;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,6 +41,7 @@ fn case_config(name: &str) -> UNetConfig {
         upsampling,
         dropout: 0.0,
         kernels: Kernels::default(),
+        precision: Precision::F32,
     };
     match name {
         "batch_transposed" => small(Norm::Batch, Upsampling::TransposedConv),
@@ -49,17 +57,42 @@ fn case_config(name: &str) -> UNetConfig {
             upsampling: Upsampling::TransposedConv,
             dropout: 0.0,
             kernels: Kernels::default(),
+            precision: Precision::F32,
         },
         other => panic!("unknown case {other}"),
     }
 }
 
-fn check_case(name: &str) {
-    let config = case_config(name);
+const CASES: [&str; 5] = [
+    "batch_transposed",
+    "batch_bilinear",
+    "group_transposed",
+    "group_bilinear",
+    "none_transposed_d3",
+];
+
+/// The largest difference of each output from PyTorch's (f64) values.
+struct CaseErrors {
+    eval: f64,
+    train: f64,
+    running_stats: f64,
+    /// Largest absolute reference logit (the scale the errors are measured against).
+    logit_scale: f64,
+    /// The eval logits lus computed, for comparisons between precisions.
+    eval_logits: Tensor,
+}
+
+/// Runs one case of make_reference.py on `device` in `precision` and measures how far it lands
+/// from PyTorch.
+fn run_case(name: &str, device: &Device, precision: Precision) -> CaseErrors {
+    let config = UNetConfig {
+        precision,
+        ..case_config(name)
+    };
     let varmap = VarMap::new();
     let unet = UNet::new(
         &config,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
     )
     .unwrap();
     load_weights(&varmap, fixture(&format!("{name}.weights.safetensors"))).unwrap();
@@ -68,38 +101,39 @@ fn check_case(name: &str) {
         &Device::Cpu,
     )
     .unwrap();
-    let x = reference["input"].to_dtype(DType::F32).unwrap();
+    let x = reference["input"]
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(device)
+        .unwrap();
 
     let eval = unet.forward_t(&x, &mut Mode::Eval).unwrap();
+    assert_eq!(
+        eval.dtype(),
+        DType::F32,
+        "{name}: logits are f32 in every precision"
+    );
     let eval_err = max_abs_diff(&eval, &reference["eval_logits"]);
-    // The logits must not be trivially small, or the tolerance would be meaningless.
-    let scale = values(&reference["eval_logits"])
+    let logit_scale = values(&reference["eval_logits"])
         .iter()
         .fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 0.1, "{name}: reference logits too small ({scale})");
-    assert!(
-        eval_err < TOLERANCE,
-        "{name}: eval logits differ by {eval_err}"
-    );
 
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let train = unet.forward_t(&x, &mut Mode::train(&mut rng)).unwrap();
     let train_err = max_abs_diff(&train, &reference["train_logits"]);
-    assert!(
-        train_err < TOLERANCE,
-        "{name}: train logits differ by {train_err}"
-    );
 
     // Running statistics after the one train-mode forward (batch norm cases only).
     let data = varmap.data().lock().unwrap();
     let mut checked = 0;
+    let mut stats_err = 0.0f64;
     for (key, expected) in &reference {
         if let Some(var_name) = key.strip_prefix("after_train.") {
-            let err = max_abs_diff(data[var_name].as_tensor(), expected);
-            assert!(
-                err < 1e-5,
-                "{name}: {var_name} after train differs by {err}"
+            assert_eq!(
+                data[var_name].dtype(),
+                DType::F32,
+                "{name}: {var_name} stays f32"
             );
+            stats_err = stats_err.max(max_abs_diff(data[var_name].as_tensor(), expected));
             checked += 1;
         }
     }
@@ -112,33 +146,160 @@ fn check_case(name: &str) {
         checked, expected_stats,
         "{name}: running statistics checked"
     );
-    eprintln!("{name}: max |eval diff| {eval_err:.2e}, max |train diff| {train_err:.2e}");
+    eprintln!(
+        "{name} on {device:?} in {precision:?}: max |eval diff| {eval_err:.2e}, max |train diff| \
+         {train_err:.2e}, running statistics {stats_err:.2e} (logit scale {logit_scale:.2})"
+    );
+    CaseErrors {
+        eval: eval_err,
+        train: train_err,
+        running_stats: stats_err,
+        logit_scale,
+        eval_logits: eval,
+    }
 }
 
-#[test]
-fn batch_norm_transposed_conv_matches_pytorch() {
-    check_case("batch_transposed");
+/// f32 on `device` matches PyTorch to float32 rounding.
+fn check_case(name: &str, device: &Device) {
+    let errors = run_case(name, device, Precision::F32);
+    // The logits must not be trivially small, or the tolerance would be meaningless.
+    assert!(
+        errors.logit_scale > 0.1,
+        "{name}: reference logits too small ({})",
+        errors.logit_scale
+    );
+    assert!(
+        errors.eval < TOLERANCE,
+        "{name}: eval logits differ by {}",
+        errors.eval
+    );
+    assert!(
+        errors.train < TOLERANCE,
+        "{name}: train logits differ by {}",
+        errors.train
+    );
+    assert!(
+        errors.running_stats < 1e-5,
+        "{name}: running statistics after train differ by {}",
+        errors.running_stats
+    );
 }
 
-#[test]
-fn batch_norm_bilinear_conv_matches_pytorch() {
-    check_case("batch_bilinear");
+fn batch_norm_transposed_conv(device: &Device) {
+    check_case("batch_transposed", device);
 }
+test_device!(
+    batch_norm_transposed_conv,
+    batch_norm_transposed_conv_matches_pytorch,
+    batch_norm_transposed_conv_matches_pytorch_cuda
+);
 
-#[test]
-fn group_norm_transposed_conv_matches_pytorch() {
-    check_case("group_transposed");
+fn batch_norm_bilinear_conv(device: &Device) {
+    check_case("batch_bilinear", device);
 }
+test_device!(
+    batch_norm_bilinear_conv,
+    batch_norm_bilinear_conv_matches_pytorch,
+    batch_norm_bilinear_conv_matches_pytorch_cuda
+);
 
-#[test]
-fn group_norm_bilinear_conv_matches_pytorch() {
-    check_case("group_bilinear");
+fn group_norm_transposed_conv(device: &Device) {
+    check_case("group_transposed", device);
 }
+test_device!(
+    group_norm_transposed_conv,
+    group_norm_transposed_conv_matches_pytorch,
+    group_norm_transposed_conv_matches_pytorch_cuda
+);
 
-#[test]
-fn no_norm_depth_3_non_square_matches_pytorch() {
-    check_case("none_transposed_d3");
+fn group_norm_bilinear_conv(device: &Device) {
+    check_case("group_bilinear", device);
 }
+test_device!(
+    group_norm_bilinear_conv,
+    group_norm_bilinear_conv_matches_pytorch,
+    group_norm_bilinear_conv_matches_pytorch_cuda
+);
+
+fn no_norm_depth_3_non_square(device: &Device) {
+    check_case("none_transposed_d3", device);
+}
+test_device!(
+    no_norm_depth_3_non_square,
+    no_norm_depth_3_non_square_matches_pytorch,
+    no_norm_depth_3_non_square_matches_pytorch_cuda
+);
+
+/// bf16 autocast lands within bf16 rounding of PyTorch's f64 values (8-bit mantissa: a relative
+/// error of 2^-9 per rounding, a few per layer), and measurably away from the f32 result, which
+/// shows the convolutions did run in bf16.
+fn bf16_autocast(device: &Device) {
+    for name in CASES {
+        let f32_errors = run_case(name, device, Precision::F32);
+        let bf16 = run_case(name, device, Precision::Bf16);
+        let bound = BF16_RELATIVE_TOLERANCE * bf16.logit_scale;
+        assert!(
+            bf16.eval < bound,
+            "{name}: bf16 eval logits differ by {} > {bound}",
+            bf16.eval
+        );
+        let train_bound = BF16_TRAIN_RELATIVE_TOLERANCE * bf16.logit_scale;
+        assert!(
+            bf16.train < train_bound,
+            "{name}: bf16 train logits differ by {} > {train_bound}",
+            bf16.train
+        );
+        assert!(
+            bf16.running_stats < BF16_RELATIVE_TOLERANCE,
+            "{name}: bf16 running statistics differ by {}",
+            bf16.running_stats
+        );
+        let moved = max_abs_diff(&bf16.eval_logits, &f32_errors.eval_logits);
+        assert!(
+            moved > 100.0 * f32_errors.eval.max(1e-7),
+            "{name}: bf16 logits within {moved} of f32: the convolutions did not run in bf16"
+        );
+    }
+}
+test_device!(
+    bf16_autocast,
+    bf16_autocast_matches_pytorch_to_bf16_rounding,
+    bf16_autocast_matches_pytorch_to_bf16_rounding_cuda
+);
+
+/// TF32 is CUDA's alone: on the CPU it is f32, bit for bit; on CUDA it stays within TF32's
+/// rounding (10-bit mantissa) of PyTorch.
+fn tf32(device: &Device) {
+    for name in CASES {
+        let f32_errors = run_case(name, device, Precision::F32);
+        let tf32 = run_case(name, device, Precision::Tf32);
+        if device.is_cpu() {
+            assert_eq!(
+                values(&tf32.eval_logits),
+                values(&f32_errors.eval_logits),
+                "{name}: tf32 on the CPU is f32"
+            );
+        }
+        let bound = BF16_RELATIVE_TOLERANCE * tf32.logit_scale;
+        assert!(
+            tf32.eval < bound,
+            "{name}: tf32 eval logits differ by {} > {bound}",
+            tf32.eval
+        );
+    }
+    // The switch is process-wide in candle: an f32 model after a tf32 one is f32 again.
+    let after = run_case(CASES[0], device, Precision::F32);
+    assert!(
+        after.eval < TOLERANCE,
+        "f32 after tf32 differs by {}",
+        after.eval
+    );
+}
+test_device!(
+    tf32,
+    tf32_matches_pytorch_and_is_f32_on_the_cpu,
+    tf32_matches_pytorch_and_is_f32_on_the_cpu_cuda
+);
 
 #[test]
 fn bilinear_upsampling_matches_hand_computed_values() {
