@@ -5,12 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use candle_core::Device;
-use common::{SIDE, class_names, source, synthetic_examples, train_config};
-use lus_data::augment::Normalize;
-use lus_data::loader::{LoaderConfig, SegmentationLoader, SegmentationSource};
+use common::{class_names, loaders_on, source, synthetic_examples, train_config};
 use lus_train::{
     EpochRecord, LrSchedule, Resume, SegmentationTask, TrainConfig, TrainSummary, Trainer,
     device_name,
@@ -20,29 +16,6 @@ use lus_unet::{Kernels, Precision, test_device};
 /// `spec` as the trainer's device setting (`cpu`, `cuda:0`).
 fn device_spec(device: &Device) -> String {
     device_name(device)
-}
-
-fn loader(
-    source: Arc<dyn SegmentationSource>,
-    config: &TrainConfig,
-    shuffle: bool,
-    device: &Device,
-) -> SegmentationLoader {
-    SegmentationLoader::new(
-        source,
-        LoaderConfig {
-            batch_size: config.batch_size,
-            size: SIDE,
-            shuffle,
-            drop_last: false,
-            prefetch: 2,
-            augment: None,
-            normalize: Normalize::PerImage,
-        },
-        config.seed,
-        device.clone(),
-    )
-    .unwrap()
 }
 
 /// Four epochs of the tiny problem (cosine schedule, clipping) on `device` with the given
@@ -68,8 +41,12 @@ fn short_run(device: &Device, kernels: Kernels, precision: Precision) -> TrainSu
     let mut task =
         SegmentationTask::new(&unet, &config.loss, class_names(), &device, config.seed).unwrap();
     let examples = synthetic_examples(12, 3);
-    let train = loader(source(&examples[..8]), &config, true, &device);
-    let val = loader(source(&examples[8..]), &config, false, &device);
+    let (train, val) = loaders_on(
+        &config,
+        source(&examples[..8]),
+        source(&examples[8..]),
+        &device,
+    );
     trainer.fit(&mut task, &train, &val, Resume::Never).unwrap()
 }
 

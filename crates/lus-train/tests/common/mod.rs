@@ -107,6 +107,16 @@ pub fn loaders(
     train: Arc<dyn SegmentationSource>,
     val: Arc<dyn SegmentationSource>,
 ) -> (SegmentationLoader, SegmentationLoader) {
+    loaders_on(config, train, val, &Device::Cpu)
+}
+
+/// Shuffled train and ordered validation loaders whose batches land on `device`.
+pub fn loaders_on(
+    config: &TrainConfig,
+    train: Arc<dyn SegmentationSource>,
+    val: Arc<dyn SegmentationSource>,
+    device: &Device,
+) -> (SegmentationLoader, SegmentationLoader) {
     let make = |source, shuffle| {
         SegmentationLoader::new(
             source,
@@ -120,7 +130,7 @@ pub fn loaders(
                 normalize: Normalize::PerImage,
             },
             config.seed,
-            Device::Cpu,
+            device.clone(),
         )
         .unwrap()
     };
