@@ -9,7 +9,7 @@ medians and the ratios. PyTorch is optional: without it only lus's figures are p
 
     python3 benches/pytorch_unet_step.py [--lus target/release/lus] [--batch 8] [--size 128]
         [--base 16] [--depth 4] [--classes 6] [--rounds 5] [--device cpu|cuda]
-        [--precision f32|tf32|bf16] [--json-out FILE]
+        [--precision f32|tf32|bf16] [--kernels lus|candle] [--json-out FILE]
 
 Precision, on both sides: `f32` (PyTorch with TF32 switched off for cuDNN and matmul; note that
 PyTorch's own default lets cuDNN convolutions use TF32), `tf32` (TF32 allowed), `bf16` (autocast:
@@ -36,7 +36,7 @@ def run_lus(args):
         "--batch", str(args.batch), "--size", str(args.size), "--base", str(args.base),
         "--depth", str(args.depth), "--classes", str(args.classes),
         "--rounds", str(args.rounds), "--device", args.device,
-        "--precision", args.precision,
+        "--precision", args.precision, "--kernels", args.kernels,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -117,6 +117,8 @@ def main():
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"])
+    parser.add_argument("--kernels", default="lus", choices=["lus", "candle"],
+                        help="lus's kernels (CPU: its own ops; CUDA: convolutions as GEMMs) or candle's")
     parser.add_argument("--json-out")
     args = parser.parse_args()
     lus = run_lus(args)
