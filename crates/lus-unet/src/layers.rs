@@ -166,7 +166,35 @@ impl Conv {
                     self.convolve(x, w)
                 })
             }
+            // The lus kernel adds the bias inside its GEMM.
+            _ if lus_kernels_apply(self.kernels, x) => cpu_ops::conv2d(
+                x,
+                self.inner.weight(),
+                self.inner.bias(),
+                1,
+                self.inner.config().padding,
+            ),
             _ => add_channel_bias(self.convolve(x, self.inner.weight())?, self.inner.bias()),
+        }
+    }
+
+    /// The convolution of `cat([first, second], channels)`. On the lus kernels (outside
+    /// autocast) the concatenation is never built: the op reads both tensors in place and
+    /// returns their gradients separately.
+    pub(crate) fn forward_concat(&self, first: &Tensor, second: &Tensor) -> Result<Tensor> {
+        if self.autocast.is_none_or(|dtype| dtype == first.dtype())
+            && lus_kernels_apply(self.kernels, first)
+        {
+            let y = cpu_ops::conv2d_concat(
+                first,
+                second,
+                self.inner.weight(),
+                1,
+                self.inner.config().padding,
+            )?;
+            add_channel_bias(y, self.inner.bias())
+        } else {
+            self.forward(&concat_skip(first, second)?)
         }
     }
 
@@ -174,7 +202,7 @@ impl Conv {
     fn convolve(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let padding = self.inner.config().padding;
         if lus_kernels_apply(self.kernels, x) {
-            cpu_ops::conv2d(x, weight, 1, padding)
+            cpu_ops::conv2d(x, weight, None, 1, padding)
         } else {
             x.conv2d(weight, padding, 1, 1, 1)
         }
@@ -345,7 +373,18 @@ impl DoubleConv {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.norm1.forward_relu(&self.conv1.forward(x)?, train)?;
+        self.forward_rest(self.conv1.forward(x)?, train)
+    }
+
+    /// The forward pass of `cat([skip, up], channels)` (see [`concat_skip`]), without building
+    /// the concatenation on the lus kernels.
+    pub(crate) fn forward_concat(&self, skip: &Tensor, up: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_rest(self.conv1.forward_concat(skip, up)?, train)
+    }
+
+    /// Everything after the first convolution.
+    fn forward_rest(&self, conv1: Tensor, train: bool) -> Result<Tensor> {
+        let x = self.norm1.forward_relu(&conv1, train)?;
         self.norm2.forward_relu(&self.conv2.forward(&x)?, train)
     }
 }
@@ -410,7 +449,7 @@ impl UpLayer {
             Self::Transposed(conv, kernels, autocast) => {
                 let convolve = |x: &Tensor, w: &Tensor| {
                     if lus_kernels_apply(*kernels, x) {
-                        cpu_ops::conv_transpose2d_k2s2(x, w)
+                        cpu_ops::conv_transpose2d_k2s2(x, w, None)
                     } else {
                         x.conv_transpose2d(w, 0, 0, 2, 1)
                     }
@@ -418,6 +457,10 @@ impl UpLayer {
                 match autocast {
                     Some(dtype) if *dtype != x.dtype() => {
                         autocast_conv(x, conv.weight(), conv.bias(), *dtype, convolve)
+                    }
+                    // The lus kernel adds the bias in its output pass.
+                    _ if lus_kernels_apply(*kernels, x) => {
+                        cpu_ops::conv_transpose2d_k2s2(x, conv.weight(), conv.bias())
                     }
                     _ => add_channel_bias(convolve(x, conv.weight())?, conv.bias()),
                 }
