@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::BatchNorm;
 use common::{randn, values};
 use lus_unet::cpu_ops::{
-    batch_norm_train, channel_affine, conv_transpose2d_k2s2, conv2d, conv2d_concat, max_pool2x2,
+    DoubleConvWeights, batch_norm_train, channel_affine, conv_transpose2d_k2s2, conv2d,
+    conv2d_concat, double_conv_bn_relu_train, max_pool2x2,
 };
 use proptest::prelude::*;
 
@@ -265,6 +266,150 @@ proptest! {
             prop_assert!((stats.var[c] - var[c]).abs() < 1e-4 * var[c].max(1.0));
         }
         prop_assert_eq!(stats.count, batch * height * width);
+    }
+}
+
+/// `relu(bn(conv(x)))` in training mode with candle's own ops (the reference of the fused
+/// double-conv op).
+fn candle_conv_bn_relu(x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
+    let channels = w.dim(0).unwrap();
+    let padding = w.dim(2).unwrap() / 2;
+    let zeros = Tensor::zeros(channels, x.dtype(), &Device::Cpu).unwrap();
+    let ones = Tensor::ones(channels, x.dtype(), &Device::Cpu).unwrap();
+    let bn = BatchNorm::new(channels, zeros, ones, gamma.clone(), beta.clone(), 1e-5).unwrap();
+    bn.forward_train(&x.conv2d(w, padding, 1, 1, 1).unwrap())
+        .unwrap()
+        .relu()
+        .unwrap()
+}
+
+/// The inputs of a double-conv case: `[x, (second,) w1, gamma1, beta1, w2, gamma2, beta2]`.
+fn double_conv_inputs(
+    dims: [usize; 4],
+    second_channels: Option<usize>,
+    (mid, out, kernel): (usize, usize, usize),
+    dtype: DType,
+    seed: u64,
+) -> Vec<Tensor> {
+    let [n, c, h, w] = dims;
+    let mut inputs = vec![randn(&dims, dtype, seed).affine(1.5, 0.5).unwrap()];
+    if let Some(c2) = second_channels {
+        inputs.push(randn(&[n, c2, h, w], dtype, seed + 1));
+    }
+    let c_in = c + second_channels.unwrap_or(0);
+    let scale = |t: Tensor| t.affine(0.3, 1.0).unwrap();
+    inputs.extend([
+        randn(&[mid, c_in, kernel, kernel], dtype, seed + 2),
+        scale(randn(&[mid], dtype, seed + 3)),
+        randn(&[mid], dtype, seed + 4),
+        randn(&[out, mid, kernel, kernel], dtype, seed + 5),
+        scale(randn(&[out], dtype, seed + 6)),
+        randn(&[out], dtype, seed + 7),
+    ]);
+    inputs
+}
+
+/// The fused op on `double_conv_inputs`.
+fn double_conv_of(t: &[Tensor], concat: bool) -> Tensor {
+    let (x, second, p) = if concat {
+        (&t[0], Some(&t[1]), &t[2..])
+    } else {
+        (&t[0], None, &t[1..])
+    };
+    let weights = DoubleConvWeights {
+        conv1: &p[0],
+        gamma1: &p[1],
+        beta1: &p[2],
+        conv2: &p[3],
+        gamma2: &p[4],
+        beta2: &p[5],
+    };
+    double_conv_bn_relu_train(x, second, &weights, 1e-5)
+        .unwrap()
+        .0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn double_conv_bn_relu_train_matches_candle_ops(
+        batch in prop::sample::select(vec![1usize, 3]),
+        in_channels in prop::sample::select(vec![1usize, 3, 8]),
+        second_channels in prop::sample::select(vec![None, Some(1usize), Some(5)]),
+        mid in prop::sample::select(vec![1usize, 4, 16]),
+        out in prop::sample::select(vec![1usize, 4, 16]),
+        kernel in prop::sample::select(vec![1usize, 3]),
+        // At least 4 values per channel (see the batch-norm test).
+        height in 2usize..10,
+        width in 2usize..10,
+        seed in 0u64..1_000_000,
+    ) {
+        // A convolution with a single weight per output channel feeds a batch norm that
+        // cancels its scale: its weight gradient is exactly 0 and both sides return rounding
+        // noise, which no relative tolerance can compare.
+        let k1 = (in_channels + second_channels.unwrap_or(0)) * kernel * kernel;
+        prop_assume!(k1 >= 3 && mid * kernel * kernel >= 3);
+        let concat = second_channels.is_some();
+        let inputs = double_conv_inputs(
+            [batch, in_channels, height, width],
+            second_channels,
+            (mid, out, kernel),
+            // In f64: with few channels, gradients such as that of a single gamma are small
+            // differences of large sums (batch norm cancels scales), whose f32 rounding on
+            // either side no tolerance fits. The U-Net tests below compare the f32 path.
+            DType::F64,
+            seed,
+        );
+        let (ours, our_grads) = grads_of(&inputs, |t| double_conv_of(t, concat), seed + 8);
+        let (theirs, their_grads) = grads_of(&inputs, |t| {
+            let (x, p) = if concat {
+                (Tensor::cat(&[&t[0], &t[1]], 1).unwrap(), &t[2..])
+            } else {
+                (t[0].clone(), &t[1..])
+            };
+            let a1 = candle_conv_bn_relu(&x, &p[0], &p[1], &p[2]);
+            candle_conv_bn_relu(&a1, &p[3], &p[4], &p[5])
+        }, seed + 8);
+        let context = format!(
+            "{batch} x {in_channels} (+ {second_channels:?}) x {height} x {width} -> {mid} -> \
+             {out}, kernel {kernel}"
+        );
+        assert_close(&format!("{context}: forward"), &ours, &theirs, 1e-10);
+        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
+            assert_close(&format!("{context}: grad of input {i}"), a, b, 1e-8);
+        }
+        // The returned statistics are the batch norms' batch statistics.
+        let weights_at = if concat { 2 } else { 1 };
+        let p = &inputs[weights_at..];
+        let x = if concat {
+            Tensor::cat(&[&inputs[0], &inputs[1]], 1).unwrap()
+        } else {
+            inputs[0].clone()
+        };
+        let h1 = x.conv2d(&p[0], kernel / 2, 1, 1, 1).unwrap();
+        let weights = DoubleConvWeights {
+            conv1: &p[0], gamma1: &p[1], beta1: &p[2], conv2: &p[3], gamma2: &p[4], beta2: &p[5],
+        };
+        let second = concat.then(|| &inputs[1]);
+        let (_, [stats1, _]) =
+            double_conv_bn_relu_train(&inputs[0], second, &weights, 1e-5).unwrap();
+        let (_, reference) = batch_norm_train(&h1, &p[1], &p[2], 1e-5, true).unwrap();
+        for c in 0..mid {
+            prop_assert!((stats1.mean[c] - reference.mean[c]).abs() < 1e-10 * (1.0 + reference.mean[c].abs()));
+            prop_assert!((stats1.var[c] - reference.var[c]).abs() < 1e-10 * reference.var[c].max(1.0));
+        }
+        prop_assert_eq!(stats1.count, batch * height * width);
+    }
+}
+
+#[test]
+fn double_conv_bn_relu_train_backward_matches_finite_differences() {
+    for second in [None, Some(2)] {
+        let inputs = double_conv_inputs([2, 2, 4, 3], second, (3, 2, 3), DType::F64, 40);
+        check_finite_differences(&format!("double conv, second {second:?}"), &inputs, |t| {
+            double_conv_of(t, second.is_some())
+        });
     }
 }
 

@@ -34,11 +34,11 @@ impl BatchStats {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct BnGeom {
-    batch: usize,
-    channels: usize,
+pub(crate) struct BnGeom {
+    pub batch: usize,
+    pub channels: usize,
     /// Pixels per plane, `H * W`.
-    pixels: usize,
+    pub pixels: usize,
 }
 
 impl BnGeom {
@@ -100,7 +100,7 @@ impl CustomOp1 for BnStatsOp {
 
 /// What forward and backward share: the shapes, the statistics and the fused ReLU.
 #[derive(Debug)]
-struct BnState {
+pub(crate) struct BnState {
     geom: BnGeom,
     mean: Vec<f64>,
     invstd: Vec<f64>,
@@ -158,6 +158,12 @@ impl Kernel3 for BnFwd {
         [self.0.data_shape(), channels.clone(), channels]
     }
     fn run<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.forward(x, gamma, beta), self.0.data_shape()))
+    }
+}
+
+impl BnFwd {
+    fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let s = &self.0;
         let (scale, shift): (Vec<T>, Vec<T>) = (0..s.geom.channels)
             .map(|c| {
@@ -180,7 +186,7 @@ impl Kernel3 for BnFwd {
                 }
             }
         });
-        Ok((y, s.data_shape()))
+        y
     }
 }
 
@@ -331,6 +337,12 @@ impl Kernel3 for BnGradInput {
         [shape.clone(), shape.clone(), shape]
     }
     fn run<T: Float>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.grad_input(dy, x, y), self.state.data_shape()))
+    }
+}
+
+impl BnGradInput {
+    fn grad_input<T: Float>(&self, dy: &[T], x: &[T], y: &[T]) -> Vec<T> {
         let s = &self.state;
         let m = s.geom.count() as f64;
         // dx = k (g - sum_g / M - xhat sum_gx / M) = a g + b x + c per channel.
@@ -348,7 +360,7 @@ impl Kernel3 for BnGradInput {
                 *o = a * masked(s.relu, *d, *r) + b * *v + c0;
             }
         });
-        Ok((dx, s.data_shape()))
+        dx
     }
 }
 
@@ -367,6 +379,55 @@ impl CustomOp3 for BnGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
     }
+}
+
+/// Training-mode batch norm + ReLU of the contiguous `x` on plain slices (for ops that fuse
+/// it with other layers): the output, the state its backward needs and the batch statistics.
+pub(crate) fn bn_train_forward<T: Float>(
+    geom: BnGeom,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+) -> (Vec<T>, Arc<BnState>, BatchStats) {
+    let stats = BnStatsOp(geom).run(x);
+    let (mean, var) = stats.split_at(geom.channels);
+    let state = Arc::new(BnState {
+        geom,
+        mean: mean.to_vec(),
+        invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        relu: true,
+        batch_statistics: true,
+    });
+    let y = BnFwd(state.clone()).forward(x, gamma, beta);
+    let stats = BatchStats {
+        mean: mean.to_vec(),
+        var: var.to_vec(),
+        count: geom.count(),
+    };
+    (y, state, stats)
+}
+
+/// The backward pass of [`bn_train_forward`] on plain slices: the gradients of `x`, `gamma`
+/// and `beta` given `dy`, the input `x` and the output `y`.
+pub(crate) fn bn_relu_backward<T: Float>(
+    state: &Arc<BnState>,
+    dy: &[T],
+    x: &[T],
+    y: &[T],
+    gamma: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let sums = BnGradSums(state.clone()).sums(dy, x, y);
+    let (sum_g, sum_gx) = sums.split_at(state.geom.channels);
+    let dx = BnGradInput {
+        state: state.clone(),
+        gamma: gamma.iter().map(|g| g.to_f64()).collect(),
+        sum_g: sum_g.to_vec(),
+        sum_gx: sum_gx.to_vec(),
+    }
+    .grad_input(dy, x, y);
+    let to_t = |v: &[f64]| v.iter().map(|v| T::from_f64(*v)).collect();
+    (dx, to_t(sum_gx), to_t(sum_g))
 }
 
 /// Batch norm in training mode of `x` (`N x C x H x W`) with scale `gamma` and shift `beta`

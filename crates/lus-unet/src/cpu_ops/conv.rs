@@ -52,7 +52,7 @@ pub(crate) struct ConvGeom {
 
 impl ConvGeom {
     /// The geometry of a convolution of `x` (or of `cat([x, second], 1)`) with `w`.
-    fn new(
+    pub(crate) fn new(
         x: &[usize],
         second: Option<&[usize]>,
         w: &[usize],
@@ -109,26 +109,26 @@ impl ConvGeom {
         })
     }
 
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.in_channels * self.kernel_h * self.kernel_w
     }
-    fn plane(&self) -> usize {
+    pub(crate) fn plane(&self) -> usize {
         self.height * self.width
     }
-    fn in_plane(&self) -> usize {
+    pub(crate) fn in_plane(&self) -> usize {
         self.in_channels * self.plane()
     }
-    fn out_pixels(&self) -> usize {
+    pub(crate) fn out_pixels(&self) -> usize {
         self.out_height * self.out_width
     }
-    fn out_plane(&self) -> usize {
+    pub(crate) fn out_plane(&self) -> usize {
         self.out_channels * self.out_pixels()
     }
-    fn is_concat(&self) -> bool {
+    pub(crate) fn is_concat(&self) -> bool {
         self.first_channels < self.in_channels
     }
     /// Channels of the two input parts (the second is 0 without a concatenation).
-    fn part_channels(&self) -> [usize; 2] {
+    pub(crate) fn part_channels(&self) -> [usize; 2] {
         [self.first_channels, self.in_channels - self.first_channels]
     }
     /// Bands of output rows, each with about `TILE_ELEMENTS` column-matrix elements.
@@ -153,7 +153,7 @@ impl ConvGeom {
             && !self.is_concat()
     }
     /// The shapes of the input parts (one, or two for a concatenation).
-    fn input_shapes(&self) -> Vec<Shape> {
+    pub(crate) fn input_shapes(&self) -> Vec<Shape> {
         let [c1, c2] = self.part_channels();
         let shape = |c| Shape::from((self.batch, c, self.height, self.width));
         if self.is_concat() {
@@ -162,7 +162,7 @@ impl ConvGeom {
             vec![shape(c1)]
         }
     }
-    fn weight_shape(&self) -> Shape {
+    pub(crate) fn weight_shape(&self) -> Shape {
         (
             self.out_channels,
             self.in_channels,
@@ -171,10 +171,10 @@ impl ConvGeom {
         )
             .into()
     }
-    fn weight_len(&self) -> usize {
+    pub(crate) fn weight_len(&self) -> usize {
         self.out_channels * self.k()
     }
-    fn output_shape(&self) -> Shape {
+    pub(crate) fn output_shape(&self) -> Shape {
         (
             self.batch,
             self.out_channels,
@@ -574,6 +574,18 @@ impl Kernel2 for Conv2dGradInput {
     }
     fn run<T: Float>(&self, dy: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
         let g = self.0;
+        let shape = if g.is_concat() {
+            (g.batch * g.in_plane()).into()
+        } else {
+            g.input_shapes().remove(0)
+        };
+        Ok((self.grad_input(dy, w), shape))
+    }
+}
+
+impl Conv2dGradInput {
+    fn grad_input<T: Float>(&self, dy: &[T], w: &[T]) -> Vec<T> {
+        let g = self.0;
         let (k, p_len, plane) = (g.k(), g.out_pixels(), g.plane());
         let [c1, _] = g.part_channels();
         let mut dx = vec![T::from_f64(0.0); g.batch * g.in_plane()];
@@ -605,12 +617,7 @@ impl Kernel2 for Conv2dGradInput {
                 }
             },
         );
-        let shape = if g.is_concat() {
-            dx.len().into()
-        } else {
-            g.input_shapes().remove(0)
-        };
-        Ok((dx, shape))
+        dx
     }
 }
 
@@ -761,6 +768,32 @@ impl CustomOp3 for Conv2dGradWeight {
     ) -> Result<(CpuStorage, Shape)> {
         cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
     }
+}
+
+/// The convolution of `g` (no bias) of the input parts on plain slices, for ops that fuse it
+/// with other layers.
+pub(crate) fn conv_forward<T: Float>(g: &ConvGeom, parts: [&[T]; 2], w: &[T]) -> Vec<T> {
+    let extra = if g.is_concat() {
+        Extra::Concat
+    } else {
+        Extra::None
+    };
+    Conv2dFwd { geom: *g, extra }.forward(parts, w, None)
+}
+
+/// The input gradient of the convolution `g` (both parts one after the other for a
+/// concatenation) on plain slices.
+pub(crate) fn conv_grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+    Conv2dGradInput(*g).grad_input(dy, w)
+}
+
+/// The weight gradient of the convolution `g` (no bias) on plain slices.
+pub(crate) fn conv_grad_weight<T: Float>(g: &ConvGeom, parts: [&[T]; 2], dy: &[T]) -> Vec<T> {
+    Conv2dGradWeight {
+        geom: *g,
+        bias: false,
+    }
+    .run_parts(parts, dy)
 }
 
 /// 2-D convolution of `x` (`N x Ci x H x W`) with `weight` (`Co x Ci x kh x kw`), equal stride

@@ -12,6 +12,9 @@
 //! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
 //!   forward op; its backward computes the per-channel sums in one pass and the input gradient
 //!   in a second one; [`channel_affine`] is the evaluation-mode batch norm (+ ReLU) in one pass;
+//! - [`double_conv_bn_relu_train`]: the U-Net's `[conv3x3 -> batch norm -> ReLU] x 2` block in
+//!   training mode as one op, so that its three intermediate tensors are not nodes of candle's
+//!   graph (each node costs a zero fill and an add over the tensor in candle's backward);
 //! - [`max_pool2x2`]: one pass forward, one pass backward (candle's `max` backward needs a
 //!   comparison, a cast and a product over the full-resolution tensor).
 //!
@@ -25,6 +28,7 @@
 mod batch_norm;
 mod conv;
 mod conv_transpose;
+mod double_conv;
 mod pool;
 
 use std::cell::RefCell;
@@ -36,6 +40,7 @@ use gemm::Parallelism;
 pub use batch_norm::{BatchStats, batch_norm_train, channel_affine};
 pub use conv::{conv2d, conv2d_concat};
 pub use conv_transpose::conv_transpose2d_k2s2;
+pub use double_conv::{DoubleConvWeights, double_conv_bn_relu_train};
 pub use pool::max_pool2x2;
 
 /// The element types the kernels support (f32 and f64), with a per-thread scratch buffer each.
@@ -111,7 +116,7 @@ pub(crate) fn check_dims(op: &str, layout: &Layout, expected: &Shape) -> Result<
 }
 
 /// The contiguous elements of a storage, or an error naming the op.
-fn contiguous<'a, T: Float>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: Float>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let data = T::cpu_storage_as_slice(s)?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
