@@ -461,32 +461,36 @@ fn check_finite_differences(what: &str, inputs: &[Tensor], f: impl Fn(&[Tensor])
 fn conv2d_on_images_split_into_several_row_bands_matches_candle() {
     // 16 channels x 3 x 3 taps x 131 columns: a band holds 6 output rows at stride 1 and 13
     // at stride 2, so 37 rows (19 at stride 2) make several bands and a partial last one.
-    for (stride, height) in [(1, 37), (2, 37)] {
-        let x = randn(&[2, 16, height, 131], DType::F32, 30);
+    // Batch 2 spreads the samples over the threads; batch 1 spreads the bands of the image
+    // (with more than one rayon thread), and the bias takes the fused path of both.
+    for (batch, stride, height) in [(2, 1, 37), (2, 2, 37), (1, 1, 37), (1, 2, 37)] {
+        let x = randn(&[batch, 16, height, 131], DType::F32, 30);
         let w = randn(&[8, 16, 3, 3], DType::F32, 31);
+        let b = randn(&[8], DType::F32, 33);
         let (ours, our_grads) = grads_of(
-            &[x.clone(), w.clone()],
-            |t| conv2d(&t[0], &t[1], None, stride, 1).unwrap(),
+            &[x.clone(), w.clone(), b.clone()],
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), stride, 1).unwrap(),
             32,
         );
         let (theirs, their_grads) = grads_of(
-            &[x, w],
-            |t| t[0].conv2d(&t[1], 1, stride, 1, 1).unwrap(),
+            &[x, w, b],
+            |t| {
+                let y = t[0].conv2d(&t[1], 1, stride, 1, 1).unwrap();
+                y.broadcast_add(&t[2].reshape((1, (), 1, 1)).unwrap())
+                    .unwrap()
+            },
             32,
         );
-        assert_close(&format!("stride {stride} forward"), &ours, &theirs, F32_TOL);
-        assert_close(
-            &format!("stride {stride} grad input"),
-            &our_grads[0],
-            &their_grads[0],
-            F32_TOL,
-        );
-        assert_close(
-            &format!("stride {stride} grad weight"),
-            &our_grads[1],
-            &their_grads[1],
-            F32_TOL,
-        );
+        let context = format!("batch {batch}, stride {stride}");
+        assert_close(&format!("{context}: forward"), &ours, &theirs, F32_TOL);
+        for (name, i) in [("input", 0), ("weight", 1), ("bias", 2)] {
+            assert_close(
+                &format!("{context}: grad {name}"),
+                &our_grads[i],
+                &their_grads[i],
+                F32_TOL,
+            );
+        }
     }
 }
 

@@ -67,14 +67,26 @@ impl BnStatsOp {
         let per_channel: Vec<(f64, f64)> = (0..g.channels)
             .into_par_iter()
             .map(|c| {
-                let sum: f64 = g
-                    .planes(x, c)
-                    .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
-                    .sum();
+                let sum: f64 = g.planes(x, c).map(|p| lane_sum(p, |v| v)).sum();
                 let mean = sum / m;
                 let sq: f64 = g
                     .planes(x, c)
-                    .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                    .map(|p| {
+                        let mut lanes = [0.0f64; LANES];
+                        let chunks = p.chunks_exact(LANES);
+                        let tail: f64 = chunks
+                            .remainder()
+                            .iter()
+                            .map(|v| (v.to_f64() - mean).powi(2))
+                            .sum();
+                        for chunk in chunks {
+                            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                                let d = v.to_f64() - mean;
+                                *lane += d * d;
+                            }
+                        }
+                        lanes.iter().sum::<f64>() + tail
+                    })
                     .sum();
                 (mean, sq / m)
             })
@@ -252,6 +264,25 @@ fn masked<T: Float>(relu: bool, dy: T, y: T) -> T {
     }
 }
 
+/// Lanes of [`lane_sum`] and of the variance pass.
+const LANES: usize = 8;
+
+/// `sum f(v)` over `values` in f64, accumulated in [`LANES`] independent lanes, which the
+/// compiler vectorises (one running sum is a serial chain of dependent additions).
+#[inline(always)]
+fn lane_sum<T: Float>(values: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(*v).to_f64();
+        }
+    }
+    let tail: f64 = tail.iter().map(|v| f(*v).to_f64()).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// `(dy, x, y) -> [2, C]` in f64: `sum g` and `sum g * xhat` per channel.
 #[derive(Clone, Debug)]
 struct BnGradSums(Arc<BnState>);
@@ -354,10 +385,19 @@ impl BnGradInput {
                 [T::from_f64(k), T::from_f64(b), T::from_f64(c0)]
             })
             .collect();
+        let zero = T::from_f64(0.0);
         let dx = s.map_planes([dy, x, y], |c, [dy, x, y], dx| {
             let [a, b, c0] = coef[c];
-            for (((o, d), v), r) in dx.iter_mut().zip(dy).zip(x).zip(y) {
-                *o = a * masked(s.relu, *d, *r) + b * *v + c0;
+            // Two loops rather than a test of `relu` per element, so that each vectorises.
+            if s.relu {
+                for (((o, d), v), r) in dx.iter_mut().zip(dy).zip(x).zip(y) {
+                    let g = if *r <= zero { zero } else { *d };
+                    *o = a * g + b * *v + c0;
+                }
+            } else {
+                for ((o, d), v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = a * *d + b * *v + c0;
+                }
             }
         });
         dx

@@ -18,6 +18,7 @@
 use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
 
 use super::{
     Float, Kernel2, Kernel3, Mat, Plan, cpu_fwd2, cpu_fwd3, matmul, matmul_into, split_flat,
@@ -388,7 +389,13 @@ impl Conv2dFwd {
             }
         };
         let accumulate = bias.is_some();
-        Plan::for_batch(g.batch).for_each_sample(&mut y, g.out_plane(), |n, y_n, par| {
+        let plan = Plan::for_batch(g.batch);
+        let bands: Vec<Range<usize>> = g.row_bands().collect();
+        if !g.is_pointwise() && plan.splits_bands(bands.len()) {
+            self.forward_over_bands(parts, w, bias, &bands, &mut y);
+            return y;
+        }
+        plan.for_each_sample(&mut y, g.out_plane(), |n, y_n, par| {
             let x_n = SampleInput::of(&g, parts, n);
             if g.is_pointwise() {
                 fill_bias(y_n, 0..p_len);
@@ -422,6 +429,65 @@ impl Conv2dFwd {
             }
         });
         y
+    }
+}
+
+impl Conv2dFwd {
+    /// [`Conv2dFwd::forward`] for a batch too small to spread over the threads: the row bands
+    /// of each image go to the threads instead (single-threaded GEMMs, one parallel region per
+    /// image rather than one per band). Each band's `Co x band` product lands in its own tile,
+    /// copied into the output rows afterwards.
+    fn forward_over_bands<T: Float>(
+        &self,
+        parts: [&[T]; 2],
+        w: &[T],
+        bias: Option<&[T]>,
+        bands: &[Range<usize>],
+        y: &mut [T],
+    ) {
+        use rayon::prelude::*;
+        let g = self.geom;
+        let (k, p_len, co, wo) = (g.k(), g.out_pixels(), g.out_channels, g.out_width);
+        let mut tiles = vec![T::from_f64(0.0); g.out_plane()];
+        for (n, y_n) in y.chunks_mut(g.out_plane().max(1)).enumerate() {
+            let x_n = SampleInput::of(&g, parts, n);
+            let mut chunks = Vec::with_capacity(bands.len());
+            let mut rest = &mut tiles[..];
+            for rows in bands {
+                let (tile, tail) = rest.split_at_mut(co * rows.len() * wo);
+                chunks.push((tile, rows.clone()));
+                rest = tail;
+            }
+            chunks.into_par_iter().for_each(|(tile, rows)| {
+                let band = rows.len() * wo;
+                if let Some(bias) = bias {
+                    for (row, b) in tile.chunks_mut(band).zip(bias) {
+                        row.fill(*b);
+                    }
+                }
+                with_scratch(g.band_elements(), |col: &mut [T]| {
+                    im2col(&g, &x_n, rows, col);
+                    matmul_into(
+                        (co, band, k),
+                        tile,
+                        band,
+                        bias.is_some(),
+                        Mat::rows(w, k),
+                        Mat::rows(col, band),
+                        Parallelism::None,
+                    );
+                });
+            });
+            let mut offset = 0;
+            for rows in bands {
+                let (band, start) = (rows.len() * wo, rows.start * wo);
+                for c in 0..co {
+                    y_n[c * p_len + start..][..band]
+                        .copy_from_slice(&tiles[offset + c * band..][..band]);
+                }
+                offset += co * band;
+            }
+        }
     }
 }
 
@@ -661,11 +727,16 @@ impl Conv2dGradWeight {
         let g = self.geom;
         let (k, p_len) = (g.k(), g.out_pixels());
         let block = self.output_len();
+        let plan = Plan::for_batch(g.batch);
+        let bands: Vec<Range<usize>> = g.row_bands().collect();
+        if !g.is_pointwise() && plan.splits_bands(bands.len()) {
+            return self.run_over_bands(parts, dy, &bands);
+        }
         // One partial gradient per sample, summed in sample order below: the result is the same
         // whichever way the samples are spread over threads.
         let mut partial = vec![T::from_f64(0.0); g.batch * block];
         let gemm_shape = (g.out_channels, k, p_len);
-        Plan::for_batch(g.batch).for_each_sample(&mut partial, block, |n, block_n, par| {
+        plan.for_each_sample(&mut partial, block, |n, block_n, par| {
             let x_n = SampleInput::of(&g, parts, n);
             let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
             let (dw_n, db_n) = block_n.split_at_mut(g.weight_len());
@@ -709,6 +780,59 @@ impl Conv2dGradWeight {
         } else {
             sum_blocks(&partial, block)
         }
+    }
+}
+
+impl Conv2dGradWeight {
+    /// [`Conv2dGradWeight::run_parts`] for a batch too small to spread over the threads: one
+    /// partial weight gradient per (sample, row band), computed on the threads and summed in
+    /// that order (independent of the thread count).
+    fn run_over_bands<T: Float>(
+        &self,
+        parts: [&[T]; 2],
+        dy: &[T],
+        bands: &[Range<usize>],
+    ) -> Vec<T> {
+        use rayon::prelude::*;
+        let g = self.geom;
+        let (k, p_len, wlen) = (g.k(), g.out_pixels(), g.weight_len());
+        let mut partial = vec![T::from_f64(0.0); g.batch * bands.len() * wlen];
+        partial
+            .par_chunks_mut(wlen.max(1))
+            .enumerate()
+            .for_each(|(item, dw)| {
+                let (n, rows) = (item / bands.len(), bands[item % bands.len()].clone());
+                let x_n = SampleInput::of(&g, parts, n);
+                let (band, start) = (rows.len() * g.out_width, rows.start * g.out_width);
+                let dy_band = Mat {
+                    data: &dy[n * g.out_plane() + start..],
+                    row_stride: p_len,
+                    col_stride: 1,
+                };
+                with_scratch(g.band_elements(), |col: &mut [T]| {
+                    im2col(&g, &x_n, rows, col);
+                    matmul_into(
+                        (g.out_channels, k, band),
+                        dw,
+                        k,
+                        false,
+                        dy_band,
+                        Mat::transposed(col, band),
+                        Parallelism::None,
+                    );
+                });
+            });
+        let mut out = sum_blocks(&partial, wlen);
+        if self.bias {
+            let mut db = vec![T::from_f64(0.0); g.out_channels];
+            for dy_n in dy.chunks(g.out_plane().max(1)) {
+                for (d, row) in db.iter_mut().zip(dy_n.chunks(p_len.max(1))) {
+                    *d += row.iter().fold(T::from_f64(0.0), |s, v| s + *v);
+                }
+            }
+            out.extend_from_slice(&db);
+        }
+        out
     }
 }
 

@@ -334,6 +334,13 @@ impl Plan {
         }
     }
 
+    /// Whether a convolution of `bands` row bands per image should spread the bands over the
+    /// threads: when the samples do not fill the threads and there is a band per thread.
+    pub fn splits_bands(&self, bands: usize) -> bool {
+        let threads = rayon::current_num_threads();
+        !self.over_batch && threads > 1 && bands >= threads
+    }
+
     /// Calls `f(sample, chunk, gemm_parallelism)` for each `chunk` of `out` (one per sample).
     pub fn for_each_sample<T: Float>(
         &self,
