@@ -185,7 +185,7 @@ impl BnFwd {
             })
             .unzip();
         let zero = T::from_f64(0.0);
-        let y = s.map_planes([x, &[], &[]], |c, [x, _, _], y| {
+        s.map_planes([x, &[], &[]], |c, [x, _, _], y| {
             let (a, b) = (scale[c], shift[c]);
             if s.relu {
                 for (o, v) in y.iter_mut().zip(x) {
@@ -197,8 +197,7 @@ impl BnFwd {
                     *o = *v * a + b;
                 }
             }
-        });
-        y
+        })
     }
 }
 
@@ -386,7 +385,7 @@ impl BnGradInput {
             })
             .collect();
         let zero = T::from_f64(0.0);
-        let dx = s.map_planes([dy, x, y], |c, [dy, x, y], dx| {
+        s.map_planes([dy, x, y], |c, [dy, x, y], dx| {
             let [a, b, c0] = coef[c];
             // Two loops rather than a test of `relu` per element, so that each vectorises.
             if s.relu {
@@ -399,8 +398,7 @@ impl BnGradInput {
                     *o = a * *d + b * *v + c0;
                 }
             }
-        });
-        dx
+        })
     }
 }
 

@@ -334,7 +334,7 @@ pub fn double_conv_bn_relu_train(
         padding(w.conv1)?,
     )?;
     let conv2 = ConvGeom::new(
-        &conv1.output_shape().dims().to_vec(),
+        conv1.output_shape().dims(),
         None,
         w.conv2.dims(),
         1,
