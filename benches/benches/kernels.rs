@@ -5,7 +5,13 @@
 //! - `conv3x3_fwd_cpu/{lus,candle}/{ci}x{co}@{px}` and `conv3x3_bwd_cpu/...`: one padded 3x3
 //!   convolution of the U-Net (depth 4, base 16) at batch 8, 128 px input (the layer's own
 //!   resolution after `@`); backward = gradients of input and weight of `sum(y * r)`.
-//! - `up2x2_{fwd,bwd}_cpu/...`: the decoder's 2x2 stride-2 transposed convolutions.
+//! - `up2x2_{fwd,bwd}_cpu/...`: the decoder's 2x2 stride-2 transposed convolutions, with their
+//!   bias (`lus`: added in the op, its gradient from the op's single backward pass;
+//!   `lus-unfused`: lus's op without bias, then candle's broadcast add; `candle`).
+//! - `concat_conv3x3_{fwd,bwd}_cpu/...`: the decoder's first convolution over the concatenated
+//!   skip and up-sampled features (`lus`: `conv2d_concat`, no concatenation built;
+//!   `lus-cat`: `Tensor::cat` then lus's `conv2d`; `candle`: cat then candle's conv).
+//! - `conv1x1_bias_{fwd,bwd}_cpu/...`: the U-Net's 1x1 head with its bias (as for `up2x2`).
 //! - `batch_norm_relu_{fwd,bwd}_cpu/...`: training-mode batch norm + ReLU, 8 x 16 x 128 x 128
 //!   (`lus` fused, `lus-unfused` = lus batch norm then candle's ReLU, `candle`).
 //! - `loss_overhead_cpu/candle/16@128`: the loss and its backward alone, included in every
@@ -19,7 +25,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{BatchNorm, VarBuilder, VarMap};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d};
+use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d, conv2d_concat};
 use lus_unet::{Kernels, Mode, UNet, UNetConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -73,7 +79,7 @@ fn bench_conv(c: &mut Criterion) {
         let id = format!("{ci}x{co}@{px}");
         type ConvFn = fn(&Tensor, &Tensor) -> Tensor;
         let variants: [(&str, ConvFn); 2] = [
-            ("lus", |x, w| conv2d(x, w, 1, 1).expect("conv")),
+            ("lus", |x, w| conv2d(x, w, None, 1, 1).expect("conv")),
             ("candle", |x, w| x.conv2d(w, 1, 1, 1, 1).expect("conv")),
         ];
         let mut fwd = c.benchmark_group("conv3x3_fwd_cpu");
@@ -94,35 +100,122 @@ fn bench_conv(c: &mut Criterion) {
     }
 }
 
+/// `x + bias` with the bias broadcast over the channels (candle's way of adding a conv bias).
+fn add_bias(x: Tensor, bias: &Tensor) -> Tensor {
+    x.broadcast_add(&bias.reshape((1, (), 1, 1)).expect("reshape"))
+        .expect("bias")
+}
+
+/// Three-input variants of one op, benchmarked forward and backward under `fwd`/`bwd`.
+type Op3 = fn(&Tensor, &Tensor, &Tensor) -> Tensor;
+
+fn bench_variants(
+    c: &mut Criterion,
+    (fwd_group, bwd_group): (&str, &str),
+    id: &str,
+    inputs: &[Var; 3],
+    r: &Tensor,
+    variants: &[(&str, Op3)],
+) {
+    let [a, b, w] = inputs.each_ref().map(|v| v.as_tensor().clone());
+    let mut fwd = c.benchmark_group(fwd_group);
+    for (name, f) in variants {
+        fwd.bench_function(BenchmarkId::new(*name, id), |bench| {
+            bench.iter(|| black_box(f(&a, &b, &w)))
+        });
+    }
+    fwd.finish();
+    let mut bwd = c.benchmark_group(bwd_group);
+    for (name, f) in variants {
+        let y = f(&a, &b, &w);
+        bwd.bench_function(BenchmarkId::new(*name, id), |bench| {
+            bench.iter(|| black_box(backward(inputs, &y, r)))
+        });
+    }
+    bwd.finish();
+}
+
 fn bench_up(c: &mut Criterion) {
     for (ci, co, px) in [(256, 128, 8), (128, 64, 16), (64, 32, 32), (32, 16, 64)] {
         let x = Var::from_tensor(&randn(&[BATCH, ci, px, px], 1)).expect("var");
         let w = Var::from_tensor(&randn(&[ci, co, 2, 2], 2)).expect("var");
+        let b = Var::from_tensor(&randn(&[co], 4)).expect("var");
         let r = randn(&[BATCH, co, 2 * px, 2 * px], 3);
-        let id = format!("{ci}x{co}@{px}");
-        type UpFn = fn(&Tensor, &Tensor) -> Tensor;
-        let variants: [(&str, UpFn); 2] = [
-            ("lus", |x, w| conv_transpose2d_k2s2(x, w).expect("up")),
-            ("candle", |x, w| {
-                x.conv_transpose2d(w, 0, 0, 2, 1).expect("up")
+        let variants: [(&str, Op3); 3] = [
+            ("lus", |x, w, b| {
+                conv_transpose2d_k2s2(x, w, Some(b)).expect("up")
+            }),
+            ("lus-unfused", |x, w, b| {
+                add_bias(conv_transpose2d_k2s2(x, w, None).expect("up"), b)
+            }),
+            ("candle", |x, w, b| {
+                add_bias(x.conv_transpose2d(w, 0, 0, 2, 1).expect("up"), b)
             }),
         ];
-        let mut fwd = c.benchmark_group("up2x2_fwd_cpu");
-        for (name, f) in variants {
-            fwd.bench_function(BenchmarkId::new(name, &id), |b| {
-                b.iter(|| black_box(f(x.as_tensor(), w.as_tensor())))
-            });
-        }
-        fwd.finish();
-        let mut bwd = c.benchmark_group("up2x2_bwd_cpu");
-        for (name, f) in variants {
-            let y = f(x.as_tensor(), w.as_tensor());
-            bwd.bench_function(BenchmarkId::new(name, &id), |b| {
-                b.iter(|| black_box(backward(&[x.clone(), w.clone()], &y, &r)))
-            });
-        }
-        bwd.finish();
+        bench_variants(
+            c,
+            ("up2x2_fwd_cpu", "up2x2_bwd_cpu"),
+            &format!("{ci}x{co}@{px}"),
+            &[x, w, b],
+            &r,
+            &variants,
+        );
     }
+}
+
+/// The decoder's first convolutions (skip C + up-sampled C channels -> C) at 128 px, batch 8.
+fn bench_concat_conv(c: &mut Criterion) {
+    for (ch, px) in [(16, 128), (32, 64), (128, 16)] {
+        let skip = Var::from_tensor(&randn(&[BATCH, ch, px, px], 1)).expect("var");
+        let up = Var::from_tensor(&randn(&[BATCH, ch, px, px], 2)).expect("var");
+        let w = Var::from_tensor(&randn(&[ch, 2 * ch, 3, 3], 3)).expect("var");
+        let r = randn(&[BATCH, ch, px, px], 4);
+        let variants: [(&str, Op3); 3] = [
+            ("lus", |s, u, w| conv2d_concat(s, u, w, 1, 1).expect("conv")),
+            ("lus-cat", |s, u, w| {
+                conv2d(&Tensor::cat(&[s, u], 1).expect("cat"), w, None, 1, 1).expect("conv")
+            }),
+            ("candle", |s, u, w| {
+                Tensor::cat(&[s, u], 1)
+                    .and_then(|x| x.conv2d(w, 1, 1, 1, 1))
+                    .expect("conv")
+            }),
+        ];
+        bench_variants(
+            c,
+            ("concat_conv3x3_fwd_cpu", "concat_conv3x3_bwd_cpu"),
+            &format!("{ch}+{ch}x{ch}@{px}"),
+            &[skip, up, w],
+            &r,
+            &variants,
+        );
+    }
+}
+
+/// The U-Net's 1x1 head with its bias, 16 -> 6 channels at 128 px, batch 8.
+fn bench_head(c: &mut Criterion) {
+    let (ci, co, px) = (16, 6, 128);
+    let x = Var::from_tensor(&randn(&[BATCH, ci, px, px], 1)).expect("var");
+    let w = Var::from_tensor(&randn(&[co, ci, 1, 1], 2)).expect("var");
+    let b = Var::from_tensor(&randn(&[co], 3)).expect("var");
+    let r = randn(&[BATCH, co, px, px], 4);
+    let variants: [(&str, Op3); 3] = [
+        ("lus", |x, w, b| conv2d(x, w, Some(b), 1, 0).expect("conv")),
+        ("lus-unfused", |x, w, b| {
+            add_bias(conv2d(x, w, None, 1, 0).expect("conv"), b)
+        }),
+        ("candle", |x, w, b| {
+            add_bias(x.conv2d(w, 0, 1, 1, 1).expect("conv"), b)
+        }),
+    ];
+    bench_variants(
+        c,
+        ("conv1x1_bias_fwd_cpu", "conv1x1_bias_bwd_cpu"),
+        &format!("{ci}x{co}@{px}"),
+        &[x, w, b],
+        &r,
+        &variants,
+    );
 }
 
 fn bench_batch_norm(c: &mut Criterion) {
@@ -283,6 +376,7 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_conv, bench_up, bench_batch_norm, bench_loss_overhead, bench_unet
+    targets = bench_conv, bench_up, bench_concat_conv, bench_head, bench_batch_norm,
+        bench_loss_overhead, bench_unet
 }
 criterion_main!(kernels);

@@ -166,15 +166,51 @@ impl Conv {
                     self.convolve(x, w)
                 })
             }
+            // The lus kernel adds the bias inside its GEMM.
+            _ if lus_kernels_apply(self.kernels, x) => cpu_ops::conv2d(
+                x,
+                self.inner.weight(),
+                self.inner.bias(),
+                1,
+                self.inner.config().padding,
+            ),
             _ => add_channel_bias(self.convolve(x, self.inner.weight())?, self.inner.bias()),
         }
+    }
+
+    /// The convolution of `cat([first, second], channels)`. On the lus kernels (outside
+    /// autocast) the concatenation is never built: the op reads both tensors in place and
+    /// returns their gradients separately.
+    pub(crate) fn forward_concat(&self, first: &Tensor, second: &Tensor) -> Result<Tensor> {
+        if self.autocast.is_none_or(|dtype| dtype == first.dtype())
+            && lus_kernels_apply(self.kernels, first)
+        {
+            let y = cpu_ops::conv2d_concat(
+                first,
+                second,
+                self.inner.weight(),
+                1,
+                self.inner.config().padding,
+            )?;
+            add_channel_bias(y, self.inner.bias())
+        } else {
+            self.forward(&concat_skip(first, second)?)
+        }
+    }
+
+    /// Whether this convolution can run inside [`cpu_ops::double_conv_bn_relu_train`]: lus
+    /// kernels, no bias, no autocast.
+    fn fusable(&self, x: &Tensor) -> bool {
+        lus_kernels_apply(self.kernels, x)
+            && self.inner.bias().is_none()
+            && self.autocast.is_none_or(|dtype| dtype == x.dtype())
     }
 
     /// The convolution of `x` with `weight`, without the bias.
     fn convolve(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let padding = self.inner.config().padding;
         if lus_kernels_apply(self.kernels, x) {
-            cpu_ops::conv2d(x, weight, 1, padding)
+            cpu_ops::conv2d(x, weight, None, 1, padding)
         } else {
             x.conv2d(weight, padding, 1, 1, 1)
         }
@@ -288,13 +324,20 @@ fn batch_norm_relu_eval(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
 }
 
 /// Training-mode batch norm + ReLU on [`cpu_ops::batch_norm_train`], with the running
-/// statistics updated as candle-nn's `BatchNorm` (and PyTorch) do:
-/// `running = (1 - momentum) running + momentum batch`, with the unbiased batch variance.
+/// statistics updated (see [`update_running_stats`]).
 fn batch_norm_relu_train(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
     let Some((weight, bias)) = bn.weight_and_bias() else {
         candle_core::bail!("the U-Net's batch norms always have a scale and a shift")
     };
     let (y, stats) = cpu_ops::batch_norm_train(x, weight, bias, bn.eps(), true)?;
+    update_running_stats(bn, &stats)?;
+    Ok(y)
+}
+
+/// Updates the running statistics of `bn` with a batch's, as candle-nn's `BatchNorm` (and
+/// PyTorch) do: `running = (1 - momentum) running + momentum batch`, with the unbiased batch
+/// variance.
+fn update_running_stats(bn: &BatchNorm, stats: &cpu_ops::BatchStats) -> Result<()> {
     let momentum = bn.momentum();
     let update = |running: &Tensor, batch: &[f64]| -> Result<()> {
         let old = running.to_dtype(DType::F64)?.to_vec1::<f64>()?;
@@ -310,8 +353,7 @@ fn batch_norm_relu_train(bn: &BatchNorm, x: &Tensor) -> Result<Tensor> {
         Var::from_tensor(running)?.set(&value)
     };
     update(bn.running_mean(), &stats.mean)?;
-    update(bn.running_var(), &stats.unbiased_var())?;
-    Ok(y)
+    update(bn.running_var(), &stats.unbiased_var())
 }
 
 /// `[conv3x3 -> norm -> ReLU] x 2`, tensors `conv1`, `norm1`, `conv2`, `norm2` under its prefix.
@@ -345,7 +387,61 @@ impl DoubleConv {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.norm1.forward_relu(&self.conv1.forward(x)?, train)?;
+        match self.fused_train(x, None, train)? {
+            Some(y) => Ok(y),
+            None => self.forward_rest(self.conv1.forward(x)?, train),
+        }
+    }
+
+    /// The forward pass of `cat([skip, up], channels)` (see [`concat_skip`]), without building
+    /// the concatenation on the lus kernels.
+    pub(crate) fn forward_concat(&self, skip: &Tensor, up: &Tensor, train: bool) -> Result<Tensor> {
+        match self.fused_train(skip, Some(up), train)? {
+            Some(y) => Ok(y),
+            None => self.forward_rest(self.conv1.forward_concat(skip, up)?, train),
+        }
+    }
+
+    /// The training-mode forward pass as one op ([`cpu_ops::double_conv_bn_relu_train`]) where
+    /// it applies (lus kernels, batch norm, no convolution bias, no autocast); `None`
+    /// elsewhere. One op instead of four leaves three full-resolution tensors out of candle's
+    /// graph, and with them three gradient accumulations.
+    fn fused_train(
+        &self,
+        x: &Tensor,
+        second: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        let (NormLayer::Batch(bn1, _), NormLayer::Batch(bn2, _)) = (&self.norm1, &self.norm2)
+        else {
+            return Ok(None);
+        };
+        if !train || !self.conv1.fusable(x) || !self.conv2.fusable(x) || bn1.eps() != bn2.eps() {
+            return Ok(None);
+        }
+        let (Some((gamma1, beta1)), Some((gamma2, beta2))) =
+            (bn1.weight_and_bias(), bn2.weight_and_bias())
+        else {
+            candle_core::bail!("the U-Net's batch norms always have a scale and a shift")
+        };
+        let weights = cpu_ops::DoubleConvWeights {
+            conv1: self.conv1.inner.weight(),
+            gamma1,
+            beta1,
+            conv2: self.conv2.inner.weight(),
+            gamma2,
+            beta2,
+        };
+        let (y, [stats1, stats2]) =
+            cpu_ops::double_conv_bn_relu_train(x, second, &weights, bn1.eps())?;
+        update_running_stats(bn1, &stats1)?;
+        update_running_stats(bn2, &stats2)?;
+        Ok(Some(y))
+    }
+
+    /// Everything after the first convolution.
+    fn forward_rest(&self, conv1: Tensor, train: bool) -> Result<Tensor> {
+        let x = self.norm1.forward_relu(&conv1, train)?;
         self.norm2.forward_relu(&self.conv2.forward(&x)?, train)
     }
 }
@@ -410,7 +506,7 @@ impl UpLayer {
             Self::Transposed(conv, kernels, autocast) => {
                 let convolve = |x: &Tensor, w: &Tensor| {
                     if lus_kernels_apply(*kernels, x) {
-                        cpu_ops::conv_transpose2d_k2s2(x, w)
+                        cpu_ops::conv_transpose2d_k2s2(x, w, None)
                     } else {
                         x.conv_transpose2d(w, 0, 0, 2, 1)
                     }
@@ -418,6 +514,10 @@ impl UpLayer {
                 match autocast {
                     Some(dtype) if *dtype != x.dtype() => {
                         autocast_conv(x, conv.weight(), conv.bias(), *dtype, convolve)
+                    }
+                    // The lus kernel adds the bias in its output pass.
+                    _ if lus_kernels_apply(*kernels, x) => {
+                        cpu_ops::conv_transpose2d_k2s2(x, conv.weight(), conv.bias())
                     }
                     _ => add_channel_bias(convolve(x, conv.weight())?, conv.bias()),
                 }

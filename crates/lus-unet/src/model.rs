@@ -10,8 +10,8 @@ use crate::config::{Norm, Precision, UNetConfig, Upsampling};
 use crate::cpu_ops;
 use crate::error::{Result, UNetError};
 use crate::layers::{
-    Conv, DoubleConv, ParamKind, ParamSpec, Part, Registry, UpLayer, concat_skip, conv2d,
-    dropout_mask, lus_kernels_apply, max_pool2x2,
+    Conv, DoubleConv, ParamKind, ParamSpec, Part, Registry, UpLayer, conv2d, dropout_mask,
+    lus_kernels_apply, max_pool2x2,
 };
 
 /// Training or evaluation behaviour of a forward pass.
@@ -357,7 +357,7 @@ impl UNet {
         let mut h = features.bottleneck.clone();
         for (level, skip) in self.decoder.iter().zip(&features.skips).rev() {
             let up = level.up.forward(&h)?;
-            h = level.conv.forward(&concat_skip(skip, &up)?, train)?;
+            h = level.conv.forward_concat(skip, &up, train)?;
         }
         Ok(h)
     }

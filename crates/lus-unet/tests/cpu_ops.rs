@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::BatchNorm;
 use common::{randn, values};
 use lus_unet::cpu_ops::{
-    batch_norm_train, channel_affine, conv_transpose2d_k2s2, conv2d, max_pool2x2,
+    DoubleConvWeights, batch_norm_train, channel_affine, conv_transpose2d_k2s2, conv2d,
+    conv2d_concat, double_conv_bn_relu_train, max_pool2x2,
 };
 use proptest::prelude::*;
 
@@ -108,7 +109,7 @@ proptest! {
         let (s, p, k) = (case.stride, case.padding, case.kernel);
         prop_assume!(case.height + 2 * p >= k && case.width + 2 * p >= k);
         let (ours, our_grads) =
-            grads_of(&[x.clone(), w.clone()], |t| conv2d(&t[0], &t[1], s, p).unwrap(), case.seed + 2);
+            grads_of(&[x.clone(), w.clone()], |t| conv2d(&t[0], &t[1], None, s, p).unwrap(), case.seed + 2);
         let theirs = x.conv2d(&w, p, s, 1, 1).unwrap();
         assert_close(&format!("{case:?} forward"), &ours, &theirs, F32_TOL);
         // candle 0.11.1's conv2d backward builds the input gradient with a transposed conv
@@ -134,13 +135,92 @@ proptest! {
         let x = randn(&[batch, in_channels, height, width], DType::F32, seed);
         let w = randn(&[in_channels, out_channels, 2, 2], DType::F32, seed + 1);
         let (ours, our_grads) =
-            grads_of(&[x.clone(), w.clone()], |t| conv_transpose2d_k2s2(&t[0], &t[1]).unwrap(), seed + 2);
+            grads_of(&[x.clone(), w.clone()], |t| conv_transpose2d_k2s2(&t[0], &t[1], None).unwrap(), seed + 2);
         let (theirs, their_grads) =
             grads_of(&[x, w], |t| t[0].conv_transpose2d(&t[1], 0, 0, 2, 1).unwrap(), seed + 2);
         let context = format!("{batch} x {in_channels} -> {out_channels} x {height} x {width}");
         assert_close(&format!("{context} forward"), &ours, &theirs, F32_TOL);
         assert_close(&format!("{context} grad input"), &our_grads[0], &their_grads[0], F32_TOL);
         assert_close(&format!("{context} grad weight"), &our_grads[1], &their_grads[1], F32_TOL);
+    }
+
+    #[test]
+    fn conv2d_with_bias_matches_candle_conv_plus_broadcast_bias(case in conv_case()) {
+        let (s, p, k) = (case.stride, case.padding, case.kernel);
+        prop_assume!(case.height + 2 * p >= k && case.width + 2 * p >= k);
+        prop_assume!((case.height + 2 * p - k) % s == 0 && (case.width + 2 * p - k) % s == 0);
+        let x = randn(&[case.batch, case.in_channels, case.height, case.width], DType::F32, case.seed);
+        let w = randn(&[case.out_channels, case.in_channels, k, k], DType::F32, case.seed + 1);
+        let b = randn(&[case.out_channels], DType::F32, case.seed + 2);
+        let inputs = [x, w, b];
+        let (ours, our_grads) =
+            grads_of(&inputs, |t| conv2d(&t[0], &t[1], Some(&t[2]), s, p).unwrap(), case.seed + 3);
+        let (theirs, their_grads) = grads_of(&inputs, |t| {
+            let y = t[0].conv2d(&t[1], p, s, 1, 1).unwrap();
+            y.broadcast_add(&t[2].reshape((1, (), 1, 1)).unwrap()).unwrap()
+        }, case.seed + 3);
+        assert_close(&format!("{case:?} forward"), &ours, &theirs, F32_TOL);
+        for (name, i) in [("input", 0), ("weight", 1), ("bias", 2)] {
+            assert_close(&format!("{case:?} grad {name}"), &our_grads[i], &their_grads[i], F32_TOL);
+        }
+    }
+
+    #[test]
+    fn conv2d_concat_matches_candle_cat_then_conv(
+        case in conv_case(),
+        second_channels in prop::sample::select(vec![1usize, 4, 16]),
+    ) {
+        let (s, p, k) = (case.stride, case.padding, case.kernel);
+        prop_assume!(case.height + 2 * p >= k && case.width + 2 * p >= k);
+        prop_assume!((case.height + 2 * p - k) % s == 0 && (case.width + 2 * p - k) % s == 0);
+        let dims = |c| [case.batch, c, case.height, case.width];
+        let first = randn(&dims(case.in_channels), DType::F32, case.seed);
+        let second = randn(&dims(second_channels), DType::F32, case.seed + 1);
+        let w = randn(
+            &[case.out_channels, case.in_channels + second_channels, k, k],
+            DType::F32,
+            case.seed + 2,
+        );
+        let inputs = [first, second, w];
+        let (ours, our_grads) =
+            grads_of(&inputs, |t| conv2d_concat(&t[0], &t[1], &t[2], s, p).unwrap(), case.seed + 3);
+        let (theirs, their_grads) = grads_of(&inputs, |t| {
+            Tensor::cat(&[&t[0], &t[1]], 1).unwrap().conv2d(&t[2], p, s, 1, 1).unwrap()
+        }, case.seed + 3);
+        let context = format!("{case:?} + {second_channels} channels");
+        assert_close(&format!("{context} forward"), &ours, &theirs, F32_TOL);
+        for (name, i) in [("first", 0), ("second", 1), ("weight", 2)] {
+            assert_close(&format!("{context} grad {name}"), &our_grads[i], &their_grads[i], F32_TOL);
+        }
+    }
+
+    #[test]
+    fn conv_transpose2d_k2s2_with_bias_matches_candle(
+        batch in prop::sample::select(vec![1usize, 3]),
+        in_channels in prop::sample::select(vec![1usize, 3, 16]),
+        out_channels in prop::sample::select(vec![1usize, 3, 16]),
+        height in 1usize..9,
+        width in 1usize..9,
+        seed in 0u64..1_000_000,
+    ) {
+        let x = randn(&[batch, in_channels, height, width], DType::F32, seed);
+        let w = randn(&[in_channels, out_channels, 2, 2], DType::F32, seed + 1);
+        let b = randn(&[out_channels], DType::F32, seed + 2);
+        let inputs = [x, w, b];
+        let (ours, our_grads) = grads_of(
+            &inputs,
+            |t| conv_transpose2d_k2s2(&t[0], &t[1], Some(&t[2])).unwrap(),
+            seed + 3,
+        );
+        let (theirs, their_grads) = grads_of(&inputs, |t| {
+            let y = t[0].conv_transpose2d(&t[1], 0, 0, 2, 1).unwrap();
+            y.broadcast_add(&t[2].reshape((1, (), 1, 1)).unwrap()).unwrap()
+        }, seed + 3);
+        let context = format!("{batch} x {in_channels} -> {out_channels} x {height} x {width}");
+        assert_close(&format!("{context} forward"), &ours, &theirs, F32_TOL);
+        for (name, i) in [("input", 0), ("weight", 1), ("bias", 2)] {
+            assert_close(&format!("{context} grad {name}"), &our_grads[i], &their_grads[i], F32_TOL);
+        }
     }
 
     #[test]
@@ -186,6 +266,150 @@ proptest! {
             prop_assert!((stats.var[c] - var[c]).abs() < 1e-4 * var[c].max(1.0));
         }
         prop_assert_eq!(stats.count, batch * height * width);
+    }
+}
+
+/// `relu(bn(conv(x)))` in training mode with candle's own ops (the reference of the fused
+/// double-conv op).
+fn candle_conv_bn_relu(x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
+    let channels = w.dim(0).unwrap();
+    let padding = w.dim(2).unwrap() / 2;
+    let zeros = Tensor::zeros(channels, x.dtype(), &Device::Cpu).unwrap();
+    let ones = Tensor::ones(channels, x.dtype(), &Device::Cpu).unwrap();
+    let bn = BatchNorm::new(channels, zeros, ones, gamma.clone(), beta.clone(), 1e-5).unwrap();
+    bn.forward_train(&x.conv2d(w, padding, 1, 1, 1).unwrap())
+        .unwrap()
+        .relu()
+        .unwrap()
+}
+
+/// The inputs of a double-conv case: `[x, (second,) w1, gamma1, beta1, w2, gamma2, beta2]`.
+fn double_conv_inputs(
+    dims: [usize; 4],
+    second_channels: Option<usize>,
+    (mid, out, kernel): (usize, usize, usize),
+    dtype: DType,
+    seed: u64,
+) -> Vec<Tensor> {
+    let [n, c, h, w] = dims;
+    let mut inputs = vec![randn(&dims, dtype, seed).affine(1.5, 0.5).unwrap()];
+    if let Some(c2) = second_channels {
+        inputs.push(randn(&[n, c2, h, w], dtype, seed + 1));
+    }
+    let c_in = c + second_channels.unwrap_or(0);
+    let scale = |t: Tensor| t.affine(0.3, 1.0).unwrap();
+    inputs.extend([
+        randn(&[mid, c_in, kernel, kernel], dtype, seed + 2),
+        scale(randn(&[mid], dtype, seed + 3)),
+        randn(&[mid], dtype, seed + 4),
+        randn(&[out, mid, kernel, kernel], dtype, seed + 5),
+        scale(randn(&[out], dtype, seed + 6)),
+        randn(&[out], dtype, seed + 7),
+    ]);
+    inputs
+}
+
+/// The fused op on `double_conv_inputs`.
+fn double_conv_of(t: &[Tensor], concat: bool) -> Tensor {
+    let (x, second, p) = if concat {
+        (&t[0], Some(&t[1]), &t[2..])
+    } else {
+        (&t[0], None, &t[1..])
+    };
+    let weights = DoubleConvWeights {
+        conv1: &p[0],
+        gamma1: &p[1],
+        beta1: &p[2],
+        conv2: &p[3],
+        gamma2: &p[4],
+        beta2: &p[5],
+    };
+    double_conv_bn_relu_train(x, second, &weights, 1e-5)
+        .unwrap()
+        .0
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn double_conv_bn_relu_train_matches_candle_ops(
+        batch in prop::sample::select(vec![1usize, 3]),
+        in_channels in prop::sample::select(vec![1usize, 3, 8]),
+        second_channels in prop::sample::select(vec![None, Some(1usize), Some(5)]),
+        mid in prop::sample::select(vec![1usize, 4, 16]),
+        out in prop::sample::select(vec![1usize, 4, 16]),
+        kernel in prop::sample::select(vec![1usize, 3]),
+        // At least 4 values per channel (see the batch-norm test).
+        height in 2usize..10,
+        width in 2usize..10,
+        seed in 0u64..1_000_000,
+    ) {
+        // A convolution with a single weight per output channel feeds a batch norm that
+        // cancels its scale: its weight gradient is exactly 0 and both sides return rounding
+        // noise, which no relative tolerance can compare.
+        let k1 = (in_channels + second_channels.unwrap_or(0)) * kernel * kernel;
+        prop_assume!(k1 >= 3 && mid * kernel * kernel >= 3);
+        let concat = second_channels.is_some();
+        let inputs = double_conv_inputs(
+            [batch, in_channels, height, width],
+            second_channels,
+            (mid, out, kernel),
+            // In f64: with few channels, gradients such as that of a single gamma are small
+            // differences of large sums (batch norm cancels scales), whose f32 rounding on
+            // either side no tolerance fits. The U-Net tests below compare the f32 path.
+            DType::F64,
+            seed,
+        );
+        let (ours, our_grads) = grads_of(&inputs, |t| double_conv_of(t, concat), seed + 8);
+        let (theirs, their_grads) = grads_of(&inputs, |t| {
+            let (x, p) = if concat {
+                (Tensor::cat(&[&t[0], &t[1]], 1).unwrap(), &t[2..])
+            } else {
+                (t[0].clone(), &t[1..])
+            };
+            let a1 = candle_conv_bn_relu(&x, &p[0], &p[1], &p[2]);
+            candle_conv_bn_relu(&a1, &p[3], &p[4], &p[5])
+        }, seed + 8);
+        let context = format!(
+            "{batch} x {in_channels} (+ {second_channels:?}) x {height} x {width} -> {mid} -> \
+             {out}, kernel {kernel}"
+        );
+        assert_close(&format!("{context}: forward"), &ours, &theirs, 1e-10);
+        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
+            assert_close(&format!("{context}: grad of input {i}"), a, b, 1e-8);
+        }
+        // The returned statistics are the batch norms' batch statistics.
+        let weights_at = if concat { 2 } else { 1 };
+        let p = &inputs[weights_at..];
+        let x = if concat {
+            Tensor::cat(&[&inputs[0], &inputs[1]], 1).unwrap()
+        } else {
+            inputs[0].clone()
+        };
+        let h1 = x.conv2d(&p[0], kernel / 2, 1, 1, 1).unwrap();
+        let weights = DoubleConvWeights {
+            conv1: &p[0], gamma1: &p[1], beta1: &p[2], conv2: &p[3], gamma2: &p[4], beta2: &p[5],
+        };
+        let second = concat.then(|| &inputs[1]);
+        let (_, [stats1, _]) =
+            double_conv_bn_relu_train(&inputs[0], second, &weights, 1e-5).unwrap();
+        let (_, reference) = batch_norm_train(&h1, &p[1], &p[2], 1e-5, true).unwrap();
+        for c in 0..mid {
+            prop_assert!((stats1.mean[c] - reference.mean[c]).abs() < 1e-10 * (1.0 + reference.mean[c].abs()));
+            prop_assert!((stats1.var[c] - reference.var[c]).abs() < 1e-10 * reference.var[c].max(1.0));
+        }
+        prop_assert_eq!(stats1.count, batch * height * width);
+    }
+}
+
+#[test]
+fn double_conv_bn_relu_train_backward_matches_finite_differences() {
+    for second in [None, Some(2)] {
+        let inputs = double_conv_inputs([2, 2, 4, 3], second, (3, 2, 3), DType::F64, 40);
+        check_finite_differences(&format!("double conv, second {second:?}"), &inputs, |t| {
+            double_conv_of(t, second.is_some())
+        });
     }
 }
 
@@ -237,32 +461,36 @@ fn check_finite_differences(what: &str, inputs: &[Tensor], f: impl Fn(&[Tensor])
 fn conv2d_on_images_split_into_several_row_bands_matches_candle() {
     // 16 channels x 3 x 3 taps x 131 columns: a band holds 6 output rows at stride 1 and 13
     // at stride 2, so 37 rows (19 at stride 2) make several bands and a partial last one.
-    for (stride, height) in [(1, 37), (2, 37)] {
-        let x = randn(&[2, 16, height, 131], DType::F32, 30);
+    // Batch 2 spreads the samples over the threads; batch 1 spreads the bands of the image
+    // (with more than one rayon thread), and the bias takes the fused path of both.
+    for (batch, stride, height) in [(2, 1, 37), (2, 2, 37), (1, 1, 37), (1, 2, 37)] {
+        let x = randn(&[batch, 16, height, 131], DType::F32, 30);
         let w = randn(&[8, 16, 3, 3], DType::F32, 31);
+        let b = randn(&[8], DType::F32, 33);
         let (ours, our_grads) = grads_of(
-            &[x.clone(), w.clone()],
-            |t| conv2d(&t[0], &t[1], stride, 1).unwrap(),
+            &[x.clone(), w.clone(), b.clone()],
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), stride, 1).unwrap(),
             32,
         );
         let (theirs, their_grads) = grads_of(
-            &[x, w],
-            |t| t[0].conv2d(&t[1], 1, stride, 1, 1).unwrap(),
+            &[x, w, b],
+            |t| {
+                let y = t[0].conv2d(&t[1], 1, stride, 1, 1).unwrap();
+                y.broadcast_add(&t[2].reshape((1, (), 1, 1)).unwrap())
+                    .unwrap()
+            },
             32,
         );
-        assert_close(&format!("stride {stride} forward"), &ours, &theirs, F32_TOL);
-        assert_close(
-            &format!("stride {stride} grad input"),
-            &our_grads[0],
-            &their_grads[0],
-            F32_TOL,
-        );
-        assert_close(
-            &format!("stride {stride} grad weight"),
-            &our_grads[1],
-            &their_grads[1],
-            F32_TOL,
-        );
+        let context = format!("batch {batch}, stride {stride}");
+        assert_close(&format!("{context}: forward"), &ours, &theirs, F32_TOL);
+        for (name, i) in [("input", 0), ("weight", 1), ("bias", 2)] {
+            assert_close(
+                &format!("{context}: grad {name}"),
+                &our_grads[i],
+                &their_grads[i],
+                F32_TOL,
+            );
+        }
     }
 }
 
@@ -274,7 +502,7 @@ fn conv2d_backward_matches_finite_differences() {
         check_finite_differences(
             &format!("conv2d stride {stride} padding {padding} kernel {kernel}"),
             &[x, w],
-            |t| conv2d(&t[0], &t[1], stride, padding).unwrap(),
+            |t| conv2d(&t[0], &t[1], None, stride, padding).unwrap(),
         );
     }
 }
@@ -283,9 +511,35 @@ fn conv2d_backward_matches_finite_differences() {
 fn conv_transpose2d_k2s2_backward_matches_finite_differences() {
     let x = randn(&[2, 3, 3, 2], DType::F64, 3);
     let w = randn(&[3, 2, 2, 2], DType::F64, 4);
-    check_finite_differences("conv_transpose2d_k2s2", &[x, w], |t| {
-        conv_transpose2d_k2s2(&t[0], &t[1]).unwrap()
+    let b = randn(&[2], DType::F64, 5);
+    check_finite_differences("conv_transpose2d_k2s2", &[x.clone(), w.clone()], |t| {
+        conv_transpose2d_k2s2(&t[0], &t[1], None).unwrap()
     });
+    check_finite_differences("conv_transpose2d_k2s2 with bias", &[x, w, b], |t| {
+        conv_transpose2d_k2s2(&t[0], &t[1], Some(&t[2])).unwrap()
+    });
+}
+
+#[test]
+fn conv2d_with_bias_and_conv2d_concat_backward_match_finite_differences() {
+    for (stride, padding, kernel) in [(1, 1, 3), (2, 1, 3), (1, 0, 1)] {
+        let x = randn(&[2, 2, 5, 4], DType::F64, 11);
+        let second = randn(&[2, 3, 5, 4], DType::F64, 12);
+        let w = randn(&[3, 2, kernel, kernel], DType::F64, 13);
+        let b = randn(&[3], DType::F64, 14);
+        let context = format!("stride {stride} padding {padding} kernel {kernel}");
+        check_finite_differences(
+            &format!("conv2d with bias, {context}"),
+            &[x.clone(), w, b],
+            |t| conv2d(&t[0], &t[1], Some(&t[2]), stride, padding).unwrap(),
+        );
+        let w_concat = randn(&[3, 5, kernel, kernel], DType::F64, 15);
+        check_finite_differences(
+            &format!("conv2d_concat, {context}"),
+            &[x, second, w_concat],
+            |t| conv2d_concat(&t[0], &t[1], &t[2], stride, padding).unwrap(),
+        );
+    }
 }
 
 #[test]
@@ -356,17 +610,38 @@ fn max_pool2x2_matches_the_candle_composition_and_sends_ties_to_the_first_maximu
 #[test]
 fn shape_errors_are_errors_not_panics() {
     let x = randn(&[1, 3, 4, 4], DType::F32, 0);
-    assert!(conv2d(&x, &randn(&[2, 4, 3, 3], DType::F32, 1), 1, 1).is_err());
-    assert!(conv2d(&x, &randn(&[2, 3, 7, 7], DType::F32, 1), 1, 1).is_err());
-    assert!(conv2d(&x, &randn(&[2, 3, 3, 3], DType::F32, 1), 0, 1).is_err());
-    assert!(conv_transpose2d_k2s2(&x, &randn(&[3, 2, 3, 3], DType::F32, 1)).is_err());
-    assert!(conv_transpose2d_k2s2(&x, &randn(&[2, 2, 2, 2], DType::F32, 1)).is_err());
+    let w = randn(&[2, 3, 3, 3], DType::F32, 1);
+    assert!(conv2d(&x, &randn(&[2, 4, 3, 3], DType::F32, 1), None, 1, 1).is_err());
+    assert!(conv2d(&x, &randn(&[2, 3, 7, 7], DType::F32, 1), None, 1, 1).is_err());
+    assert!(conv2d(&x, &w, None, 0, 1).is_err());
+    let bias_of = |n: usize| randn(&[n], DType::F32, 4);
+    assert!(conv2d(&x, &w, Some(&bias_of(3)), 1, 1).is_err());
+    assert!(
+        conv2d(
+            &x,
+            &w,
+            Some(&bias_of(2).to_dtype(DType::F64).unwrap()),
+            1,
+            1
+        )
+        .is_err()
+    );
+    // Concatenation: channels must add up, and batch, height and width must agree.
+    let w5 = randn(&[2, 5, 3, 3], DType::F32, 1);
+    assert!(conv2d_concat(&x, &randn(&[1, 2, 4, 4], DType::F32, 2), &w5, 1, 1).is_ok());
+    assert!(conv2d_concat(&x, &randn(&[1, 3, 4, 4], DType::F32, 2), &w5, 1, 1).is_err());
+    assert!(conv2d_concat(&x, &randn(&[1, 2, 4, 5], DType::F32, 2), &w5, 1, 1).is_err());
+    assert!(conv2d_concat(&x, &randn(&[2, 2, 4, 4], DType::F32, 2), &w5, 1, 1).is_err());
+    assert!(conv_transpose2d_k2s2(&x, &randn(&[3, 2, 3, 3], DType::F32, 1), None).is_err());
+    assert!(conv_transpose2d_k2s2(&x, &randn(&[2, 2, 2, 2], DType::F32, 1), None).is_err());
+    let up_w = randn(&[3, 2, 2, 2], DType::F32, 1);
+    assert!(conv_transpose2d_k2s2(&x, &up_w, Some(&bias_of(3))).is_err());
     let c3 = randn(&[3], DType::F32, 2);
     assert!(batch_norm_train(&x, &randn(&[2], DType::F32, 2), &c3, 1e-5, false).is_err());
     let single = randn(&[1, 3, 1, 1], DType::F32, 3);
     assert!(batch_norm_train(&single, &c3, &c3, 1e-5, false).is_err());
     let ints = Tensor::zeros((1, 3, 4, 4), DType::U32, &Device::Cpu).unwrap();
-    assert!(conv2d(&ints, &ints.narrow(0, 0, 1).unwrap(), 1, 1).is_err());
+    assert!(conv2d(&ints, &ints.narrow(0, 0, 1).unwrap(), None, 1, 1).is_err());
 }
 
 mod unet {

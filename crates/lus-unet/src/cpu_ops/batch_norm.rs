@@ -34,11 +34,11 @@ impl BatchStats {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct BnGeom {
-    batch: usize,
-    channels: usize,
+pub(crate) struct BnGeom {
+    pub batch: usize,
+    pub channels: usize,
     /// Pixels per plane, `H * W`.
-    pixels: usize,
+    pub pixels: usize,
 }
 
 impl BnGeom {
@@ -67,14 +67,26 @@ impl BnStatsOp {
         let per_channel: Vec<(f64, f64)> = (0..g.channels)
             .into_par_iter()
             .map(|c| {
-                let sum: f64 = g
-                    .planes(x, c)
-                    .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
-                    .sum();
+                let sum: f64 = g.planes(x, c).map(|p| lane_sum(p, |v| v)).sum();
                 let mean = sum / m;
                 let sq: f64 = g
                     .planes(x, c)
-                    .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+                    .map(|p| {
+                        let mut lanes = [0.0f64; LANES];
+                        let chunks = p.chunks_exact(LANES);
+                        let tail: f64 = chunks
+                            .remainder()
+                            .iter()
+                            .map(|v| (v.to_f64() - mean).powi(2))
+                            .sum();
+                        for chunk in chunks {
+                            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                                let d = v.to_f64() - mean;
+                                *lane += d * d;
+                            }
+                        }
+                        lanes.iter().sum::<f64>() + tail
+                    })
                     .sum();
                 (mean, sq / m)
             })
@@ -100,7 +112,7 @@ impl CustomOp1 for BnStatsOp {
 
 /// What forward and backward share: the shapes, the statistics and the fused ReLU.
 #[derive(Debug)]
-struct BnState {
+pub(crate) struct BnState {
     geom: BnGeom,
     mean: Vec<f64>,
     invstd: Vec<f64>,
@@ -158,6 +170,12 @@ impl Kernel3 for BnFwd {
         [self.0.data_shape(), channels.clone(), channels]
     }
     fn run<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.forward(x, gamma, beta), self.0.data_shape()))
+    }
+}
+
+impl BnFwd {
+    fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let s = &self.0;
         let (scale, shift): (Vec<T>, Vec<T>) = (0..s.geom.channels)
             .map(|c| {
@@ -167,7 +185,7 @@ impl Kernel3 for BnFwd {
             })
             .unzip();
         let zero = T::from_f64(0.0);
-        let y = s.map_planes([x, &[], &[]], |c, [x, _, _], y| {
+        s.map_planes([x, &[], &[]], |c, [x, _, _], y| {
             let (a, b) = (scale[c], shift[c]);
             if s.relu {
                 for (o, v) in y.iter_mut().zip(x) {
@@ -179,8 +197,7 @@ impl Kernel3 for BnFwd {
                     *o = *v * a + b;
                 }
             }
-        });
-        Ok((y, s.data_shape()))
+        })
     }
 }
 
@@ -244,6 +261,25 @@ fn masked<T: Float>(relu: bool, dy: T, y: T) -> T {
     } else {
         dy
     }
+}
+
+/// Lanes of [`lane_sum`] and of the variance pass.
+const LANES: usize = 8;
+
+/// `sum f(v)` over `values` in f64, accumulated in [`LANES`] independent lanes, which the
+/// compiler vectorises (one running sum is a serial chain of dependent additions).
+#[inline(always)]
+fn lane_sum<T: Float>(values: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(*v).to_f64();
+        }
+    }
+    let tail: f64 = tail.iter().map(|v| f(*v).to_f64()).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// `(dy, x, y) -> [2, C]` in f64: `sum g` and `sum g * xhat` per channel.
@@ -331,6 +367,12 @@ impl Kernel3 for BnGradInput {
         [shape.clone(), shape.clone(), shape]
     }
     fn run<T: Float>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.grad_input(dy, x, y), self.state.data_shape()))
+    }
+}
+
+impl BnGradInput {
+    fn grad_input<T: Float>(&self, dy: &[T], x: &[T], y: &[T]) -> Vec<T> {
         let s = &self.state;
         let m = s.geom.count() as f64;
         // dx = k (g - sum_g / M - xhat sum_gx / M) = a g + b x + c per channel.
@@ -342,13 +384,21 @@ impl Kernel3 for BnGradInput {
                 [T::from_f64(k), T::from_f64(b), T::from_f64(c0)]
             })
             .collect();
-        let dx = s.map_planes([dy, x, y], |c, [dy, x, y], dx| {
+        let zero = T::from_f64(0.0);
+        s.map_planes([dy, x, y], |c, [dy, x, y], dx| {
             let [a, b, c0] = coef[c];
-            for (((o, d), v), r) in dx.iter_mut().zip(dy).zip(x).zip(y) {
-                *o = a * masked(s.relu, *d, *r) + b * *v + c0;
+            // Two loops rather than a test of `relu` per element, so that each vectorises.
+            if s.relu {
+                for (((o, d), v), r) in dx.iter_mut().zip(dy).zip(x).zip(y) {
+                    let g = if *r <= zero { zero } else { *d };
+                    *o = a * g + b * *v + c0;
+                }
+            } else {
+                for ((o, d), v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = a * *d + b * *v + c0;
+                }
             }
-        });
-        Ok((dx, s.data_shape()))
+        })
     }
 }
 
@@ -367,6 +417,55 @@ impl CustomOp3 for BnGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
     }
+}
+
+/// Training-mode batch norm + ReLU of the contiguous `x` on plain slices (for ops that fuse
+/// it with other layers): the output, the state its backward needs and the batch statistics.
+pub(crate) fn bn_train_forward<T: Float>(
+    geom: BnGeom,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+) -> (Vec<T>, Arc<BnState>, BatchStats) {
+    let stats = BnStatsOp(geom).run(x);
+    let (mean, var) = stats.split_at(geom.channels);
+    let state = Arc::new(BnState {
+        geom,
+        mean: mean.to_vec(),
+        invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        relu: true,
+        batch_statistics: true,
+    });
+    let y = BnFwd(state.clone()).forward(x, gamma, beta);
+    let stats = BatchStats {
+        mean: mean.to_vec(),
+        var: var.to_vec(),
+        count: geom.count(),
+    };
+    (y, state, stats)
+}
+
+/// The backward pass of [`bn_train_forward`] on plain slices: the gradients of `x`, `gamma`
+/// and `beta` given `dy`, the input `x` and the output `y`.
+pub(crate) fn bn_relu_backward<T: Float>(
+    state: &Arc<BnState>,
+    dy: &[T],
+    x: &[T],
+    y: &[T],
+    gamma: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let sums = BnGradSums(state.clone()).sums(dy, x, y);
+    let (sum_g, sum_gx) = sums.split_at(state.geom.channels);
+    let dx = BnGradInput {
+        state: state.clone(),
+        gamma: gamma.iter().map(|g| g.to_f64()).collect(),
+        sum_g: sum_g.to_vec(),
+        sum_gx: sum_gx.to_vec(),
+    }
+    .grad_input(dy, x, y);
+    let to_t = |v: &[f64]| v.iter().map(|v| T::from_f64(*v)).collect();
+    (dx, to_t(sum_gx), to_t(sum_g))
 }
 
 /// Batch norm in training mode of `x` (`N x C x H x W`) with scale `gamma` and shift `beta`

@@ -2,25 +2,46 @@
 //! gradients as further custom ops.
 //!
 //! Per sample, with `K = Ci * kh * kw` and `P = Ho * Wo`: `col (K x P) = im2col(x)`,
-//! `y (Co x P) = W (Co x K) * col`; `dcol = W^T * dy`, `dx = col2im(dcol)`;
-//! `dW = sum over samples of dy * col^T`. A 1x1 stride-1 unpadded convolution skips im2col.
+//! `y (Co x P) = W (Co x K) * col (+ bias)`; `dcol = W^T * dy`, `dx = col2im(dcol)`;
+//! `dW = sum over samples of dy * col^T`, `dbias = sum of dy over samples and pixels`. A 1x1
+//! stride-1 unpadded convolution skips im2col.
+//!
+//! Two fusions save whole passes over the largest tensors of the U-Net:
+//! - a bias is added inside the GEMM (the output band is prefilled with it and the product
+//!   accumulated), and its gradient comes out of the weight-gradient op, from the `dy` that op
+//!   reads anyway; candle would add it with a broadcast op and reduce its gradient with another;
+//! - the input may be two tensors concatenated along channels (the decoder's skip connection
+//!   and its up-sampled features): im2col reads every channel from the tensor that holds it and
+//!   col2im writes the input gradient straight into the two parts, so the concatenation, its
+//!   backward split and a gradient accumulation over the concatenated tensor never happen.
 
 use std::ops::Range;
 
-use super::{Float, Kernel2, Mat, Plan, cpu_fwd2, matmul, matmul_into, sum_blocks, with_scratch};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+
+use super::{
+    Float, Kernel2, Kernel3, Mat, Plan, cpu_fwd2, cpu_fwd3, matmul, matmul_into, split_flat,
+    sum_blocks, with_scratch,
+};
 
 /// Elements of one im2col tile: the convolutions work on bands of output rows whose column
 /// matrix (`K x band pixels`) stays in the cache between im2col and the GEMM; a whole-image
-/// column matrix at 128 px is tens of MiB and made every pass a trip to memory.
-const TILE_ELEMENTS: usize = 128 * 1024;
+/// column matrix at 128 px is tens of MiB and made every pass a trip to memory. 1 MiB of f32,
+/// half the 2 MiB L2 of the development machine: 128 Ki elements made the batch-8 step 5-9%
+/// slower, 512 Ki was no faster.
+const TILE_ELEMENTS: usize = 256 * 1024;
 const MIN_BAND_PIXELS: usize = 512;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// The shapes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConvGeom {
     pub batch: usize,
+    /// All input channels (of both parts when the input is a concatenation).
     pub in_channels: usize,
+    /// Channels of the first input; less than `in_channels` when the input is the
+    /// concatenation of two tensors, equal otherwise.
+    pub first_channels: usize,
     pub height: usize,
     pub width: usize,
     pub out_channels: usize,
@@ -33,15 +54,37 @@ pub(crate) struct ConvGeom {
 }
 
 impl ConvGeom {
-    fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Self> {
-        let (&[batch, in_channels, height, width], &[out_channels, w_in, kernel_h, kernel_w]) =
+    /// The geometry of a convolution of `x` (or of `cat([x, second], 1)`) with `w`.
+    pub(crate) fn new(
+        x: &[usize],
+        second: Option<&[usize]>,
+        w: &[usize],
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let (&[batch, first_channels, height, width], &[out_channels, w_in, kernel_h, kernel_w]) =
             (x, w)
         else {
             candle_core::bail!("conv2d: input {x:?} and weight {w:?} must both be 4-D")
         };
+        let in_channels = match second {
+            None => first_channels,
+            Some(&[n2, c2, h2, w2]) if n2 == batch && h2 == height && w2 == width => {
+                if first_channels == 0 || c2 == 0 {
+                    candle_core::bail!(
+                        "conv2d_concat: inputs {x:?} and {second:?} must both have channels"
+                    )
+                }
+                first_channels + c2
+            }
+            Some(other) => candle_core::bail!(
+                "conv2d_concat: inputs {x:?} and {other:?} differ in batch, height or width"
+            ),
+        };
         if w_in != in_channels {
             candle_core::bail!(
-                "conv2d: input {x:?} has {in_channels} channels, weight {w:?} expects {w_in}"
+                "conv2d: input {x:?} (with {second:?}) has {in_channels} channels, weight {w:?} \
+                 expects {w_in}"
             )
         }
         if stride == 0 || kernel_h == 0 || kernel_w == 0 {
@@ -56,6 +99,7 @@ impl ConvGeom {
         Ok(Self {
             batch,
             in_channels,
+            first_channels,
             height,
             width,
             out_channels,
@@ -68,17 +112,27 @@ impl ConvGeom {
         })
     }
 
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.in_channels * self.kernel_h * self.kernel_w
     }
-    fn in_plane(&self) -> usize {
-        self.in_channels * self.height * self.width
+    pub(crate) fn plane(&self) -> usize {
+        self.height * self.width
     }
-    fn out_pixels(&self) -> usize {
+    pub(crate) fn in_plane(&self) -> usize {
+        self.in_channels * self.plane()
+    }
+    pub(crate) fn out_pixels(&self) -> usize {
         self.out_height * self.out_width
     }
-    fn out_plane(&self) -> usize {
+    pub(crate) fn out_plane(&self) -> usize {
         self.out_channels * self.out_pixels()
+    }
+    pub(crate) fn is_concat(&self) -> bool {
+        self.first_channels < self.in_channels
+    }
+    /// Channels of the two input parts (the second is 0 without a concatenation).
+    pub(crate) fn part_channels(&self) -> [usize; 2] {
+        [self.first_channels, self.in_channels - self.first_channels]
     }
     /// Bands of output rows, each with about `TILE_ELEMENTS` column-matrix elements.
     fn row_bands(&self) -> impl Iterator<Item = Range<usize>> {
@@ -95,12 +149,23 @@ impl ConvGeom {
         self.row_bands().map(|r| r.len()).max().unwrap_or(0) * self.out_width * self.k()
     }
     fn is_pointwise(&self) -> bool {
-        self.kernel_h == 1 && self.kernel_w == 1 && self.stride == 1 && self.padding == 0
+        self.kernel_h == 1
+            && self.kernel_w == 1
+            && self.stride == 1
+            && self.padding == 0
+            && !self.is_concat()
     }
-    fn input_shape(&self) -> Shape {
-        (self.batch, self.in_channels, self.height, self.width).into()
+    /// The shapes of the input parts (one, or two for a concatenation).
+    pub(crate) fn input_shapes(&self) -> Vec<Shape> {
+        let [c1, c2] = self.part_channels();
+        let shape = |c| Shape::from((self.batch, c, self.height, self.width));
+        if self.is_concat() {
+            vec![shape(c1), shape(c2)]
+        } else {
+            vec![shape(c1)]
+        }
     }
-    fn weight_shape(&self) -> Shape {
+    pub(crate) fn weight_shape(&self) -> Shape {
         (
             self.out_channels,
             self.in_channels,
@@ -109,7 +174,10 @@ impl ConvGeom {
         )
             .into()
     }
-    fn output_shape(&self) -> Shape {
+    pub(crate) fn weight_len(&self) -> usize {
+        self.out_channels * self.k()
+    }
+    pub(crate) fn output_shape(&self) -> Shape {
         (
             self.batch,
             self.out_channels,
@@ -117,6 +185,39 @@ impl ConvGeom {
             self.out_width,
         )
             .into()
+    }
+}
+
+/// The input planes of one sample, from one tensor or from the two parts of a concatenation.
+#[derive(Clone, Copy)]
+struct SampleInput<'a, T> {
+    parts: [&'a [T]; 2],
+    first_channels: usize,
+    plane: usize,
+}
+
+impl<'a, T> SampleInput<'a, T> {
+    /// Sample `n` of the batch tensors `parts` (the second empty without a concatenation).
+    fn of(g: &ConvGeom, parts: [&'a [T]; 2], n: usize) -> Self {
+        let plane = g.plane();
+        let [c1, c2] = g.part_channels();
+        Self {
+            parts: [
+                &parts[0][n * c1 * plane..][..c1 * plane],
+                &parts[1][n * c2 * plane..][..c2 * plane],
+            ],
+            first_channels: c1,
+            plane,
+        }
+    }
+    /// The plane of input channel `ci` (counted over both parts).
+    fn channel(&self, ci: usize) -> &'a [T] {
+        let (part, c) = if ci < self.first_channels {
+            (0, ci)
+        } else {
+            (1, ci - self.first_channels)
+        };
+        &self.parts[part][c * self.plane..][..self.plane]
     }
 }
 
@@ -142,28 +243,47 @@ fn valid_range(
     (lo.min(hi), hi)
 }
 
-/// Visits every (row of col, output row in `rows`) pair with the source input row, the valid
-/// output column range and the input column of the first valid output: the shared loop
-/// structure of im2col and col2im. The output row is passed relative to `rows.start`.
-fn for_each_tap_row(
-    g: &ConvGeom,
-    rows: Range<usize>,
-    mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), usize),
-) {
+/// One (row of col, output row) pair of im2col / col2im.
+struct TapRow {
+    /// Row of the column matrix, `(ci * kh + ky) * kw + kx`.
+    row: usize,
+    /// Input channel.
+    channel: usize,
+    /// Output row, relative to the start of the band.
+    out_row: usize,
+    /// Offset of the source input row within its channel plane, `None` when the tap falls in
+    /// the padding.
+    src: Option<usize>,
+    /// The valid output column range.
+    valid: (usize, usize),
+    /// Input column of the first valid output.
+    first_col: usize,
+}
+
+/// Visits every (row of col, output row in `rows`) pair: the shared loop structure of im2col
+/// and col2im.
+fn for_each_tap_row(g: &ConvGeom, rows: Range<usize>, mut f: impl FnMut(TapRow)) {
     let (kh, kw, s, p) = (g.kernel_h, g.kernel_w, g.stride, g.padding);
     for ci in 0..g.in_channels {
         for ky in 0..kh {
             let (oy_lo, oy_hi) = valid_range(ky, p, s, g.height, g.out_height);
             for kx in 0..kw {
                 let row = (ci * kh + ky) * kw + kx;
-                let (ox_lo, ox_hi) = valid_range(kx, p, s, g.width, g.out_width);
+                let valid = valid_range(kx, p, s, g.width, g.out_width);
+                // First valid input column: ox_lo * s + kx - p (>= 0 by construction).
+                let first_col = (valid.0 * s + kx).saturating_sub(p);
                 for oy in rows.clone() {
                     let src = (oy_lo..oy_hi)
                         .contains(&oy)
-                        .then(|| (ci * g.height + oy * s + ky - p) * g.width);
-                    // First valid input column: ox_lo * s + kx - p (>= 0 by construction).
-                    let ix0 = (ox_lo * s + kx).saturating_sub(p);
-                    f(row, oy - rows.start, src, (ox_lo, ox_hi), ix0);
+                        .then(|| (oy * s + ky - p) * g.width);
+                    f(TapRow {
+                        row,
+                        channel: ci,
+                        out_row: oy - rows.start,
+                        src,
+                        valid,
+                        first_col,
+                    });
                 }
             }
         }
@@ -171,13 +291,14 @@ fn for_each_tap_row(
 }
 
 /// `col (K x band pixels) = im2col(x)` for the output rows `rows` of one sample.
-fn im2col<T: Float>(g: &ConvGeom, x: &[T], rows: Range<usize>, col: &mut [T]) {
+fn im2col<T: Float>(g: &ConvGeom, x: &SampleInput<'_, T>, rows: Range<usize>, col: &mut [T]) {
     let zero = T::from_f64(0.0);
     let (wo, s) = (g.out_width, g.stride);
     let p_len = rows.len() * wo;
-    for_each_tap_row(g, rows, |row, oy, src, (lo, hi), ix0| {
-        let out = &mut col[row * p_len + oy * wo..][..wo];
-        let Some(src) = src else {
+    for_each_tap_row(g, rows, |t| {
+        let (lo, hi) = t.valid;
+        let out = &mut col[t.row * p_len + t.out_row * wo..][..wo];
+        let Some(src) = t.src else {
             out.fill(zero);
             return;
         };
@@ -186,68 +307,121 @@ fn im2col<T: Float>(g: &ConvGeom, x: &[T], rows: Range<usize>, col: &mut [T]) {
         if hi == lo {
             return;
         }
-        let src = &x[src..src + g.width];
+        let src = &x.channel(t.channel)[src..src + g.width];
         if s == 1 {
-            out[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+            out[lo..hi].copy_from_slice(&src[t.first_col..t.first_col + (hi - lo)]);
         } else {
-            for (o, v) in out[lo..hi].iter_mut().zip(src[ix0..].iter().step_by(s)) {
+            for (o, v) in out[lo..hi]
+                .iter_mut()
+                .zip(src[t.first_col..].iter().step_by(s))
+            {
                 *o = *v;
             }
         }
     });
 }
 
-/// `dx += col2im(dcol)` for the output rows `rows` of one sample.
-fn col2im<T: Float>(g: &ConvGeom, dcol: &[T], rows: Range<usize>, dx: &mut [T]) {
-    let (wo, s) = (g.out_width, g.stride);
+/// `dx += col2im(dcol)` for the output rows `rows` of one sample, whose input gradient is
+/// `dx` (the planes of the first `first_channels` channels) and `dx_second` (the rest).
+fn col2im<T: Float>(
+    g: &ConvGeom,
+    dcol: &[T],
+    rows: Range<usize>,
+    dx: &mut [T],
+    dx_second: &mut [T],
+) {
+    let (wo, s, plane) = (g.out_width, g.stride, g.plane());
     let p_len = rows.len() * wo;
-    for_each_tap_row(g, rows, |row, oy, src, (lo, hi), ix0| {
-        let Some(dst) = src.filter(|_| hi > lo) else {
+    for_each_tap_row(g, rows, |t| {
+        let (lo, hi) = t.valid;
+        let Some(src) = t.src.filter(|_| hi > lo) else {
             return;
         };
-        let grad = &dcol[row * p_len + oy * wo..][lo..hi];
-        let dst = &mut dx[dst..dst + g.width];
+        let grad = &dcol[t.row * p_len + t.out_row * wo..][lo..hi];
+        let (part, c) = if t.channel < g.first_channels {
+            (&mut *dx, t.channel)
+        } else {
+            (&mut *dx_second, t.channel - g.first_channels)
+        };
+        let dst = &mut part[c * plane + src..][..g.width];
         if s == 1 {
-            for (d, v) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(grad) {
+            for (d, v) in dst[t.first_col..t.first_col + (hi - lo)]
+                .iter_mut()
+                .zip(grad)
+            {
                 *d += *v;
             }
         } else {
-            for (d, v) in dst[ix0..].iter_mut().step_by(s).zip(grad) {
+            for (d, v) in dst[t.first_col..].iter_mut().step_by(s).zip(grad) {
                 *d += *v;
             }
         }
     });
 }
 
-/// Forward: `(x, weight) -> y`.
-#[derive(Clone, Copy, Debug)]
-struct Conv2dFwd(ConvGeom);
+/// What the forward op adds to the plain convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Extra {
+    /// Nothing: `(x, weight)`.
+    None,
+    /// A bias: `(x, weight, bias)`.
+    Bias,
+    /// A second input concatenated after the first along channels: `(x, second, weight)`.
+    Concat,
+}
 
-impl Kernel2 for Conv2dFwd {
-    const NAME: &'static str = "lus-conv2d";
-    fn input_shapes(&self) -> [Shape; 2] {
-        [self.0.input_shape(), self.0.weight_shape()]
-    }
-    fn run<T: Float>(&self, x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
-        let g = self.0;
-        let (k, p_len) = (g.k(), g.out_pixels());
+/// Forward: `(x, weight) -> y`, `(x, weight, bias) -> y` or `(x, second, weight) -> y`.
+#[derive(Clone, Copy, Debug)]
+struct Conv2dFwd {
+    geom: ConvGeom,
+    extra: Extra,
+}
+
+impl Conv2dFwd {
+    fn forward<T: Float>(&self, parts: [&[T]; 2], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+        let g = self.geom;
+        let (k, p_len, co) = (g.k(), g.out_pixels(), g.out_channels);
         let mut y = vec![T::from_f64(0.0); g.batch * g.out_plane()];
-        let gemm_shape = (g.out_channels, p_len, k);
-        Plan::for_batch(g.batch).for_each_sample(&mut y, g.out_plane(), |n, y_n, par| {
-            let x_n = &x[n * g.in_plane()..][..g.in_plane()];
+        // With a bias, every output band is first filled with it and the product added.
+        let fill_bias = |y_n: &mut [T], pixels: Range<usize>| {
+            if let Some(bias) = bias {
+                for (c, b) in bias.iter().enumerate() {
+                    y_n[c * p_len + pixels.start..c * p_len + pixels.end].fill(*b);
+                }
+            }
+        };
+        let accumulate = bias.is_some();
+        let plan = Plan::for_batch(g.batch);
+        let bands: Vec<Range<usize>> = g.row_bands().collect();
+        if !g.is_pointwise() && plan.splits_bands(bands.len()) {
+            self.forward_over_bands(parts, w, bias, &bands, &mut y);
+            return y;
+        }
+        plan.for_each_sample(&mut y, g.out_plane(), |n, y_n, par| {
+            let x_n = SampleInput::of(&g, parts, n);
             if g.is_pointwise() {
-                matmul(gemm_shape, y_n, Mat::rows(w, k), Mat::rows(x_n, p_len), par);
+                fill_bias(y_n, 0..p_len);
+                matmul_into(
+                    (co, p_len, k),
+                    y_n,
+                    p_len,
+                    accumulate,
+                    Mat::rows(w, k),
+                    Mat::rows(x_n.parts[0], p_len),
+                    par,
+                );
             } else {
                 with_scratch(g.band_elements(), |col: &mut [T]| {
                     for rows in g.row_bands() {
                         let band = rows.len() * g.out_width;
                         let start = rows.start * g.out_width;
-                        im2col(&g, x_n, rows, col);
+                        im2col(&g, &x_n, rows, col);
+                        fill_bias(y_n, start..start + band);
                         matmul_into(
-                            (g.out_channels, band, k),
+                            (co, band, k),
                             &mut y_n[start..],
                             p_len,
-                            false,
+                            accumulate,
                             Mat::rows(w, k),
                             Mat::rows(col, band),
                             par,
@@ -256,13 +430,106 @@ impl Kernel2 for Conv2dFwd {
                 });
             }
         });
-        Ok((y, g.output_shape()))
+        y
+    }
+}
+
+impl Conv2dFwd {
+    /// [`Conv2dFwd::forward`] for a batch too small to spread over the threads: the row bands
+    /// of each image go to the threads instead (single-threaded GEMMs, one parallel region per
+    /// image rather than one per band). Each band's `Co x band` product lands in its own tile,
+    /// copied into the output rows afterwards.
+    fn forward_over_bands<T: Float>(
+        &self,
+        parts: [&[T]; 2],
+        w: &[T],
+        bias: Option<&[T]>,
+        bands: &[Range<usize>],
+        y: &mut [T],
+    ) {
+        use rayon::prelude::*;
+        let g = self.geom;
+        let (k, p_len, co, wo) = (g.k(), g.out_pixels(), g.out_channels, g.out_width);
+        let mut tiles = vec![T::from_f64(0.0); g.out_plane()];
+        for (n, y_n) in y.chunks_mut(g.out_plane().max(1)).enumerate() {
+            let x_n = SampleInput::of(&g, parts, n);
+            let mut chunks = Vec::with_capacity(bands.len());
+            let mut rest = &mut tiles[..];
+            for rows in bands {
+                let (tile, tail) = rest.split_at_mut(co * rows.len() * wo);
+                chunks.push((tile, rows.clone()));
+                rest = tail;
+            }
+            chunks.into_par_iter().for_each(|(tile, rows)| {
+                let band = rows.len() * wo;
+                if let Some(bias) = bias {
+                    for (row, b) in tile.chunks_mut(band).zip(bias) {
+                        row.fill(*b);
+                    }
+                }
+                with_scratch(g.band_elements(), |col: &mut [T]| {
+                    im2col(&g, &x_n, rows, col);
+                    matmul_into(
+                        (co, band, k),
+                        tile,
+                        band,
+                        bias.is_some(),
+                        Mat::rows(w, k),
+                        Mat::rows(col, band),
+                        Parallelism::None,
+                    );
+                });
+            });
+            let mut offset = 0;
+            for rows in bands {
+                let (band, start) = (rows.len() * wo, rows.start * wo);
+                for c in 0..co {
+                    y_n[c * p_len + start..][..band]
+                        .copy_from_slice(&tiles[offset + c * band..][..band]);
+                }
+                offset += co * band;
+            }
+        }
+    }
+}
+
+impl Kernel2 for Conv2dFwd {
+    const NAME: &'static str = "lus-conv2d";
+    fn input_shapes(&self) -> [Shape; 2] {
+        [self.geom.input_shapes().remove(0), self.geom.weight_shape()]
+    }
+    fn run<T: Float>(&self, x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.forward([x, &[]], w, None), self.geom.output_shape()))
+    }
+}
+
+impl Kernel3 for Conv2dFwd {
+    const NAME: &'static str = "lus-conv2d";
+    fn input_shapes(&self) -> [Shape; 3] {
+        let g = &self.geom;
+        let mut inputs = g.input_shapes();
+        match self.extra {
+            Extra::Concat => {
+                let second = inputs.pop().expect("two parts");
+                [inputs.remove(0), second, g.weight_shape()]
+            }
+            Extra::Bias | Extra::None => {
+                [inputs.remove(0), g.weight_shape(), g.out_channels.into()]
+            }
+        }
+    }
+    fn run<T: Float>(&self, a: &[T], b: &[T], c: &[T]) -> Result<(Vec<T>, Shape)> {
+        let y = match self.extra {
+            Extra::Concat => self.forward([a, b], c, None),
+            Extra::Bias | Extra::None => self.forward([a, &[]], b, Some(c)),
+        };
+        Ok((y, self.geom.output_shape()))
     }
 }
 
 impl CustomOp2 for Conv2dFwd {
     fn name(&self) -> &'static str {
-        Self::NAME
+        <Self as Kernel2>::NAME
     }
     fn cpu_fwd(
         &self,
@@ -280,22 +547,91 @@ impl CustomOp2 for Conv2dFwd {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        // No input gradient for an input outside the graph (the U-Net's image): candle would
-        // drop it anyway.
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(&w.contiguous()?, &Conv2dGradInput(self.0))?)
-        } else {
-            None
-        };
-        let dw = x
-            .contiguous()?
-            .apply_op2_no_bwd(&dy, &Conv2dGradWeight(self.0))?;
-        Ok((dx, Some(dw)))
+        let (mut dx, dw, _) = conv_backward(self.geom, &[x], w, dy, false)?;
+        Ok((dx.remove(0), Some(dw)))
     }
 }
 
-/// Input gradient: `(dy, weight) -> dx`.
+impl CustomOp3 for Conv2dFwd {
+    fn name(&self) -> &'static str {
+        <Self as Kernel3>::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match self.extra {
+            Extra::Concat => {
+                let (mut dx, dw, _) = conv_backward(self.geom, &[a, b], c, dy, false)?;
+                let second = dx.pop().flatten();
+                Ok((dx.pop().flatten(), second, Some(dw)))
+            }
+            Extra::Bias | Extra::None => {
+                let (mut dx, dw, db) = conv_backward(self.geom, &[a], b, dy, true)?;
+                Ok((dx.remove(0), Some(dw), db))
+            }
+        }
+    }
+}
+
+/// The gradients of a convolution of the input parts `xs` with `w` given `dy`: one input
+/// gradient per part (`None` for a part outside the graph, such as the U-Net's image), the
+/// weight gradient and, with `bias`, the bias gradient.
+#[allow(clippy::type_complexity)]
+fn conv_backward(
+    g: ConvGeom,
+    xs: &[&Tensor],
+    w: &Tensor,
+    dy: &Tensor,
+    bias: bool,
+) -> Result<(Vec<Option<Tensor>>, Tensor, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let dx = if xs.iter().any(|x| x.track_op()) {
+        let packed = dy.apply_op2_no_bwd(&w.contiguous()?, &Conv2dGradInput(g))?;
+        let shapes = g.input_shapes();
+        let parts = split_flat(&packed, &shapes)?;
+        xs.iter()
+            .zip(parts)
+            .map(|(x, d)| x.track_op().then_some(d))
+            .collect()
+    } else {
+        vec![None; xs.len()]
+    };
+    let grad_weight = Conv2dGradWeight { geom: g, bias };
+    let packed = match xs {
+        [x] => x.contiguous()?.apply_op2_no_bwd(&dy, &grad_weight)?,
+        [x, second] => {
+            x.contiguous()?
+                .apply_op3_no_bwd(&second.contiguous()?, &dy, &grad_weight)?
+        }
+        _ => candle_core::bail!("conv2d backward: one or two inputs, got {}", xs.len()),
+    };
+    let mut shapes = vec![g.weight_shape()];
+    if bias {
+        shapes.push(g.out_channels.into());
+    }
+    let mut weight_and_bias = split_flat(&packed, &shapes)?;
+    let db = bias.then(|| weight_and_bias.pop()).flatten();
+    Ok((dx, weight_and_bias.remove(0), db))
+}
+
+/// Input gradient: `(dy, weight) -> dx`; for a concatenated input, both parts' gradients one
+/// after the other in a flat tensor.
 #[derive(Clone, Copy, Debug)]
 struct Conv2dGradInput(ConvGeom);
 
@@ -306,31 +642,50 @@ impl Kernel2 for Conv2dGradInput {
     }
     fn run<T: Float>(&self, dy: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
         let g = self.0;
-        let (k, p_len) = (g.k(), g.out_pixels());
+        let shape = if g.is_concat() {
+            (g.batch * g.in_plane()).into()
+        } else {
+            g.input_shapes().remove(0)
+        };
+        Ok((self.grad_input(dy, w), shape))
+    }
+}
+
+impl Conv2dGradInput {
+    fn grad_input<T: Float>(&self, dy: &[T], w: &[T]) -> Vec<T> {
+        let g = self.0;
+        let (k, p_len, plane) = (g.k(), g.out_pixels(), g.plane());
+        let [c1, _] = g.part_channels();
         let mut dx = vec![T::from_f64(0.0); g.batch * g.in_plane()];
+        let (dx_first, dx_second) = dx.split_at_mut(g.batch * c1 * plane);
         let gemm_shape = (k, p_len, g.out_channels);
-        Plan::for_batch(g.batch).for_each_sample(&mut dx, g.in_plane(), |n, dx_n, par| {
-            let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
-            let w_t = Mat::transposed(w, k);
-            if g.is_pointwise() {
-                matmul(gemm_shape, dx_n, w_t, Mat::rows(dy_n, p_len), par);
-            } else {
-                with_scratch(g.band_elements(), |dcol: &mut [T]| {
-                    for rows in g.row_bands() {
-                        let band = rows.len() * g.out_width;
-                        let start = rows.start * g.out_width;
-                        let dy_band = Mat {
-                            data: &dy_n[start..],
-                            row_stride: p_len,
-                            col_stride: 1,
-                        };
-                        matmul((k, band, g.out_channels), dcol, w_t, dy_band, par);
-                        col2im(&g, dcol, rows, dx_n);
-                    }
-                });
-            }
-        });
-        Ok((dx, g.input_shape()))
+        Plan::for_batch(g.batch).for_each_sample2(
+            g.batch,
+            dx_first,
+            dx_second,
+            |n, dx_n, dx2_n, par| {
+                let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
+                let w_t = Mat::transposed(w, k);
+                if g.is_pointwise() {
+                    matmul(gemm_shape, dx_n, w_t, Mat::rows(dy_n, p_len), par);
+                } else {
+                    with_scratch(g.band_elements(), |dcol: &mut [T]| {
+                        for rows in g.row_bands() {
+                            let band = rows.len() * g.out_width;
+                            let start = rows.start * g.out_width;
+                            let dy_band = Mat {
+                                data: &dy_n[start..],
+                                row_stride: p_len,
+                                col_stride: 1,
+                            };
+                            matmul((k, band, g.out_channels), dcol, w_t, dy_band, par);
+                            col2im(&g, dcol, rows, dx_n, dx2_n);
+                        }
+                    });
+                }
+            },
+        );
+        dx
     }
 }
 
@@ -349,37 +704,62 @@ impl CustomOp2 for Conv2dGradInput {
     }
 }
 
-/// Weight gradient: `(x, dy) -> dW`.
+/// Weight gradient: `(x, dy) -> dW` or `(x, second, dy) -> dW` for a concatenated input; with
+/// `bias`, the bias gradient follows the weight gradient in a flat tensor.
 #[derive(Clone, Copy, Debug)]
-struct Conv2dGradWeight(ConvGeom);
+struct Conv2dGradWeight {
+    geom: ConvGeom,
+    bias: bool,
+}
 
-impl Kernel2 for Conv2dGradWeight {
-    const NAME: &'static str = "lus-conv2d-grad-weight";
-    fn input_shapes(&self) -> [Shape; 2] {
-        [self.0.input_shape(), self.0.output_shape()]
+impl Conv2dGradWeight {
+    fn output_len(&self) -> usize {
+        self.geom.weight_len() + if self.bias { self.geom.out_channels } else { 0 }
     }
-    fn run<T: Float>(&self, x: &[T], dy: &[T]) -> Result<(Vec<T>, Shape)> {
-        let g = self.0;
+
+    fn output_shape(&self) -> Shape {
+        if self.bias {
+            self.output_len().into()
+        } else {
+            self.geom.weight_shape()
+        }
+    }
+
+    fn run_parts<T: Float>(&self, parts: [&[T]; 2], dy: &[T]) -> Vec<T> {
+        let g = self.geom;
         let (k, p_len) = (g.k(), g.out_pixels());
-        let block = g.out_channels * k;
+        let block = self.output_len();
+        let plan = Plan::for_batch(g.batch);
+        let bands: Vec<Range<usize>> = g.row_bands().collect();
+        if !g.is_pointwise() && plan.splits_bands(bands.len()) {
+            return self.run_over_bands(parts, dy, &bands);
+        }
         // One partial gradient per sample, summed in sample order below: the result is the same
         // whichever way the samples are spread over threads.
         let mut partial = vec![T::from_f64(0.0); g.batch * block];
         let gemm_shape = (g.out_channels, k, p_len);
-        Plan::for_batch(g.batch).for_each_sample(&mut partial, block, |n, dw_n, par| {
-            let x_n = &x[n * g.in_plane()..][..g.in_plane()];
-            let dy_n = Mat::rows(&dy[n * g.out_plane()..][..g.out_plane()], p_len);
+        plan.for_each_sample(&mut partial, block, |n, block_n, par| {
+            let x_n = SampleInput::of(&g, parts, n);
+            let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
+            let (dw_n, db_n) = block_n.split_at_mut(g.weight_len());
+            let dy_rows = Mat::rows(dy_n, p_len);
             if g.is_pointwise() {
-                matmul(gemm_shape, dw_n, dy_n, Mat::transposed(x_n, p_len), par);
+                matmul(
+                    gemm_shape,
+                    dw_n,
+                    dy_rows,
+                    Mat::transposed(x_n.parts[0], p_len),
+                    par,
+                );
             } else {
                 with_scratch(g.band_elements(), |col: &mut [T]| {
                     for (b, rows) in g.row_bands().enumerate() {
                         let band = rows.len() * g.out_width;
                         let start = rows.start * g.out_width;
-                        im2col(&g, x_n, rows, col);
+                        im2col(&g, &x_n, rows, col);
                         let dy_band = Mat {
-                            data: &dy_n.data[start..],
-                            ..dy_n
+                            data: &dy_n[start..],
+                            ..dy_rows
                         };
                         matmul_into(
                             (g.out_channels, k, band),
@@ -393,19 +773,100 @@ impl Kernel2 for Conv2dGradWeight {
                     }
                 });
             }
+            for (d, row) in db_n.iter_mut().zip(dy_n.chunks(p_len.max(1))) {
+                *d = row.iter().fold(T::from_f64(0.0), |s, v| s + *v);
+            }
         });
-        let dw = if g.batch == 1 {
+        if g.batch == 1 {
             partial
         } else {
             sum_blocks(&partial, block)
-        };
-        Ok((dw, g.weight_shape()))
+        }
+    }
+}
+
+impl Conv2dGradWeight {
+    /// [`Conv2dGradWeight::run_parts`] for a batch too small to spread over the threads: one
+    /// partial weight gradient per (sample, row band), computed on the threads and summed in
+    /// that order (independent of the thread count).
+    fn run_over_bands<T: Float>(
+        &self,
+        parts: [&[T]; 2],
+        dy: &[T],
+        bands: &[Range<usize>],
+    ) -> Vec<T> {
+        use rayon::prelude::*;
+        let g = self.geom;
+        let (k, p_len, wlen) = (g.k(), g.out_pixels(), g.weight_len());
+        let mut partial = vec![T::from_f64(0.0); g.batch * bands.len() * wlen];
+        partial
+            .par_chunks_mut(wlen.max(1))
+            .enumerate()
+            .for_each(|(item, dw)| {
+                let (n, rows) = (item / bands.len(), bands[item % bands.len()].clone());
+                let x_n = SampleInput::of(&g, parts, n);
+                let (band, start) = (rows.len() * g.out_width, rows.start * g.out_width);
+                let dy_band = Mat {
+                    data: &dy[n * g.out_plane() + start..],
+                    row_stride: p_len,
+                    col_stride: 1,
+                };
+                with_scratch(g.band_elements(), |col: &mut [T]| {
+                    im2col(&g, &x_n, rows, col);
+                    matmul_into(
+                        (g.out_channels, k, band),
+                        dw,
+                        k,
+                        false,
+                        dy_band,
+                        Mat::transposed(col, band),
+                        Parallelism::None,
+                    );
+                });
+            });
+        let mut out = sum_blocks(&partial, wlen);
+        if self.bias {
+            let mut db = vec![T::from_f64(0.0); g.out_channels];
+            for dy_n in dy.chunks(g.out_plane().max(1)) {
+                for (d, row) in db.iter_mut().zip(dy_n.chunks(p_len.max(1))) {
+                    *d += row.iter().fold(T::from_f64(0.0), |s, v| s + *v);
+                }
+            }
+            out.extend_from_slice(&db);
+        }
+        out
+    }
+}
+
+impl Kernel2 for Conv2dGradWeight {
+    const NAME: &'static str = "lus-conv2d-grad-weight";
+    fn input_shapes(&self) -> [Shape; 2] {
+        [self.geom.input_shapes().remove(0), self.geom.output_shape()]
+    }
+    fn run<T: Float>(&self, x: &[T], dy: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.run_parts([x, &[]], dy), self.output_shape()))
+    }
+}
+
+impl Kernel3 for Conv2dGradWeight {
+    const NAME: &'static str = "lus-conv2d-grad-weight";
+    fn input_shapes(&self) -> [Shape; 3] {
+        let mut inputs = self.geom.input_shapes();
+        let second = inputs.pop().expect("a concatenation has two parts");
+        [
+            inputs.pop().expect("two parts"),
+            second,
+            self.geom.output_shape(),
+        ]
+    }
+    fn run<T: Float>(&self, x: &[T], second: &[T], dy: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.run_parts([x, second], dy), self.output_shape()))
     }
 }
 
 impl CustomOp2 for Conv2dGradWeight {
     fn name(&self) -> &'static str {
-        Self::NAME
+        <Self as Kernel2>::NAME
     }
     fn cpu_fwd(
         &self,
@@ -418,13 +879,117 @@ impl CustomOp2 for Conv2dGradWeight {
     }
 }
 
+impl CustomOp3 for Conv2dGradWeight {
+    fn name(&self) -> &'static str {
+        <Self as Kernel3>::NAME
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// The convolution of `g` (no bias) of the input parts on plain slices, for ops that fuse it
+/// with other layers.
+pub(crate) fn conv_forward<T: Float>(g: &ConvGeom, parts: [&[T]; 2], w: &[T]) -> Vec<T> {
+    let extra = if g.is_concat() {
+        Extra::Concat
+    } else {
+        Extra::None
+    };
+    Conv2dFwd { geom: *g, extra }.forward(parts, w, None)
+}
+
+/// The input gradient of the convolution `g` (both parts one after the other for a
+/// concatenation) on plain slices.
+pub(crate) fn conv_grad_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+    Conv2dGradInput(*g).grad_input(dy, w)
+}
+
+/// The weight gradient of the convolution `g` (no bias) on plain slices.
+pub(crate) fn conv_grad_weight<T: Float>(g: &ConvGeom, parts: [&[T]; 2], dy: &[T]) -> Vec<T> {
+    Conv2dGradWeight {
+        geom: *g,
+        bias: false,
+    }
+    .run_parts(parts, dy)
+}
+
 /// 2-D convolution of `x` (`N x Ci x H x W`) with `weight` (`Co x Ci x kh x kw`), equal stride
-/// and padding on both axes, no bias, as a custom op (CPU, f32 or f64). Its backward pass gives
-/// the gradients of `x` and `weight` through further custom ops.
-pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let geom = ConvGeom::new(x.dims(), weight.dims(), stride, padding)?;
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, Conv2dFwd(geom))
+/// and padding on both axes, plus an optional `bias` (`Co`) added inside the GEMM, as a custom
+/// op (CPU, f32 or f64). Its backward pass gives the gradients of `x`, `weight` and `bias`
+/// through further custom ops (the bias gradient from the weight-gradient op).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let geom = ConvGeom::new(x.dims(), None, weight.dims(), stride, padding)?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        None => x.apply_op2(
+            &weight,
+            Conv2dFwd {
+                geom,
+                extra: Extra::None,
+            },
+        ),
+        Some(bias) => {
+            if bias.dims() != [geom.out_channels] {
+                candle_core::bail!(
+                    "conv2d: bias of shape {:?} for {} output channels",
+                    bias.dims(),
+                    geom.out_channels
+                )
+            }
+            x.apply_op3(
+                &weight,
+                &bias.contiguous()?,
+                Conv2dFwd {
+                    geom,
+                    extra: Extra::Bias,
+                },
+            )
+        }
+    }
+}
+
+/// The convolution of `cat([first, second], 1)` (`N x (C1 + C2) x H x W`) with `weight`
+/// (`Co x (C1 + C2) x kh x kw`), without building the concatenation: the U-Net's decoder
+/// convolution over its skip connection and up-sampled features. No bias. A custom op (CPU,
+/// f32 or f64) whose backward pass gives the gradients of both inputs (as separate tensors)
+/// and of the weight.
+pub fn conv2d_concat(
+    first: &Tensor,
+    second: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let geom = ConvGeom::new(
+        first.dims(),
+        Some(second.dims()),
+        weight.dims(),
+        stride,
+        padding,
+    )?;
+    first.contiguous()?.apply_op3(
+        &second.contiguous()?,
+        &weight.contiguous()?,
+        Conv2dFwd {
+            geom,
+            extra: Extra::Concat,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -462,15 +1027,20 @@ mod tests {
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         // <im2col(x), c> == <x, col2im(c)> for arbitrary x and c.
-        let g = ConvGeom::new(&[1, 2, 5, 4], &[3, 2, 3, 2], 2, 1).unwrap();
+        let g = ConvGeom::new(&[1, 2, 5, 4], None, &[3, 2, 3, 2], 2, 1).unwrap();
         let x: Vec<f64> = (0..g.in_plane()).map(|i| (i as f64 * 0.37).sin()).collect();
         let c: Vec<f64> = (0..g.k() * g.out_pixels())
             .map(|i| (i as f64 * 0.91).cos())
             .collect();
         let mut col = vec![0.0; c.len()];
-        im2col(&g, &x, 0..g.out_height, &mut col);
+        im2col(
+            &g,
+            &SampleInput::of(&g, [&x, &[]], 0),
+            0..g.out_height,
+            &mut col,
+        );
         let mut back = vec![0.0; x.len()];
-        col2im(&g, &c, 0..g.out_height, &mut back);
+        col2im(&g, &c, 0..g.out_height, &mut back, &mut []);
         let lhs: f64 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!(
@@ -481,10 +1051,14 @@ mod tests {
 
     #[test]
     fn pointwise_gemm_path_equals_plain_sums() {
-        let g = ConvGeom::new(&[1, 3, 2, 2], &[2, 3, 1, 1], 1, 0).unwrap();
+        let g = ConvGeom::new(&[1, 3, 2, 2], None, &[2, 3, 1, 1], 1, 0).unwrap();
         let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let w = [1.0f32, 2.0, 3.0, -1.0, 0.5, 0.0];
-        let (y, _) = Conv2dFwd(g).run(&x, &w).unwrap();
+        let op = Conv2dFwd {
+            geom: g,
+            extra: Extra::None,
+        };
+        let (y, _) = Kernel2::run(&op, &x, &w).unwrap();
         let expected: Vec<f32> = (0..2)
             .flat_map(|co| {
                 let x = &x;

@@ -1,12 +1,16 @@
 //! The decoder's 2x2 stride-2 transposed convolution (no padding, no overlap): every output
 //! pixel receives exactly one kernel tap, so per sample it is one GEMM
 //! `Y (4 Co x P) = W^T (4 Co x Ci) * x (Ci x P)` (with `W` seen as `Ci x 4 Co`) followed by a
-//! scatter of the four taps into the doubled grid. Backward gathers `dy` back into
-//! `G (4 Co x P)`: `dx = W * G`, `dW = sum over samples of x * G^T`.
+//! scatter of the four taps into the doubled grid, which also adds the bias. Backward is one
+//! op: it gathers `dy` back into `G (4 Co x P)` once and computes `dx = W * G`,
+//! `dW = sum over samples of x * G^T` and `dbias` (row sums of `G`) from it.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Float, Kernel2, Mat, Plan, cpu_fwd2, matmul, sum_blocks, with_scratch};
+use super::{
+    Float, Kernel2, Kernel3, Mat, Plan, cpu_fwd2, cpu_fwd3, matmul, split_flat, sum_blocks,
+    with_scratch,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UpGeom {
@@ -56,6 +60,9 @@ impl UpGeom {
     fn weight_shape(&self) -> Shape {
         (self.in_channels, self.out_channels, 2, 2).into()
     }
+    fn weight_len(&self) -> usize {
+        self.in_channels * self.taps()
+    }
     fn output_shape(&self) -> Shape {
         (
             self.batch,
@@ -66,42 +73,44 @@ impl UpGeom {
             .into()
     }
 
-    /// Visits, for every output channel, input row and tap row `a`, the output row
-    /// (`2 W` long, offset in the output plane) and the two tap rows of `Y` it interleaves
-    /// (offsets of taps `(a, 0)` and `(a, 1)`, `W` long).
-    fn for_each_row(&self, mut f: impl FnMut(usize, usize, usize)) {
+    /// Visits, for every output channel, input row and tap row `a`, the output channel, the
+    /// output row (`2 W` long, offset in the output plane) and the two tap rows of `Y` it
+    /// interleaves (offsets of taps `(a, 0)` and `(a, 1)`, `W` long).
+    fn for_each_row(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
         let (p, w) = (self.pixels(), self.width);
         for co in 0..self.out_channels {
             for i in 0..self.height {
                 for a in 0..2 {
                     let out = co * 4 * p + (2 * i + a) * 2 * w;
                     let tap0 = (co * 4 + a * 2) * p + i * w;
-                    f(out, tap0, tap0 + p);
+                    f(co, out, tap0, tap0 + p);
                 }
             }
         }
     }
 
-    /// `out[co, 2i + a, 2j + b] = taps[(4 co + 2 a + b), i W + j]`.
-    fn scatter<T: Float>(&self, taps: &[T], out: &mut [T]) {
+    /// `out[co, 2i + a, 2j + b] = taps[(4 co + 2 a + b), i W + j] + bias[co]` (no bias when
+    /// `bias` is empty).
+    fn scatter<T: Float>(&self, taps: &[T], bias: &[T], out: &mut [T]) {
         let w = self.width;
-        self.for_each_row(|o, t0, t1| {
+        self.for_each_row(|co, o, t0, t1| {
+            let b = bias.get(co).copied().unwrap_or(T::from_f64(0.0));
             let row = &mut out[o..o + 2 * w];
             for ((pair, v0), v1) in row
                 .chunks_exact_mut(2)
                 .zip(&taps[t0..t0 + w])
                 .zip(&taps[t1..t1 + w])
             {
-                pair[0] = *v0;
-                pair[1] = *v1;
+                pair[0] = *v0 + b;
+                pair[1] = *v1 + b;
             }
         });
     }
 
-    /// The inverse of [`UpGeom::scatter`].
+    /// The inverse of [`UpGeom::scatter`] without a bias.
     fn gather<T: Float>(&self, out: &[T], taps: &mut [T]) {
         let w = self.width;
-        self.for_each_row(|o, t0, t1| {
+        self.for_each_row(|_, o, t0, t1| {
             let row = &out[o..o + 2 * w];
             let (first, second) = taps.split_at_mut(t1);
             for ((pair, v0), v1) in row
@@ -116,17 +125,16 @@ impl UpGeom {
     }
 }
 
-/// Forward: `(x, weight) -> y`.
+/// Forward: `(x, weight) -> y` or `(x, weight, bias) -> y`.
 #[derive(Clone, Copy, Debug)]
-struct UpFwd(UpGeom);
+struct UpFwd {
+    geom: UpGeom,
+    bias: bool,
+}
 
-impl Kernel2 for UpFwd {
-    const NAME: &'static str = "lus-conv-transpose2d-k2s2";
-    fn input_shapes(&self) -> [Shape; 2] {
-        [self.0.input_shape(), self.0.weight_shape()]
-    }
-    fn run<T: Float>(&self, x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
-        let g = self.0;
+impl UpFwd {
+    fn forward<T: Float>(&self, x: &[T], w: &[T], bias: &[T]) -> Vec<T> {
+        let g = self.geom;
         let (p, taps) = (g.pixels(), g.taps());
         let mut y = vec![T::from_f64(0.0); g.batch * g.out_plane()];
         Plan::for_batch(g.batch).for_each_sample(&mut y, g.out_plane(), |n, y_n, par| {
@@ -139,16 +147,60 @@ impl Kernel2 for UpFwd {
                     x_n,
                     par,
                 );
-                g.scatter(scratch, y_n);
+                g.scatter(scratch, bias, y_n);
             });
         });
-        Ok((y, g.output_shape()))
+        y
+    }
+
+    /// The gradients of `x`, `weight` and (with a bias) `bias` given `dy`.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let op = UpGrad(*self);
+        let packed = dy
+            .contiguous()?
+            .apply_op3_no_bwd(&x.contiguous()?, &w.contiguous()?, &op)?;
+        let g = self.geom;
+        let mut shapes = vec![g.input_shape(), g.weight_shape()];
+        if self.bias {
+            shapes.push(g.out_channels.into());
+        }
+        let mut parts = split_flat(&packed, &shapes)?.into_iter();
+        let (Some(dx), Some(dw)) = (parts.next(), parts.next()) else {
+            candle_core::bail!("{}: missing gradients", UpGrad::NAME)
+        };
+        Ok((dx, dw, parts.next()))
+    }
+}
+
+impl Kernel2 for UpFwd {
+    const NAME: &'static str = "lus-conv-transpose2d-k2s2";
+    fn input_shapes(&self) -> [Shape; 2] {
+        [self.geom.input_shape(), self.geom.weight_shape()]
+    }
+    fn run<T: Float>(&self, x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.forward(x, w, &[]), self.geom.output_shape()))
+    }
+}
+
+impl Kernel3 for UpFwd {
+    const NAME: &'static str = "lus-conv-transpose2d-k2s2";
+    fn input_shapes(&self) -> [Shape; 3] {
+        let g = &self.geom;
+        [g.input_shape(), g.weight_shape(), g.out_channels.into()]
+    }
+    fn run<T: Float>(&self, x: &[T], w: &[T], bias: &[T]) -> Result<(Vec<T>, Shape)> {
+        Ok((self.forward(x, w, bias), self.geom.output_shape()))
     }
 }
 
 impl CustomOp2 for UpFwd {
     fn name(&self) -> &'static str {
-        Self::NAME
+        <Self as Kernel2>::NAME
     }
     fn cpu_fwd(
         &self,
@@ -166,48 +218,14 @@ impl CustomOp2 for UpFwd {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(&w.contiguous()?, &UpGradInput(self.0))?;
-        let dw = x
-            .contiguous()?
-            .apply_op2_no_bwd(&dy, &UpGradWeight(self.0))?;
+        let (dx, dw, _) = self.backward(x, w, dy)?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-/// Input gradient: `(dy, weight) -> dx`.
-#[derive(Clone, Copy, Debug)]
-struct UpGradInput(UpGeom);
-
-impl Kernel2 for UpGradInput {
-    const NAME: &'static str = "lus-conv-transpose2d-k2s2-grad-input";
-    fn input_shapes(&self) -> [Shape; 2] {
-        [self.0.output_shape(), self.0.weight_shape()]
-    }
-    fn run<T: Float>(&self, dy: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
-        let g = self.0;
-        let (p, taps) = (g.pixels(), g.taps());
-        let mut dx = vec![T::from_f64(0.0); g.batch * g.in_plane()];
-        Plan::for_batch(g.batch).for_each_sample(&mut dx, g.in_plane(), |n, dx_n, par| {
-            let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
-            with_scratch(taps * p, |gathered: &mut [T]| {
-                g.gather(dy_n, gathered);
-                matmul(
-                    (g.in_channels, p, taps),
-                    dx_n,
-                    Mat::rows(w, taps),
-                    Mat::rows(gathered, p),
-                    par,
-                );
-            });
-        });
-        Ok((dx, g.input_shape()))
-    }
-}
-
-impl CustomOp2 for UpGradInput {
+impl CustomOp3 for UpFwd {
     fn name(&self) -> &'static str {
-        Self::NAME
+        <Self as Kernel3>::NAME
     }
     fn cpu_fwd(
         &self,
@@ -215,50 +233,86 @@ impl CustomOp2 for UpGradInput {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
+        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.backward(x, w, dy)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
-/// Weight gradient: `(x, dy) -> dW`.
+/// All gradients in one pass: `(dy, x, weight) -> [dx | dW | dbias]` (flat; no `dbias`
+/// without a bias).
 #[derive(Clone, Copy, Debug)]
-struct UpGradWeight(UpGeom);
+struct UpGrad(UpFwd);
 
-impl Kernel2 for UpGradWeight {
-    const NAME: &'static str = "lus-conv-transpose2d-k2s2-grad-weight";
-    fn input_shapes(&self) -> [Shape; 2] {
-        [self.0.input_shape(), self.0.output_shape()]
+impl Kernel3 for UpGrad {
+    const NAME: &'static str = "lus-conv-transpose2d-k2s2-grad";
+    fn input_shapes(&self) -> [Shape; 3] {
+        let g = &self.0.geom;
+        [g.output_shape(), g.input_shape(), g.weight_shape()]
     }
-    fn run<T: Float>(&self, x: &[T], dy: &[T]) -> Result<(Vec<T>, Shape)> {
-        let g = self.0;
+    fn run<T: Float>(&self, dy: &[T], x: &[T], w: &[T]) -> Result<(Vec<T>, Shape)> {
+        let g = self.0.geom;
         let (p, taps) = (g.pixels(), g.taps());
-        let block = g.in_channels * taps;
-        // Per-sample partials summed in sample order: independent of the thread count.
+        let dx_len = g.batch * g.in_plane();
+        let block = g.weight_len() + if self.0.bias { g.out_channels } else { 0 };
+        let mut out = vec![T::from_f64(0.0); dx_len + block];
+        // Per-sample partial weight and bias gradients, summed in sample order: independent of
+        // the thread count.
         let mut partial = vec![T::from_f64(0.0); g.batch * block];
-        Plan::for_batch(g.batch).for_each_sample(&mut partial, block, |n, dw_n, par| {
-            let x_n = Mat::rows(&x[n * g.in_plane()..][..g.in_plane()], p);
-            let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
-            with_scratch(taps * p, |gathered: &mut [T]| {
-                g.gather(dy_n, gathered);
-                matmul(
-                    (g.in_channels, taps, p),
-                    dw_n,
-                    x_n,
-                    Mat::transposed(gathered, p),
-                    par,
-                );
-            });
-        });
-        let dw = if g.batch == 1 {
-            partial
+        let (dx, sums) = out.split_at_mut(dx_len);
+        Plan::for_batch(g.batch).for_each_sample2(
+            g.batch,
+            dx,
+            &mut partial,
+            |n, dx_n, block_n, par| {
+                let x_n = Mat::rows(&x[n * g.in_plane()..][..g.in_plane()], p);
+                let dy_n = &dy[n * g.out_plane()..][..g.out_plane()];
+                with_scratch(taps * p, |gathered: &mut [T]| {
+                    g.gather(dy_n, gathered);
+                    matmul(
+                        (g.in_channels, p, taps),
+                        dx_n,
+                        Mat::rows(w, taps),
+                        Mat::rows(gathered, p),
+                        par,
+                    );
+                    let (dw_n, db_n) = block_n.split_at_mut(g.weight_len());
+                    matmul(
+                        (g.in_channels, taps, p),
+                        dw_n,
+                        x_n,
+                        Mat::transposed(gathered, p),
+                        par,
+                    );
+                    for (d, tap_rows) in db_n.iter_mut().zip(gathered.chunks(4 * p.max(1))) {
+                        *d = tap_rows.iter().fold(T::from_f64(0.0), |s, v| s + *v);
+                    }
+                });
+            },
+        );
+        if g.batch == 1 {
+            sums.copy_from_slice(&partial);
         } else {
-            sum_blocks(&partial, block)
-        };
-        Ok((dw, g.weight_shape()))
+            sums.copy_from_slice(&sum_blocks(&partial, block));
+        }
+        let len = out.len();
+        Ok((out, len.into()))
     }
 }
 
-impl CustomOp2 for UpGradWeight {
+impl CustomOp3 for UpGrad {
     fn name(&self) -> &'static str {
         Self::NAME
     }
@@ -268,18 +322,34 @@ impl CustomOp2 for UpGradWeight {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
+        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
     }
 }
 
 /// Transposed convolution with a 2x2 kernel and stride 2 (no padding, no output padding) of
-/// `x` (`N x Ci x H x W`) with `weight` in PyTorch's layout (`Ci x Co x 2 x 2`), no bias: the
-/// output is `N x Co x 2H x 2W`. A custom op (CPU, f32 or f64) with its own backward pass.
-pub fn conv_transpose2d_k2s2(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+/// `x` (`N x Ci x H x W`) with `weight` in PyTorch's layout (`Ci x Co x 2 x 2`) and an
+/// optional `bias` (`Co`), added in the same pass: the output is `N x Co x 2H x 2W`. A custom
+/// op (CPU, f32 or f64) whose backward computes the gradients of `x`, `weight` and `bias` in
+/// one op.
+pub fn conv_transpose2d_k2s2(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let geom = UpGeom::new(x.dims(), weight.dims())?;
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, UpFwd(geom))
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        None => x.apply_op2(&weight, UpFwd { geom, bias: false }),
+        Some(bias) => {
+            if bias.dims() != [geom.out_channels] {
+                candle_core::bail!(
+                    "conv_transpose2d_k2s2: bias of shape {:?} for {} output channels",
+                    bias.dims(),
+                    geom.out_channels
+                )
+            }
+            x.apply_op3(&weight, &bias.contiguous()?, UpFwd { geom, bias: true })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,7 +361,7 @@ mod tests {
         let g = UpGeom::new(&[1, 1, 3, 2], &[1, 2, 2, 2]).unwrap();
         let taps: Vec<f32> = (0..g.out_plane()).map(|i| i as f32).collect();
         let mut out = vec![0.0; g.out_plane()];
-        g.scatter(&taps, &mut out);
+        g.scatter(&taps, &[], &mut out);
         // Channel 0, output row 0 interleaves taps (0,0) and (0,1) of input row 0.
         assert_eq!(&out[..4], &[0.0, 6.0, 1.0, 7.0]);
         let mut back = vec![0.0; g.out_plane()];

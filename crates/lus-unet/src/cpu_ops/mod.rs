@@ -12,6 +12,9 @@
 //! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
 //!   forward op; its backward computes the per-channel sums in one pass and the input gradient
 //!   in a second one; [`channel_affine`] is the evaluation-mode batch norm (+ ReLU) in one pass;
+//! - [`double_conv_bn_relu_train`]: the U-Net's `[conv3x3 -> batch norm -> ReLU] x 2` block in
+//!   training mode as one op, so that its three intermediate tensors are not nodes of candle's
+//!   graph (each node costs a zero fill and an add over the tensor in candle's backward);
 //! - [`max_pool2x2`]: one pass forward, one pass backward (candle's `max` backward needs a
 //!   comparison, a cast and a product over the full-resolution tensor).
 //!
@@ -25,17 +28,19 @@
 mod batch_norm;
 mod conv;
 mod conv_transpose;
+mod double_conv;
 mod pool;
 
 use std::cell::RefCell;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Shape, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
 pub use batch_norm::{BatchStats, batch_norm_train, channel_affine};
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_concat};
 pub use conv_transpose::conv_transpose2d_k2s2;
+pub use double_conv::{DoubleConvWeights, double_conv_bn_relu_train};
 pub use pool::max_pool2x2;
 
 /// The element types the kernels support (f32 and f64), with a per-thread scratch buffer each.
@@ -111,7 +116,7 @@ pub(crate) fn check_dims(op: &str, layout: &Layout, expected: &Shape) -> Result<
 }
 
 /// The contiguous elements of a storage, or an error naming the op.
-fn contiguous<'a, T: Float>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T: Float>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let data = T::cpu_storage_as_slice(s)?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -329,6 +334,13 @@ impl Plan {
         }
     }
 
+    /// Whether a convolution of `bands` row bands per image should spread the bands over the
+    /// threads: when the samples do not fill the threads and there is a band per thread.
+    pub fn splits_bands(&self, bands: usize) -> bool {
+        let threads = rayon::current_num_threads();
+        !self.over_batch && threads > 1 && bands >= threads
+    }
+
     /// Calls `f(sample, chunk, gemm_parallelism)` for each `chunk` of `out` (one per sample).
     pub fn for_each_sample<T: Float>(
         &self,
@@ -350,6 +362,68 @@ impl Plan {
                 .for_each(|(i, c)| f(i, c, self.gemm));
         }
     }
+
+    /// Calls `f(sample, a_chunk, b_chunk, gemm_parallelism)` for each sample of a batch of
+    /// `batch` with two outputs `a` and `b` (each split into `batch` equal chunks; an empty
+    /// output gives empty chunks).
+    pub fn for_each_sample2<T: Float>(
+        &self,
+        batch: usize,
+        a: &mut [T],
+        b: &mut [T],
+        f: impl Fn(usize, &mut [T], &mut [T], Parallelism) + Sync,
+    ) {
+        use rayon::prelude::*;
+        fn chunks<T>(buffer: &mut [T], batch: usize) -> Vec<&mut [T]> {
+            let len = buffer.len() / batch.max(1);
+            if len == 0 {
+                (0..batch).map(|_| <&mut [T]>::default()).collect()
+            } else {
+                buffer.chunks_mut(len).collect()
+            }
+        }
+        let samples = chunks(a, batch)
+            .into_iter()
+            .zip(chunks(b, batch))
+            .enumerate();
+        if self.over_batch {
+            samples
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|(i, (a, b))| f(i, a, b, self.gemm));
+        } else {
+            samples.for_each(|(i, (a, b))| f(i, a, b, self.gemm));
+        }
+    }
+}
+
+/// Splits `packed` (the flat output of an op that computes several tensors in one pass) into
+/// tensors of `shapes`, in order. The pieces are views of `packed` (contiguous, at offsets),
+/// not copies; a single piece of `packed`'s own shape is `packed` itself.
+pub(crate) fn split_flat(packed: &Tensor, shapes: &[Shape]) -> Result<Vec<Tensor>> {
+    if let [shape] = shapes
+        && packed.shape() == shape
+    {
+        return Ok(vec![packed.clone()]);
+    }
+    let total: usize = shapes.iter().map(Shape::elem_count).sum();
+    if packed.elem_count() != total {
+        candle_core::bail!(
+            "split_flat: {} elements for pieces of shapes {shapes:?}",
+            packed.elem_count()
+        )
+    }
+    let flat = packed.flatten_all()?;
+    let mut offset = 0;
+    shapes
+        .iter()
+        .map(|shape| {
+            let len = shape.elem_count();
+            let piece = flat.narrow(0, offset, len)?.reshape(shape)?;
+            offset += len;
+            Ok(piece)
+        })
+        .collect()
 }
 
 /// Sums `parts` (consecutive blocks of `len` elements) into one block, in block order.
