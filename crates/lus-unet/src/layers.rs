@@ -126,6 +126,12 @@ fn add_channel_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// The element type a convolution with autocast setting `autocast` computes `x` in, when it is
+/// not `x`'s own (`None`: no cast, the plain kernels run).
+fn active_autocast(autocast: Option<DType>, x: &Tensor) -> Option<DType> {
+    autocast.filter(|dtype| *dtype != x.dtype())
+}
+
 /// `conv(x, weight) + bias` with the product in `dtype` (autocast): input and weight are cast
 /// to `dtype`, the product is cast back to the input's type, and the bias is added in that
 /// type. The casts are differentiable, so the gradients reach the f32 weights in f32.
@@ -160,8 +166,8 @@ pub(crate) struct Conv {
 
 impl Conv {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self.autocast {
-            Some(dtype) if dtype != x.dtype() => {
+        match active_autocast(self.autocast, x) {
+            Some(dtype) => {
                 autocast_conv(x, self.inner.weight(), self.inner.bias(), dtype, |x, w| {
                     self.convolve(x, w)
                 })
@@ -182,8 +188,7 @@ impl Conv {
     /// autocast) the concatenation is never built: the op reads both tensors in place and
     /// returns their gradients separately.
     pub(crate) fn forward_concat(&self, first: &Tensor, second: &Tensor) -> Result<Tensor> {
-        if self.autocast.is_none_or(|dtype| dtype == first.dtype())
-            && lus_kernels_apply(self.kernels, first)
+        if active_autocast(self.autocast, first).is_none() && lus_kernels_apply(self.kernels, first)
         {
             let y = cpu_ops::conv2d_concat(
                 first,
@@ -203,7 +208,7 @@ impl Conv {
     fn fusable(&self, x: &Tensor) -> bool {
         lus_kernels_apply(self.kernels, x)
             && self.inner.bias().is_none()
-            && self.autocast.is_none_or(|dtype| dtype == x.dtype())
+            && active_autocast(self.autocast, x).is_none()
     }
 
     /// The convolution of `x` with `weight`, without the bias.
@@ -511,10 +516,8 @@ impl UpLayer {
                         x.conv_transpose2d(w, 0, 0, 2, 1)
                     }
                 };
-                match autocast {
-                    Some(dtype) if *dtype != x.dtype() => {
-                        autocast_conv(x, conv.weight(), conv.bias(), *dtype, convolve)
-                    }
+                match active_autocast(*autocast, x) {
+                    Some(dtype) => autocast_conv(x, conv.weight(), conv.bias(), dtype, convolve),
                     // The lus kernel adds the bias in its output pass.
                     _ if lus_kernels_apply(*kernels, x) => {
                         cpu_ops::conv_transpose2d_k2s2(x, conv.weight(), conv.bias())

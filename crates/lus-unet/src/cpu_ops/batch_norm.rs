@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Float, Kernel3, check_dims, cpu_fwd3};
+use super::{Float, Kernel3, check_dims};
 
 /// Batch statistics of one batch-norm call, per channel.
 #[derive(Clone, Debug, PartialEq)]
@@ -202,20 +202,7 @@ impl BnFwd {
 }
 
 impl CustomOp3 for BnFwd {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
     fn bwd(
         &self,
         x: &Tensor,
@@ -403,20 +390,7 @@ impl BnGradInput {
 }
 
 impl CustomOp3 for BnGradInput {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
 }
 
 /// Training-mode batch norm + ReLU of the contiguous `x` on plain slices (for ops that fuse

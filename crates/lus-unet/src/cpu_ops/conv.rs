@@ -17,12 +17,11 @@
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CustomOp2, CustomOp3, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 use super::{
-    Float, Kernel2, Kernel3, Mat, Plan, cpu_fwd2, cpu_fwd3, matmul, matmul_into, split_flat,
-    sum_blocks, with_scratch,
+    Float, Kernel2, Kernel3, Mat, Plan, matmul, matmul_into, split_flat, sum_blocks, with_scratch,
 };
 
 /// Elements of one im2col tile: the convolutions work on bands of output rows whose column
@@ -528,18 +527,7 @@ impl Kernel3 for Conv2dFwd {
 }
 
 impl CustomOp2 for Conv2dFwd {
-    fn name(&self) -> &'static str {
-        <Self as Kernel2>::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
-    }
+    kernel2_forward!();
     fn bwd(
         &self,
         x: &Tensor,
@@ -553,20 +541,7 @@ impl CustomOp2 for Conv2dFwd {
 }
 
 impl CustomOp3 for Conv2dFwd {
-    fn name(&self) -> &'static str {
-        <Self as Kernel3>::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
     fn bwd(
         &self,
         a: &Tensor,
@@ -690,18 +665,7 @@ impl Conv2dGradInput {
 }
 
 impl CustomOp2 for Conv2dGradInput {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
-    }
+    kernel2_forward!();
 }
 
 /// Weight gradient: `(x, dy) -> dW` or `(x, second, dy) -> dW` for a concatenated input; with
@@ -865,35 +829,11 @@ impl Kernel3 for Conv2dGradWeight {
 }
 
 impl CustomOp2 for Conv2dGradWeight {
-    fn name(&self) -> &'static str {
-        <Self as Kernel2>::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
-    }
+    kernel2_forward!();
 }
 
 impl CustomOp3 for Conv2dGradWeight {
-    fn name(&self) -> &'static str {
-        <Self as Kernel3>::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
 }
 
 /// The convolution of `g` (no bias) of the input parts on plain slices, for ops that fuse it

@@ -5,12 +5,9 @@
 //! op: it gathers `dy` back into `G (4 Co x P)` once and computes `dx = W * G`,
 //! `dW = sum over samples of x * G^T` and `dbias` (row sums of `G`) from it.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CustomOp2, CustomOp3, Result, Shape, Tensor};
 
-use super::{
-    Float, Kernel2, Kernel3, Mat, Plan, cpu_fwd2, cpu_fwd3, matmul, split_flat, sum_blocks,
-    with_scratch,
-};
+use super::{Float, Kernel2, Kernel3, Mat, Plan, matmul, split_flat, sum_blocks, with_scratch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UpGeom {
@@ -199,18 +196,7 @@ impl Kernel3 for UpFwd {
 }
 
 impl CustomOp2 for UpFwd {
-    fn name(&self) -> &'static str {
-        <Self as Kernel2>::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
-    }
+    kernel2_forward!();
     fn bwd(
         &self,
         x: &Tensor,
@@ -224,20 +210,7 @@ impl CustomOp2 for UpFwd {
 }
 
 impl CustomOp3 for UpFwd {
-    fn name(&self) -> &'static str {
-        <Self as Kernel3>::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
     fn bwd(
         &self,
         x: &Tensor,
@@ -313,20 +286,7 @@ impl Kernel3 for UpGrad {
 }
 
 impl CustomOp3 for UpGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
 }
 
 /// Transposed convolution with a 2x2 kernel and stride 2 (no padding, no output padding) of

@@ -20,7 +20,7 @@ use candle_core::{
 
 use super::batch_norm::{BatchStats, BnGeom, BnState, bn_relu_backward, bn_train_forward};
 use super::conv::{ConvGeom, conv_forward, conv_grad_input, conv_grad_weight};
-use super::{Float, Kernel2, Kernel3, contiguous, cpu_fwd2, cpu_fwd3, split_flat};
+use super::{Float, Kernel2, Kernel3, contiguous, split_flat};
 
 /// What the forward pass keeps for the backward pass.
 struct Saved {
@@ -235,18 +235,7 @@ impl Kernel3 for DoubleConvOp {
 }
 
 impl CustomOp2 for DoubleConvOp {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
-    }
+    kernel2_forward!();
     fn bwd(
         &self,
         x: &Tensor,
@@ -260,20 +249,7 @@ impl CustomOp2 for DoubleConvOp {
 }
 
 impl CustomOp3 for DoubleConvOp {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
-    }
+    kernel3_forward!();
     fn bwd(
         &self,
         x: &Tensor,

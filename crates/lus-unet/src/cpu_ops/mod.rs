@@ -25,6 +25,47 @@
 //! gradients) add per-sample partial results in sample order, so results do not depend on the
 //! number of threads.
 
+/// The `name` and `cpu_fwd` items of a `CustomOp2` impl whose type is a [`Kernel2`]: every op
+/// here computes its forward pass through [`cpu_fwd2`]; only `bwd` differs.
+macro_rules! kernel2_forward {
+    () => {
+        fn name(&self) -> &'static str {
+            <Self as $crate::cpu_ops::Kernel2>::NAME
+        }
+        fn cpu_fwd(
+            &self,
+            s1: &candle_core::CpuStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CpuStorage,
+            l2: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::cpu_ops::cpu_fwd2(self, s1, l1, s2, l2)
+        }
+    };
+}
+
+/// The `name` and `cpu_fwd` items of a `CustomOp3` impl whose type is a [`Kernel3`] (see
+/// `kernel2_forward`).
+macro_rules! kernel3_forward {
+    () => {
+        fn name(&self) -> &'static str {
+            <Self as $crate::cpu_ops::Kernel3>::NAME
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn cpu_fwd(
+            &self,
+            s1: &candle_core::CpuStorage,
+            l1: &candle_core::Layout,
+            s2: &candle_core::CpuStorage,
+            l2: &candle_core::Layout,
+            s3: &candle_core::CpuStorage,
+            l3: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $crate::cpu_ops::cpu_fwd3(self, s1, l1, s2, l2, s3, l3)
+        }
+    };
+}
+
 mod batch_norm;
 mod conv;
 mod conv_transpose;

@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::check_dims;
-use super::{Float, Kernel2, cpu_fwd2};
+use super::{Float, Kernel2};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PoolGeom {
@@ -123,18 +123,7 @@ impl Kernel2 for PoolGradInput {
 }
 
 impl CustomOp2 for PoolGradInput {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd2(self, s1, l1, s2, l2)
-    }
+    kernel2_forward!();
 }
 
 /// 2x2 max-pooling with stride 2 of an `N x C x H x W` tensor (H and W even) as a custom op
