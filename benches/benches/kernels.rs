@@ -5,6 +5,11 @@
 //! - `conv3x3_fwd_cpu/{lus,candle}/{ci}x{co}@{px}` and `conv3x3_bwd_cpu/...`: one padded 3x3
 //!   convolution of the U-Net (depth 4, base 16) at batch 8, 128 px input (the layer's own
 //!   resolution after `@`); backward = gradients of input and weight of `sum(y * r)`.
+//! - `conv3x3_{forward,grad_input,grad_weight}_kernel_cpu/{direct,gemm}/{ci}x{co}@{px}`: the
+//!   three kernels of the same convolutions alone, on plain slices (no autograd graph, no
+//!   loss): lus's direct AVX-512 kernels against its im2col + GEMM path (the process-wide
+//!   switch `cpu_ops::set_direct_conv3x3`; `direct` falls back to GEMM where the direct
+//!   kernels do not apply: fewer than 8 channels, narrow images, no AVX-512).
 //! - `up2x2_{fwd,bwd}_cpu/...`: the decoder's 2x2 stride-2 transposed convolutions, with their
 //!   bias (`lus`: added in the op, its gradient from the op's single backward pass;
 //!   `lus-unfused`: lus's op without bias, then candle's broadcast add; `candle`).
@@ -25,7 +30,9 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{BatchNorm, VarBuilder, VarMap};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lus_unet::cpu_ops::{batch_norm_train, conv_transpose2d_k2s2, conv2d, conv2d_concat};
+use lus_unet::cpu_ops::{
+    batch_norm_train, conv_transpose2d_k2s2, conv2d, conv2d_concat, conv2d_raw, set_direct_conv3x3,
+};
 use lus_unet::{Kernels, Mode, UNet, UNetConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -97,6 +104,50 @@ fn bench_conv(c: &mut Criterion) {
             });
         }
         bwd.finish();
+    }
+}
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+fn bench_conv_kernels(c: &mut Criterion) {
+    for (ci, co, px) in CONV_SHAPES {
+        let (xs, ws) = ([BATCH, ci, px, px], [co, ci, 3, 3]);
+        let x = values(BATCH * ci * px * px, 1);
+        let w = values(co * ci * 9, 2);
+        let dy = values(BATCH * co * px * px, 3);
+        let id = format!("{ci}x{co}@{px}");
+        type Kernel = fn([usize; 4], [usize; 4], &[f32], &[f32]) -> Vec<f32>;
+        let kernels: [(&str, Kernel, [&[f32]; 2]); 3] = [
+            (
+                "conv3x3_forward_kernel_cpu",
+                |xs, ws, x, w| conv2d_raw::forward(xs, ws, 1, 1, x, w).expect("conv"),
+                [&x, &w],
+            ),
+            (
+                "conv3x3_grad_input_kernel_cpu",
+                |xs, ws, dy, w| conv2d_raw::grad_input(xs, ws, 1, 1, dy, w).expect("conv"),
+                [&dy, &w],
+            ),
+            (
+                "conv3x3_grad_weight_kernel_cpu",
+                |xs, ws, x, dy| conv2d_raw::grad_weight(xs, ws, 1, 1, x, dy).expect("conv"),
+                [&x, &dy],
+            ),
+        ];
+        for (group_name, kernel, [a, b]) in kernels {
+            let mut group = c.benchmark_group(group_name);
+            for (name, direct) in [("direct", true), ("gemm", false)] {
+                group.bench_function(BenchmarkId::new(name, &id), |bench| {
+                    set_direct_conv3x3(direct);
+                    bench.iter(|| black_box(kernel(xs, ws, a, b)))
+                });
+            }
+            set_direct_conv3x3(true);
+            group.finish();
+        }
     }
 }
 
@@ -376,7 +427,7 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_conv, bench_up, bench_concat_conv, bench_head, bench_batch_norm,
+    targets = bench_conv, bench_conv_kernels, bench_up, bench_concat_conv, bench_head, bench_batch_norm,
         bench_loss_overhead, bench_unet
 }
 criterion_main!(kernels);

@@ -42,6 +42,11 @@ pub struct UnetStepArgs {
     /// or bf16 (autocast: bf16 convolutions, f32 weights, norms, loss and optimizer).
     #[arg(long, default_value = "f32")]
     precision: String,
+    /// The 3x3 convolutions of the lus kernels: direct (AVX-512 direct kernels where they
+    /// apply: f32, images at least 16 px wide, a CPU with AVX-512F) or gemm (im2col + GEMM
+    /// everywhere, the kernels before the direct ones).
+    #[arg(long, default_value = "direct")]
+    conv3x3: String,
     /// Timed rounds (the median is reported), after one untimed warm-up round.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -57,6 +62,8 @@ struct UnetStepResult {
     framework: &'static str,
     device: String,
     kernels: String,
+    /// `direct` when the direct 3x3 kernels ran (asked for and available), else `gemm`.
+    conv3x3: &'static str,
     precision: Precision,
     batch: usize,
     size: usize,
@@ -105,6 +112,11 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         "bf16" => Precision::Bf16,
         other => bail!("--precision {other:?}: expected f32, tf32 or bf16"),
     };
+    match args.conv3x3.as_str() {
+        "direct" => lus_unet::cpu_ops::set_direct_conv3x3(true),
+        "gemm" => lus_unet::cpu_ops::set_direct_conv3x3(false),
+        other => bail!("--conv3x3 {other:?}: expected direct or gemm"),
+    }
     let device = lus_train::parse_device(&args.device)?;
     let config = UNetConfig {
         num_classes: args.classes,
@@ -182,6 +194,11 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         framework: "lus",
         device: device_name(&device),
         kernels: args.kernels.clone(),
+        conv3x3: if lus_unet::cpu_ops::direct_conv3x3_active() {
+            "direct"
+        } else {
+            "gemm"
+        },
         precision,
         batch: n,
         size: side,

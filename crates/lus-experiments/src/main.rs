@@ -61,7 +61,22 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// candle 0.11.1 runs its element-wise CPU ops on a pool of its own (`CANDLE_NUM_THREADS`
+/// threads, by default one per core, that spin between ops) beside rayon's pool, on which
+/// lus's CPU kernels run: the spinning threads take cores from the kernels. Unless the user
+/// set `CANDLE_NUM_THREADS`, it is set to 1, so that candle's element-wise ops run on the
+/// calling thread. On the 2-core development machine this took the median U-Net training step
+/// from 315-319 to 304-307 ms and its slowest rounds from 431-485 to 347-349 ms
+/// (`benches/README.md`).
+fn default_candle_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called first thing in `main`, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    default_candle_threads();
     // Output piped into a program that stops reading (`lus predict --json | head`) ends the
     // process quietly, as for any Unix filter, instead of a panic in `println!`.
     // SAFETY: called first thing, before any thread exists; SIG_DFL is a valid disposition.

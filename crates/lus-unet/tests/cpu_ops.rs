@@ -457,6 +457,69 @@ fn check_finite_differences(what: &str, inputs: &[Tensor], f: impl Fn(&[Tensor])
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Shapes on which f32 3x3 convolutions take the direct AVX-512 kernels (at least 8
+    /// channels in and out; forward and input gradient from 16 columns on, the weight gradient
+    /// from 32), with and without a bias or a concatenated second input, against candle's ops.
+    /// On a CPU without AVX-512 the same shapes take im2col + GEMM.
+    #[test]
+    fn conv3x3_on_direct_kernel_shapes_matches_candle(
+        batch in 1usize..=3,
+        in_channels in prop::sample::select(vec![8usize, 13, 16]),
+        second_channels in prop::sample::select(vec![0usize, 3, 8]),
+        out_channels in prop::sample::select(vec![8usize, 11, 19]),
+        height in 1usize..24,
+        width in prop::sample::select(vec![16usize, 17, 32, 45, 64]),
+        bias in any::<bool>(),
+        seed in 0u64..1_000_000,
+    ) {
+        let concat = second_channels > 0;
+        let bias = bias && !concat;
+        let dims = |c| [batch, c, height, width];
+        let mut inputs = vec![randn(&dims(in_channels), DType::F32, seed)];
+        if concat {
+            inputs.push(randn(&dims(second_channels), DType::F32, seed + 1));
+        }
+        inputs.push(randn(
+            &[out_channels, in_channels + second_channels, 3, 3],
+            DType::F32,
+            seed + 2,
+        ));
+        if bias {
+            inputs.push(randn(&[out_channels], DType::F32, seed + 3));
+        }
+        let (ours, our_grads) = grads_of(&inputs, |t| {
+            if concat {
+                conv2d_concat(&t[0], &t[1], &t[2], 1, 1).unwrap()
+            } else {
+                conv2d(&t[0], &t[1], t.get(2), 1, 1).unwrap()
+            }
+        }, seed + 4);
+        let (theirs, their_grads) = grads_of(&inputs, |t| {
+            let (x, w) = if concat {
+                (Tensor::cat(&[&t[0], &t[1]], 1).unwrap(), &t[2])
+            } else {
+                (t[0].clone(), &t[1])
+            };
+            let y = x.conv2d(w, 1, 1, 1, 1).unwrap();
+            match t.get(2).filter(|_| !concat) {
+                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(),
+                None => y,
+            }
+        }, seed + 4);
+        let context = format!(
+            "{batch} x {in_channels} (+ {second_channels}) x {height} x {width} -> \
+             {out_channels}, bias {bias}"
+        );
+        assert_close(&format!("{context}: forward"), &ours, &theirs, F32_TOL);
+        for (i, (a, b)) in our_grads.iter().zip(&their_grads).enumerate() {
+            assert_close(&format!("{context}: grad of input {i}"), a, b, F32_TOL);
+        }
+    }
+}
+
 #[test]
 fn conv2d_on_images_split_into_several_row_bands_matches_candle() {
     // 16 channels x 3 x 3 taps x 131 columns: a band holds 6 output rows at stride 1 and 13

@@ -31,6 +31,44 @@ use super::{
 /// slower, 512 Ki was no faster.
 const TILE_ELEMENTS: usize = 256 * 1024;
 const MIN_BAND_PIXELS: usize = 512;
+/// The narrowest image and the fewest channels (in and out) for which the direct 3x3 kernels
+/// beat im2col + GEMM on the development machine (`examples/conv3x3_paths.rs`, table in
+/// `benches/README.md`): the forward and input-gradient kernels from 16 columns on, the
+/// weight gradient from 32 (on narrower images each register tile sums too few pixels
+/// before its lanes are reduced).
+const DIRECT_MIN_WIDTH: usize = 16;
+const DIRECT_GRAD_WEIGHT_MIN_WIDTH: usize = 32;
+const DIRECT_MIN_CHANNELS: usize = 8;
+
+/// The three kernels of a convolution.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    GradInput,
+    GradWeight,
+}
+
+/// Whether `pass` of convolution `g` takes the direct 3x3 kernels (for f32 data; f64 keeps
+/// GEMM).
+fn takes_direct(g: &ConvGeom, pass: Pass) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let min_width = if pass == Pass::GradWeight {
+            DIRECT_GRAD_WEIGHT_MIN_WIDTH
+        } else {
+            DIRECT_MIN_WIDTH
+        };
+        super::direct3x3::is_direct_geometry(g)
+            && g.width >= min_width
+            && g.in_channels.min(g.out_channels) >= DIRECT_MIN_CHANNELS
+            && super::direct_conv3x3_active()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (g, pass);
+        false
+    }
+}
 
 /// The shapes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,6 +417,16 @@ struct Conv2dFwd {
 impl Conv2dFwd {
     fn forward<T: Float>(&self, parts: [&[T]; 2], w: &[T], bias: Option<&[T]>) -> Vec<T> {
         let g = self.geom;
+        #[cfg(target_arch = "x86_64")]
+        if takes_direct(&g, Pass::Forward)
+            && let (Some(x1), Some(x2), Some(w32)) =
+                (T::as_f32(parts[0]), T::as_f32(parts[1]), T::as_f32(w))
+        {
+            let bias = bias.and_then(T::as_f32);
+            let plane_of = |n, c| SampleInput::of(&g, [x1, x2], n).channel(c);
+            let y = super::direct3x3::forward(&g, plane_of, w32, bias);
+            return T::from_f32_vec(y).expect("f32 data");
+        }
         let (k, p_len, co) = (g.k(), g.out_pixels(), g.out_channels);
         let mut y = vec![T::from_f64(0.0); g.batch * g.out_plane()];
         // With a bias, every output band is first filled with it and the product added.
@@ -631,6 +679,13 @@ impl Conv2dGradInput {
         let g = self.0;
         let (k, p_len, plane) = (g.k(), g.out_pixels(), g.plane());
         let [c1, _] = g.part_channels();
+        #[cfg(target_arch = "x86_64")]
+        if takes_direct(&g, Pass::GradInput)
+            && let (Some(dy), Some(w)) = (T::as_f32(dy), T::as_f32(w))
+        {
+            let dx = super::direct3x3::grad_input(&g, dy, w);
+            return T::from_f32_vec(dx).expect("f32 data");
+        }
         let mut dx = vec![T::from_f64(0.0); g.batch * g.in_plane()];
         let (dx_first, dx_second) = dx.split_at_mut(g.batch * c1 * plane);
         let gemm_shape = (k, p_len, g.out_channels);
@@ -693,6 +748,19 @@ impl Conv2dGradWeight {
         let g = self.geom;
         let (k, p_len) = (g.k(), g.out_pixels());
         let block = self.output_len();
+        #[cfg(target_arch = "x86_64")]
+        if takes_direct(&g, Pass::GradWeight)
+            && let (Some(x1), Some(x2), Some(dy32)) =
+                (T::as_f32(parts[0]), T::as_f32(parts[1]), T::as_f32(dy))
+        {
+            let plane_of = |n, c| SampleInput::of(&g, [x1, x2], n).channel(c);
+            let mut out = T::from_f32_vec(super::direct3x3::grad_weight(&g, plane_of, dy32))
+                .expect("f32 data");
+            if self.bias {
+                out.extend(bias_gradient(&g, dy));
+            }
+            return out;
+        }
         let plan = Plan::for_batch(g.batch);
         let bands: Vec<Range<usize>> = g.row_bands().collect();
         if !g.is_pointwise() && plan.splits_bands(bands.len()) {
@@ -790,16 +858,22 @@ impl Conv2dGradWeight {
             });
         let mut out = sum_blocks(&partial, wlen);
         if self.bias {
-            let mut db = vec![T::from_f64(0.0); g.out_channels];
-            for dy_n in dy.chunks(g.out_plane().max(1)) {
-                for (d, row) in db.iter_mut().zip(dy_n.chunks(p_len.max(1))) {
-                    *d += row.iter().fold(T::from_f64(0.0), |s, v| s + *v);
-                }
-            }
-            out.extend_from_slice(&db);
+            out.extend(bias_gradient(&g, dy));
         }
         out
     }
+}
+
+/// `dbias[c] = sum of dy[n][c] over samples and pixels`, per sample in order.
+fn bias_gradient<T: Float>(g: &ConvGeom, dy: &[T]) -> Vec<T> {
+    let p_len = g.out_pixels();
+    let mut db = vec![T::from_f64(0.0); g.out_channels];
+    for dy_n in dy.chunks(g.out_plane().max(1)) {
+        for (d, row) in db.iter_mut().zip(dy_n.chunks(p_len.max(1))) {
+            *d += row.iter().fold(T::from_f64(0.0), |s, v| s + *v);
+        }
+    }
+    db
 }
 
 impl Kernel2 for Conv2dGradWeight {
@@ -930,6 +1004,62 @@ pub fn conv2d_concat(
             extra: Extra::Concat,
         },
     )
+}
+
+/// The three kernels of a convolution on plain f32 slices (input `x_shape`, weight `w_shape`,
+/// equal stride and padding), for kernel-level benchmarks; not part of the stable API.
+#[doc(hidden)]
+pub mod raw {
+    use super::{Conv2dFwd, Conv2dGradInput, Conv2dGradWeight, ConvGeom, Extra};
+    use candle_core::Result;
+
+    fn geom(x: &[usize; 4], w: &[usize; 4], stride: usize, padding: usize) -> Result<ConvGeom> {
+        ConvGeom::new(x, None, w, stride, padding)
+    }
+
+    /// `y = conv2d(x, w)`.
+    pub fn forward(
+        x_shape: [usize; 4],
+        w_shape: [usize; 4],
+        stride: usize,
+        padding: usize,
+        x: &[f32],
+        w: &[f32],
+    ) -> Result<Vec<f32>> {
+        let geom = geom(&x_shape, &w_shape, stride, padding)?;
+        let op = Conv2dFwd {
+            geom,
+            extra: Extra::None,
+        };
+        Ok(op.forward([x, &[]], w, None))
+    }
+
+    /// `dx` given `dy`.
+    pub fn grad_input(
+        x_shape: [usize; 4],
+        w_shape: [usize; 4],
+        stride: usize,
+        padding: usize,
+        dy: &[f32],
+        w: &[f32],
+    ) -> Result<Vec<f32>> {
+        let geom = geom(&x_shape, &w_shape, stride, padding)?;
+        Ok(Conv2dGradInput(geom).grad_input(dy, w))
+    }
+
+    /// `dW` given `x` and `dy`.
+    pub fn grad_weight(
+        x_shape: [usize; 4],
+        w_shape: [usize; 4],
+        stride: usize,
+        padding: usize,
+        x: &[f32],
+        dy: &[f32],
+    ) -> Result<Vec<f32>> {
+        let geom = geom(&x_shape, &w_shape, stride, padding)?;
+        let op = Conv2dGradWeight { geom, bias: false };
+        Ok(op.run_parts([x, &[]], dy))
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ macro_rules! kernel3_forward {
 mod batch_norm;
 mod conv;
 mod conv_transpose;
+#[cfg(target_arch = "x86_64")]
+mod direct3x3;
 mod double_conv;
 mod pool;
 
@@ -79,13 +81,15 @@ use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 
 pub use batch_norm::{BatchStats, batch_norm_train, channel_affine};
+#[doc(hidden)]
+pub use conv::raw as conv2d_raw;
 pub use conv::{conv2d, conv2d_concat};
 pub use conv_transpose::conv_transpose2d_k2s2;
 pub use double_conv::{DoubleConvWeights, double_conv_bn_relu_train};
 pub use pool::max_pool2x2;
 
 /// The element types the kernels support (f32 and f64), with a per-thread scratch buffer each.
-pub(crate) trait Float: WithDType {
+pub(crate) trait Float: WithDType + AsF32 {
     /// Takes this thread's scratch buffer, grown to at least `len` elements (contents are
     /// arbitrary). Give it back with [`Float::put_scratch`]; a nested call in between (rayon
     /// work stealing) simply gets a fresh buffer.
@@ -120,6 +124,51 @@ macro_rules! impl_float {
 
 impl_float!(f32, SCRATCH_F32);
 impl_float!(f64, SCRATCH_F64);
+
+/// Views of f32 data as f32 (for the kernels written for f32 only); `None` for other types.
+pub(crate) trait AsF32: Sized {
+    fn as_f32(_data: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn from_f32_vec(_data: Vec<f32>) -> Option<Vec<Self>> {
+        None
+    }
+}
+
+impl AsF32 for f32 {
+    fn as_f32(data: &[Self]) -> Option<&[f32]> {
+        Some(data)
+    }
+    fn from_f32_vec(data: Vec<f32>) -> Option<Vec<Self>> {
+        Some(data)
+    }
+}
+
+impl AsF32 for f64 {}
+
+static DIRECT_CONV3X3: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Switches the direct 3x3 convolution kernels (f32, AVX-512) on or off for the whole
+/// process; off, every convolution takes the im2col + GEMM path. On by default; the switch is
+/// for benchmarks that compare the two paths (see `benches/README.md`).
+pub fn set_direct_conv3x3(enabled: bool) {
+    DIRECT_CONV3X3.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the direct 3x3 kernels are switched on and this CPU can run them.
+pub fn direct_conv3x3_active() -> bool {
+    DIRECT_CONV3X3.load(std::sync::atomic::Ordering::Relaxed) && direct_kernels_available()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn direct_kernels_available() -> bool {
+    direct3x3::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn direct_kernels_available() -> bool {
+    false
+}
 
 /// Runs `f` with this thread's scratch buffer of `len` elements.
 pub(crate) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
