@@ -36,7 +36,7 @@ def run_lus(args):
         "--batch", str(args.batch), "--size", str(args.size), "--base", str(args.base),
         "--depth", str(args.depth), "--classes", str(args.classes),
         "--rounds", str(args.rounds), "--device", args.device,
-        "--precision", args.precision, "--kernels", args.kernels,
+        "--precision", args.precision, "--kernels", args.kernels, "--conv3x3", args.conv3x3,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -119,6 +119,9 @@ def main():
     parser.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"])
     parser.add_argument("--kernels", default="lus", choices=["lus", "candle"],
                         help="lus's kernels (CPU: its own ops; CUDA: convolutions as GEMMs) or candle's")
+    parser.add_argument("--conv3x3", default="direct", choices=["direct", "gemm"],
+                        help="lus's 3x3 convolutions on the CPU: direct AVX-512 kernels where they "
+                             "apply, or im2col + GEMM everywhere")
     parser.add_argument("--json-out")
     args = parser.parse_args()
     lus = run_lus(args)
@@ -127,7 +130,7 @@ def main():
           f"{args.batch} x 1 x {args.size} x {args.size} on {args.device}, {args.precision}; "
           f"{lus['gflop_per_step']:.1f} GFLOP per step; median of {args.rounds} rounds")
     print(f"{'':24} {'step ms':>9} {'forward ms':>11} {'peak RSS MiB':>13} threads")
-    print(f"{'lus (' + lus['kernels'] + ' kernels)':24} {lus['step_ms_median']:9.1f} "
+    print(f"{'lus (' + lus['kernels'] + ', ' + lus.get('conv3x3', '?') + ')':24} {lus['step_ms_median']:9.1f} "
           f"{lus['forward_ms_median']:11.1f} {lus['peak_rss_mib'] or float('nan'):13.0f} {lus['threads']}")
     if args.json_out:
         with open(args.json_out, "a") as out:

@@ -76,6 +76,9 @@ struct UnetStepResult {
     gflop_per_forward: f64,
     step_ms_median: f64,
     step_ms_all: Vec<f64>,
+    /// Medians of the step's phases (the device is synchronised between them): train-mode
+    /// forward, cross-entropy, backward, optimizer update.
+    step_phases_ms_median: StepPhases,
     forward_ms_median: f64,
     step_gflops: f64,
     forward_gflops: f64,
@@ -95,6 +98,14 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::UnetStep(args) => unet_step(args),
     }
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct StepPhases {
+    forward: f64,
+    loss: f64,
+    backward: f64,
+    optimizer: f64,
 }
 
 fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
@@ -159,21 +170,51 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         .collect();
     let labels = Tensor::from_vec(labels, (n, side, side), &device)?;
 
-    let mut step = |round: usize| -> anyhow::Result<f64> {
+    let mut step = |round: usize| -> anyhow::Result<(f64, StepPhases)> {
         let mut dropout = ChaCha8Rng::seed_from_u64(round as u64);
         let start = Instant::now();
+        let mut lap = {
+            let (mut last, device) = (start, &device);
+            move || -> anyhow::Result<f64> {
+                device.synchronize()?;
+                let now = Instant::now();
+                let ms = (now - last).as_secs_f64() * 1e3;
+                last = now;
+                Ok(ms)
+            }
+        };
         let logits = unet.forward_t(&x, &mut Mode::train(&mut dropout))?;
+        let forward = lap()?;
         let loss = cross_entropy(&logits, &labels, None, None)?;
+        let loss_ms = lap()?;
         let grads = loss.backward()?;
+        let backward = lap()?;
         optimizer.step(&grads, 1e-3)?;
         // The step is done when its result is on the host (candle's CUDA ops are asynchronous).
         loss.to_scalar::<f32>()?;
-        Ok(start.elapsed().as_secs_f64() * 1e3)
+        let optimizer_ms = lap()?;
+        let phases = StepPhases {
+            forward,
+            loss: loss_ms,
+            backward,
+            optimizer: optimizer_ms,
+        };
+        Ok((start.elapsed().as_secs_f64() * 1e3, phases))
     };
     step(0)?;
-    let steps = (1..=args.rounds)
+    let (steps, phases): (Vec<f64>, Vec<StepPhases>) = (1..=args.rounds)
         .map(&mut step)
-        .collect::<anyhow::Result<Vec<f64>>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let phase_median =
+        |f: fn(&StepPhases) -> f64| median(&phases.iter().map(f).collect::<Vec<_>>());
+    let step_phases_ms_median = StepPhases {
+        forward: phase_median(|p| p.forward),
+        loss: phase_median(|p| p.loss),
+        backward: phase_median(|p| p.backward),
+        optimizer: phase_median(|p| p.optimizer),
+    };
     let device_memory_after_steps_mib = lus_train::device_memory_used_mib(&device);
     let forward = |_: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
@@ -211,6 +252,7 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         gflop_per_forward: gflop_forward,
         step_ms_median: step_ms,
         step_ms_all: steps,
+        step_phases_ms_median,
         forward_ms_median: forward_ms,
         step_gflops: gflop_step / (step_ms / 1e3),
         forward_gflops: gflop_forward / (forward_ms / 1e3),
@@ -223,6 +265,7 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
         println!(
             "lus U-Net (depth {}, base {}, {} classes, {} kernels, {:?}) on {}, batch {n} x 1 x {side} x {side}, {} threads:\n  \
              training step {:.1} ms (median of {}; {:.2} GFLOP, {:.1} GFLOP/s)\n  \
+             phases (medians): forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, optimizer {:.1} ms\n  \
              eval forward  {:.1} ms ({:.2} GFLOP, {:.1} GFLOP/s)\n  peak RSS {}",
             args.depth,
             args.base,
@@ -235,6 +278,10 @@ fn unet_step(args: UnetStepArgs) -> anyhow::Result<()> {
             args.rounds,
             gflop_step,
             result.step_gflops,
+            step_phases_ms_median.forward,
+            step_phases_ms_median.loss,
+            step_phases_ms_median.backward,
+            step_phases_ms_median.optimizer,
             forward_ms,
             gflop_forward,
             result.forward_gflops,

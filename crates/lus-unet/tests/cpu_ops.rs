@@ -848,3 +848,67 @@ mod unet {
         }
     }
 }
+
+/// Every op's forward output and gradients are bit-identical whatever the number of threads:
+/// the same computations inside rayon pools of 1, 3 and 5 threads, at batch 1 (row bands or
+/// split GEMMs), 2 and 4 (fewer samples than threads: samples in parallel, GEMMs split over
+/// the rest) and 6, on shapes of both convolution paths (direct kernels: >= 8 channels, >= 32
+/// columns; im2col + GEMM: narrow or few channels, stride 2, 1x1) and of the fused blocks.
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    let run = |batch: usize| -> Vec<Vec<f64>> {
+        let x = randn(&[batch, 8, 20, 40], DType::F32, 50);
+        let second = randn(&[batch, 3, 20, 40], DType::F32, 51);
+        let w3 = randn(&[12, 8, 3, 3], DType::F32, 52);
+        let w_cat = randn(&[9, 11, 3, 3], DType::F32, 53);
+        let b = randn(&[12], DType::F32, 54);
+        let w_narrow = randn(&[8, 8, 3, 3], DType::F32, 55);
+        let w_up = randn(&[8, 5, 2, 2], DType::F32, 56);
+        let w_1x1 = randn(&[4, 8, 1, 1], DType::F32, 57);
+        let mut params = double_conv_inputs([batch, 8, 10, 36], None, (8, 8, 3), DType::F32, 58);
+        let x_block = params.remove(0);
+        let mut inputs = vec![x, second, w3, w_cat, b, w_narrow, w_up, w_1x1, x_block];
+        inputs.extend(params);
+        let (out, grads) = grads_of(
+            &inputs,
+            |t| {
+                let y_direct = conv2d(&t[0], &t[2], Some(&t[4]), 1, 1).unwrap();
+                let y_cat = conv2d_concat(&t[0], &t[1], &t[3], 1, 1).unwrap();
+                let narrow = t[0].narrow(3, 0, 12).unwrap().contiguous().unwrap();
+                let y_narrow = conv2d(&narrow, &t[5], None, 1, 1).unwrap();
+                let y_s2 = conv2d(&t[0], &t[5], None, 2, 1).unwrap();
+                let y_up = conv_transpose2d_k2s2(&t[0], &t[6], None).unwrap();
+                let y_1x1 = conv2d(&t[0], &t[7], None, 1, 0).unwrap();
+                let y_block = double_conv_of(&t[8..], false);
+                let flat: Vec<Tensor> = [y_direct, y_cat, y_narrow, y_s2, y_up, y_1x1, y_block]
+                    .iter()
+                    .map(|y| y.flatten_all().unwrap())
+                    .collect();
+                Tensor::cat(&flat, 0).unwrap()
+            },
+            59,
+        );
+        std::iter::once(values(&out))
+            .chain(grads.iter().map(values))
+            .collect()
+    };
+    for batch in [1, 2, 4, 6] {
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run(batch))
+        };
+        let one = in_pool(1);
+        for threads in [3, 5] {
+            let many = in_pool(threads);
+            for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+                assert!(
+                    a == b,
+                    "batch {batch}: output {i} differs between 1 and {threads} threads"
+                );
+            }
+        }
+    }
+}

@@ -53,6 +53,8 @@ const NV: usize = 3;
 /// Weight gradient: output channels and taps per register tile (24 accumulators).
 const GW_CO: usize = 4;
 const GW_TAPS: usize = 6;
+/// Register tiles (of `GW_CO` output channels) per work item of the weight gradient.
+const GW_GROUP_TILES: usize = 4;
 /// Padded-row positions per work item (a band of rows of one sample): small enough to give
 /// the threads enough items at batch 1 and for the band's rows to stay in L2 while the weight
 /// gradient's register tiles walk them, large enough that per-item costs vanish.
@@ -96,7 +98,24 @@ impl Grid {
 
     /// Row bands of about `ITEM_POSITIONS` padded-row positions (at least one row each).
     fn item_rows(&self) -> Vec<Range<usize>> {
-        let rows = (ITEM_POSITIONS / self.wp).clamp(1, self.height.max(1));
+        self.bands_of((ITEM_POSITIONS / self.wp).max(1))
+    }
+
+    /// [`Grid::item_rows`], cut further so that a batch of `batch` gives every thread at least
+    /// four items (an image of a deep level is one item: eight items at batch 8 would leave
+    /// most of a 16-core machine idle). Only for kernels whose results do not depend on the
+    /// bands (each output one sum within one item).
+    fn item_rows_for_threads(&self, batch: usize) -> Vec<Range<usize>> {
+        let want = 4 * rayon::current_num_threads();
+        let rows_for_threads = (batch * self.height).div_ceil(want).max(1);
+        self.bands_of((ITEM_POSITIONS / self.wp).clamp(1, rows_for_threads))
+    }
+
+    /// Bands of at most `rows` rows, as even as possible (62 + 2 rows would leave a work item
+    /// 31 times smaller than the other).
+    fn bands_of(&self, rows: usize) -> Vec<Range<usize>> {
+        let bands = self.height.div_ceil(rows.clamp(1, self.height.max(1)));
+        let rows = self.height.div_ceil(bands.max(1)).max(1);
         (0..self.height.div_ceil(rows))
             .map(|b| b * rows..((b + 1) * rows).min(self.height))
             .collect()
@@ -256,11 +275,11 @@ fn conv_planes(
     let offsets = grid.tap_offsets(input.channels);
     let k = offsets.len();
     let blocks = outs.div_ceil(MR);
-    let bands = grid.item_rows();
     let mut init = vec![0.0f32; blocks * MR];
     if let Some(bias) = bias {
         init[..outs].copy_from_slice(bias);
     }
+    let bands = grid.item_rows_for_threads(batch);
     let per_row = w.div_ceil(16);
     let tail = w - 16 * (per_row - 1);
     let tail_mask: u16 = if tail == 16 {
@@ -534,24 +553,33 @@ pub(crate) fn grad_weight<'s>(
     let taps = ci * 9;
     let offsets = grid.tap_offsets(ci);
     let bands = grid.item_rows();
-    let wlen = co * taps;
+    // Work items: (sample, row band, group of output channels). The groups multiply the items
+    // of small batches and deep levels (one band per image) without changing any sum: each
+    // weight-gradient entry is still the sum over (sample, band) partials in that order,
+    // whatever the threads.
+    let group = GW_CO * GW_GROUP_TILES;
+    let groups = co.div_ceil(group);
+    let items = g.batch * bands.len() * groups;
     with_buffer(|x_buf| {
         pad_into(grid, g.batch, ci, plane_of, x_buf);
         let xp = &x_buf[..];
-        let partials: Vec<Vec<f32>> = (0..g.batch * bands.len())
+        let partials: Vec<Vec<f32>> = (0..items)
             .into_par_iter()
             .map(|item| {
-                let (n, rows) = (item / bands.len(), bands[item % bands.len()].clone());
+                let (sample_band, k) = (item / groups, item % groups);
+                let (n, b) = (sample_band / bands.len(), sample_band % bands.len());
+                let rows = bands[b].clone();
+                let channels = k * group..((k + 1) * group).min(co);
                 let x_n = &xp[n * ci * grid.plane..];
                 let dy_n = &dy[n * co * plane..][..co * plane];
-                // Each register tile walks all rows of the item (about ITEM_POSITIONS
-                // pixels: the item's rows of dy and of the padded input stay in L2), then its
-                // lanes are summed.
-                let mut partial = vec![0.0f32; wlen];
-                for c0 in (0..co).step_by(GW_CO) {
+                // Each register tile walks all rows of the band (about ITEM_POSITIONS pixels:
+                // the band's rows of dy and of the padded input stay in L2), then its lanes
+                // are summed.
+                let mut partial = vec![0.0f32; channels.len() * taps];
+                for c0 in channels.clone().step_by(GW_CO) {
                     let dy_rows: [*const f32; GW_CO] = std::array::from_fn(|c| {
-                        // Channels past the last repeat the last one; their sums are dropped.
-                        let c = (c0 + c).min(co - 1);
+                        // Channels past the group's last repeat it; their sums are dropped.
+                        let c = (c0 + c).min(channels.end - 1);
                         dy_n[c * plane + rows.start * w..].as_ptr()
                     });
                     for t0 in (0..taps).step_by(GW_TAPS) {
@@ -565,9 +593,10 @@ pub(crate) fn grad_weight<'s>(
                         unsafe {
                             grad_weight_tile(&dy_rows, &x_rows, rows.len(), w, w, wp, &mut lanes)
                         };
-                        for (c, row) in lanes.iter().enumerate().take(co - c0) {
+                        let local = c0 - channels.start;
+                        for (c, row) in lanes.iter().enumerate().take(channels.end - c0) {
                             for (t, v) in row.iter().enumerate().take(taps - t0) {
-                                partial[(c0 + c) * taps + t0 + t] = v.iter().sum();
+                                partial[(local + c) * taps + t0 + t] = v.iter().sum();
                             }
                         }
                     }
@@ -575,9 +604,13 @@ pub(crate) fn grad_weight<'s>(
                 partial
             })
             .collect();
-        let mut total = vec![0.0f32; wlen];
-        for partial in &partials {
-            for (t, p) in total.iter_mut().zip(partial) {
+        let mut total = vec![0.0f32; co * taps];
+        // Items in (sample, band) order for every group: each entry sums its partials in the
+        // same order whatever the threads.
+        for (item, partial) in partials.iter().enumerate() {
+            let k = item % groups;
+            let start = k * group * taps;
+            for (t, p) in total[start..start + partial.len()].iter_mut().zip(partial) {
                 *t += p;
             }
         }

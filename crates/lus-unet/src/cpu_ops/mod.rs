@@ -395,8 +395,9 @@ pub(crate) fn matmul_into<T: Float>(
     }
 }
 
-/// How a batched kernel spreads over the threads: over the samples when there are enough of
-/// them, else inside each GEMM.
+/// How a batched kernel spreads over the threads: over the samples when there are at least two
+/// of them (each sample's GEMMs then get the threads left over, if the samples are fewer than
+/// the threads), else inside each GEMM.
 #[derive(Clone, Copy)]
 pub(crate) struct Plan {
     pub over_batch: bool,
@@ -415,6 +416,14 @@ impl Plan {
             Self {
                 over_batch: true,
                 gemm: Parallelism::None,
+            }
+        } else if batch >= 2 {
+            // Fewer samples than threads (batch 8 on 16 cores): one sample per task, each
+            // GEMM split over its share of the threads, rather than the samples one after the
+            // other with every (small) GEMM split over all the threads.
+            Self {
+                over_batch: true,
+                gemm: Parallelism::Rayon(threads.div_ceil(batch)),
             }
         } else {
             Self {
