@@ -326,18 +326,19 @@ impl Optimizer {
                 let grad = grad.to_dtype(var.dtype())?.detach();
                 let param = var.as_detached_tensor();
                 let updated = match self.config {
-                    OptimizerConfig::AdamW { beta1, beta2, eps } => adamw_update(
-                        state,
-                        &param,
-                        &grad,
-                        AdamW {
+                    OptimizerConfig::AdamW { beta1, beta2, eps } => {
+                        let h = AdamW {
                             lr: group_lr,
                             beta1,
                             beta2,
                             eps,
                             weight_decay,
-                        },
-                    )?,
+                        };
+                        match adamw_update_fused_cpu(state, &param, &grad, &h)? {
+                            Some(updated) => updated,
+                            None => adamw_update(state, &param, &grad, h)?,
+                        }
+                    }
                     OptimizerConfig::Sgd {
                         momentum,
                         dampening,
@@ -699,6 +700,122 @@ fn adamw_update(
     Ok(updated)
 }
 
+/// The contiguous f32 data of a CPU tensor's storage (`None` for any other tensor).
+fn cpu_f32_slice<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Option<&'a [f32]> {
+    use candle_core::{CpuStorage, Storage};
+    let (start, end) = layout.contiguous_offsets()?;
+    match storage {
+        Storage::Cpu(CpuStorage::F32(data)) => data.get(start..end),
+        _ => None,
+    }
+}
+
+/// [`adamw_update`] in one pass for f32 tensors on the CPU: the same f32 operations in the
+/// same order, so bit-identical (`fused_adamw_equals_the_candle_ops` below), where the
+/// candle-op version allocates and walks about a dozen tensors per parameter (7-9 ms per
+/// step for the 1.9 M parameters of the depth-4 base-16 U-Net on 2 cores, a sixth of a
+/// batch-1 step). `None` (nothing changed) for any other device or type.
+fn adamw_update_fused_cpu(
+    state: &mut ParamState,
+    param: &Tensor,
+    grad: &Tensor,
+    h: &AdamW,
+) -> candle_core::Result<Option<Tensor>> {
+    let (p_storage, p_layout) = param.storage_and_layout();
+    let (g_storage, g_layout) = grad.storage_and_layout();
+    let (Some(p), Some(g)) = (
+        cpu_f32_slice(&p_storage, p_layout),
+        cpu_f32_slice(&g_storage, g_layout),
+    ) else {
+        return Ok(None);
+    };
+    let (exp_avg, exp_avg_sq) = (state.exp_avg.clone(), state.exp_avg_sq.clone());
+    let guards = match (&exp_avg, &exp_avg_sq) {
+        (Some(m), Some(v)) => Some((m.storage_and_layout(), v.storage_and_layout())),
+        (None, None) => None,
+        _ => return Ok(None),
+    };
+    let moments = match &guards {
+        Some(((m_storage, m_layout), (v_storage, v_layout))) => match (
+            cpu_f32_slice(m_storage, m_layout),
+            cpu_f32_slice(v_storage, v_layout),
+        ) {
+            (Some(m), Some(v)) if m.len() == g.len() && v.len() == g.len() => Some((m, v)),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    if p.len() != g.len() {
+        return Ok(None);
+    }
+    let step = (state.step + 1) as f64;
+    // The scalars as candle's ops see them: affine's factors rounded to f32, the bias
+    // correction's square root built as an f64 tensor and cast to f32.
+    let c1 = (1.0 - h.beta1) as f32;
+    let c2 = (1.0 - h.beta2) as f32;
+    let beta2 = h.beta2 as f32;
+    let eps = h.eps as f32;
+    let step_size = (h.lr / (1.0 - h.beta1.powf(step))) as f32;
+    let bias_correction2_sqrt = (1.0 - h.beta2.powf(step)).sqrt() as f32;
+    let decay = (h.weight_decay != 0.0).then_some((1.0 - h.lr * h.weight_decay) as f32);
+    let len = g.len();
+    let (mut p_new, mut m_new, mut v_new) = (
+        Vec::<f32>::with_capacity(len),
+        Vec::<f32>::with_capacity(len),
+        Vec::<f32>::with_capacity(len),
+    );
+    let outputs = p_new.spare_capacity_mut()[..len]
+        .iter_mut()
+        .zip(&mut m_new.spare_capacity_mut()[..len])
+        .zip(&mut v_new.spare_capacity_mut()[..len]);
+    // One loop per case and zipped slices of equal length: a loop the compiler vectorises
+    // (an indexed loop with the case tested per element ran 2x slower than candle's ops).
+    let update = |p: f32, m: f32, v: f32| {
+        let denom = (v.sqrt() / bias_correction2_sqrt) * 1.0 + eps;
+        let decayed = match decay {
+            Some(d) => p * d + 0.0,
+            None => p,
+        };
+        decayed - ((m * step_size + 0.0) / denom)
+    };
+    match moments {
+        Some((m_old, v_old)) => {
+            for ((((out, p), g), m_old), v_old) in outputs.zip(p).zip(g).zip(m_old).zip(v_old) {
+                let m = m_old + ((g - m_old) * c1 + 0.0);
+                let v = (v_old * beta2 + 0.0) + (g * c2 + 0.0) * g;
+                out.0.0.write(update(*p, m, v));
+                out.0.1.write(m);
+                out.1.write(v);
+            }
+        }
+        None => {
+            for ((out, p), g) in outputs.zip(p).zip(g) {
+                let m = g * c1 + 0.0;
+                let v = (g * c2 + 0.0) * g;
+                out.0.0.write(update(*p, m, v));
+                out.0.1.write(m);
+                out.1.write(v);
+            }
+        }
+    }
+    // SAFETY: the loops above wrote all `len` elements of each vector (p, g and the moments
+    // all have `len` elements, checked above).
+    unsafe {
+        p_new.set_len(len);
+        m_new.set_len(len);
+        v_new.set_len(len);
+    }
+    let shape = param.shape().clone();
+    let device = param.device().clone();
+    state.step += 1;
+    state.exp_avg = Some(Tensor::from_vec(m_new, &shape, &device)?);
+    state.exp_avg_sq = Some(Tensor::from_vec(v_new, &shape, &device)?);
+    Ok(Some(Tensor::from_vec(p_new, &shape, &device)?))
+}
+
 struct Sgd {
     lr: f64,
     momentum: f64,
@@ -742,6 +859,93 @@ pub(crate) fn save_tensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path
         candle_core::safetensors::save(tensors, tmp).map_err(|e| e.to_string())
     })
     .map_err(|reason| TrainError::file(path, format!("cannot write tensors: {reason}")))
+}
+
+#[cfg(test)]
+mod fused_tests {
+    use candle_core::Device;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    fn random(len: usize, rng: &mut rand_chacha::ChaCha8Rng, scale: f32) -> Tensor {
+        let v: Vec<f32> = (0..len)
+            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+            .collect();
+        Tensor::from_vec(v, (len / 5, 5), &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    /// Five steps of the fused f32 update and of the candle-op update from the same state give
+    /// the same bits (parameters and both moments), with and without weight decay, with
+    /// gradients of very different scales (including zeros).
+    #[test]
+    fn fused_adamw_equals_the_candle_ops() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for weight_decay in [0.0, 0.01] {
+            let h = AdamW {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay,
+            };
+            let (mut fused_state, mut ops_state) = (ParamState::default(), ParamState::default());
+            // 50,000 elements.
+            let mut fused_param = random(50_000, &mut rng, 1.0);
+            let mut ops_param = fused_param.clone();
+            for step in 0..5 {
+                let scale = [1.0, 1e-4, 30.0, 0.0, 1e-30][step];
+                let grad = random(50_000, &mut rng, scale);
+                fused_param = adamw_update_fused_cpu(&mut fused_state, &fused_param, &grad, &h)
+                    .unwrap()
+                    .expect("f32 on the CPU takes the fused path");
+                let h_ops = AdamW { ..h };
+                ops_param = adamw_update(&mut ops_state, &ops_param, &grad, h_ops).unwrap();
+                assert_eq!(
+                    bits(&fused_param),
+                    bits(&ops_param),
+                    "step {step}: parameters"
+                );
+                for (a, b) in [
+                    (&fused_state.exp_avg, &ops_state.exp_avg),
+                    (&fused_state.exp_avg_sq, &ops_state.exp_avg_sq),
+                ] {
+                    assert_eq!(bits(a.as_ref().unwrap()), bits(b.as_ref().unwrap()));
+                }
+                assert_eq!(fused_state.step, ops_state.step);
+            }
+        }
+    }
+
+    /// Other element types are left to the candle ops.
+    #[test]
+    fn fused_adamw_declines_f64() {
+        let h = AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let t = Tensor::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();
+        let mut state = ParamState::default();
+        assert!(
+            adamw_update_fused_cpu(&mut state, &t, &t, &h)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(state.step, 0);
+    }
 }
 
 #[cfg(test)]
