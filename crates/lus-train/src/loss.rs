@@ -346,7 +346,8 @@ fn ncs(shape: &candle_core::Shape) -> (usize, usize, usize) {
     (dims[0], dims[1], dims[2..].iter().product())
 }
 
-fn contiguous_f32<'a>(
+/// The contiguous f32 data of a CPU storage, or an error naming `op`.
+pub(crate) fn contiguous_f32<'a>(
     op: &str,
     storage: &'a candle_core::CpuStorage,
     layout: &candle_core::Layout,

@@ -705,10 +705,8 @@ fn cpu_f32_slice<'a>(
     storage: &'a candle_core::Storage,
     layout: &candle_core::Layout,
 ) -> Option<&'a [f32]> {
-    use candle_core::{CpuStorage, Storage};
-    let (start, end) = layout.contiguous_offsets()?;
     match storage {
-        Storage::Cpu(CpuStorage::F32(data)) => data.get(start..end),
+        candle_core::Storage::Cpu(cpu) => crate::loss::contiguous_f32("adamw", cpu, layout).ok(),
         _ => None,
     }
 }

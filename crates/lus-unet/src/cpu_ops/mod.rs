@@ -6,7 +6,10 @@
 //! most of its time there. The ops here are:
 //!
 //! - [`conv2d`]: im2col + GEMM forward; the input gradient is GEMM + col2im, the weight gradient
-//!   GEMM over im2col (each a further custom op);
+//!   GEMM over im2col (each a further custom op). For f32 3x3 stride-1 padding-1 convolutions
+//!   with at least 8 channels on images at least 16 px wide (32 for the weight gradient), the
+//!   three kernels are instead direct AVX-512 kernels (`direct3x3`, chosen at run time; the
+//!   switch [`set_direct_conv3x3`] turns them off for comparisons);
 //! - [`conv_transpose2d_k2s2`]: the 2x2 stride-2 transposed convolution of the decoder, one GEMM
 //!   plus a scatter (backward: a gather plus GEMMs);
 //! - [`batch_norm_train`]: batch norm in training mode (optionally followed by a ReLU) as one
