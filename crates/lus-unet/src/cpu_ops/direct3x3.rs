@@ -44,6 +44,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
+use super::with_scratch;
 
 /// Output channels per register tile of the forward / input-gradient kernel.
 const MR: usize = 8;
@@ -59,6 +60,10 @@ const GW_GROUP_TILES: usize = 4;
 /// the threads enough items at batch 1 and for the band's rows to stay in L2 while the weight
 /// gradient's register tiles walk them, large enough that per-item costs vanish.
 const ITEM_POSITIONS: usize = 4096;
+/// Zero elements after the last padded plane, so that the reads of the last vectors stay
+/// inside the buffer: a vector reads 16 elements from up to two rows and two columns past its
+/// output position, so at most 15 elements past the last plane.
+const SLACK: usize = 64;
 
 /// Whether this CPU runs the kernels (AVX-512F and VL, checked at run time; std caches the
 /// answer).
@@ -89,13 +94,6 @@ impl Grid {
         }
     }
 
-    /// Zero elements after the last padded plane, so that the reads of the last vectors stay
-    /// inside the buffer: a vector reads 16 elements from up to two rows and two columns past
-    /// its output position, so at most 16 elements past the last plane.
-    fn slack(&self) -> usize {
-        64
-    }
-
     /// Row bands of about `ITEM_POSITIONS` padded-row positions (at least one row each).
     /// The band count is rounded up to a power of two, so that the bands of an image divide
     /// evenly among 2, 4, 8 or 16 threads (5 bands of a 128-px image left one of two threads
@@ -113,6 +111,7 @@ impl Grid {
     /// four items (an image of a deep level is one item: eight items at batch 8 would leave
     /// most of a 16-core machine idle). Only for kernels whose results do not depend on the
     /// bands (each output one sum within one item).
+    ///
     /// A band holds a whole number of register tiles where it can (its vectors a multiple of
     /// `NV`): a 16-px image cut into bands of 2 rows ran every tile with 2 vectors, not 3.
     fn item_rows_for_threads(&self, batch: usize) -> Vec<Range<usize>> {
@@ -147,7 +146,7 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// A read-only batch of padded planes, `batch x channels x plane` plus slack.
+/// A read-only batch of padded planes, `batch x channels x plane` plus `SLACK`.
 struct Padded<'a> {
     data: &'a [f32],
     channels: usize,
@@ -160,23 +159,18 @@ impl Padded<'_> {
     }
 }
 
-/// Copies planes `plane_of(n, c)` (`H x W` each) into `buf` as padded planes with zero
-/// borders, and zeroes the slack.
+/// Copies planes `plane_of(n, c)` (`H x W` each) into `buf` (`batch * channels * plane +
+/// SLACK` elements, any contents) as padded planes with zero borders, and zeroes the slack.
+/// Every element is written, so the buffer need not be cleared first (one pass fewer).
 fn pad_into<'s>(
     grid: Grid,
     batch: usize,
     channels: usize,
     plane_of: impl Fn(usize, usize) -> &'s [f32] + Sync,
-    buf: &mut Vec<f32>,
+    buf: &mut [f32],
 ) {
     let body = batch * channels * grid.plane;
-    let len = body + grid.slack();
-    // Grown, never cleared: every element up to `len` is written below (a fill of the whole
-    // buffer first would be one more pass over it).
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    buf[body..len].fill(0.0);
+    buf[body..].fill(0.0);
     let (h, w, wp) = (grid.height, grid.width, grid.wp);
     buf[..body]
         .par_chunks_mut(grid.plane)
@@ -193,26 +187,6 @@ fn pad_into<'s>(
             }
             dst[(h + 1) * wp + 1..].fill(0.0);
         });
-}
-
-thread_local! {
-    /// Reused padded buffers (page faults on fresh multi-megabyte allocations cost as much as
-    /// the copy).
-    static PAD_BUFFERS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn with_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
-    let mut buffer = PAD_BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_default();
-    let result = f(&mut buffer);
-    PAD_BUFFERS.with(|b| {
-        let mut pool = b.borrow_mut();
-        if pool.len() < 3 {
-            pool.push(buffer);
-        }
-    });
-    result
 }
 
 /// Weights as `[out block][in channel * 9 + tap][MR]` (output channels past the last zero),
@@ -249,15 +223,6 @@ unsafe impl Send for OutPlanes {}
 unsafe impl Sync for OutPlanes {}
 
 impl OutPlanes {
-    fn one(out: *mut f32, channels: usize, plane: usize) -> Self {
-        Self {
-            parts: [out, std::ptr::null_mut()],
-            first: channels,
-            second: 0,
-            plane,
-        }
-    }
-
     /// The start of plane `(n, c)`.
     fn plane_ptr(&self, n: usize, c: usize) -> *mut f32 {
         // SAFETY (of the offsets): `n < batch` and `c < first + second`, and the slices the
@@ -340,10 +305,9 @@ fn conv_planes(
                     *row = out.plane_ptr(n, b * MR + m);
                 }
                 // SAFETY: AVX-512F/VL were detected (callers check `available()`); the reads
-                // at `offset + load + 0..16` stay inside `input.data` (at most two rows and 17
-                // columns past the last output of the last plane: within the slack); the
-                // masked writes are columns < W of rows of this band, which no other work
-                // item writes.
+                // at `offset + load + 0..16` stay inside `input.data` (at most 15 elements
+                // past the last plane: within SLACK); the masked writes are columns < W of
+                // rows of this band, which no other work item writes.
                 unsafe {
                     let (xp, wp, init) = (x.as_ptr(), weights.as_ptr(), &init[b * MR..]);
                     match tile_vectors.len() {
@@ -488,6 +452,37 @@ fn written_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
     v
 }
 
+/// Pads the `ins` input planes `plane_of(n, c)` of every sample (into this thread's scratch
+/// buffer, reused from call to call: page faults on fresh multi-megabyte allocations cost as
+/// much as the copy) and convolves them with `packed` (+ `bias`) into a new vector of
+/// `out_len` elements, whose planes `out_planes` locates.
+#[allow(clippy::too_many_arguments)]
+fn pad_and_convolve<'s>(
+    grid: Grid,
+    batch: usize,
+    ins: usize,
+    plane_of: impl Fn(usize, usize) -> &'s [f32] + Sync,
+    outs: usize,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    out_len: usize,
+    out_planes: impl FnOnce(*mut f32) -> OutPlanes,
+) -> Vec<f32> {
+    with_scratch(batch * ins * grid.plane + SLACK, |buf: &mut [f32]| {
+        pad_into(grid, batch, ins, plane_of, buf);
+        let input = Padded {
+            data: buf,
+            channels: ins,
+            grid,
+        };
+        // conv_planes writes every (sample, channel, row, column) of the output planes, and
+        // the planes cover all `out_len` elements.
+        written_by(out_len, |out| {
+            conv_planes(&input, outs, packed, bias, batch, out_planes(out));
+        })
+    })
+}
+
 /// Forward: `y (N x Co x H x W) = conv3x3(x) (+ bias)`; `plane_of(n, ci)` gives input planes.
 pub(crate) fn forward<'s>(
     g: &ConvGeom,
@@ -500,19 +495,23 @@ pub(crate) fn forward<'s>(
     let grid = Grid::of(g);
     let (ci, co) = (g.in_channels, g.out_channels);
     let packed = pack_weights(co, ci, |o, i, t| w[(o * ci + i) * 9 + t]);
-    with_buffer(|buf| {
-        pad_into(grid, g.batch, ci, plane_of, buf);
-        let input = Padded {
-            data: buf,
-            channels: ci,
-            grid,
-        };
-        // conv_planes writes every (sample, channel, row, column) of the output.
-        written_by(g.batch * g.out_plane(), |y| {
-            let out = OutPlanes::one(y, co, g.plane());
-            conv_planes(&input, co, &packed, bias, g.batch, out);
-        })
-    })
+    let out_len = g.batch * g.out_plane();
+    pad_and_convolve(
+        grid,
+        g.batch,
+        ci,
+        plane_of,
+        co,
+        &packed,
+        bias,
+        out_len,
+        |y| OutPlanes {
+            parts: [y, std::ptr::null_mut()],
+            first: co,
+            second: 0,
+            plane: g.plane(),
+        },
+    )
 }
 
 /// Input gradient: `dx = conv3x3 of the 1-padded dy with the transposed, mirrored weights`;
@@ -528,31 +527,27 @@ pub(crate) fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     // tap t of the mirrored kernel is tap 8 - t of the original.
     let packed = pack_weights(ci, co, |i, o, t| w[(o * ci + i) * 9 + (8 - t)]);
     let plane = g.plane();
-    with_buffer(|buf| {
-        pad_into(
-            grid,
-            g.batch,
-            co,
-            |n, c| &dy[(n * co + c) * plane..][..plane],
-            buf,
-        );
-        let input = Padded {
-            data: buf,
-            channels: co,
-            grid,
-        };
-        // conv_planes writes every (sample, channel, row, column) of both parts.
-        written_by(g.batch * g.in_plane(), |dx| {
-            let out = OutPlanes {
+    let dy_plane = |n, c| &dy[(n * co + c) * plane..][..plane];
+    let out_len = g.batch * g.in_plane();
+    pad_and_convolve(
+        grid,
+        g.batch,
+        co,
+        dy_plane,
+        ci,
+        &packed,
+        None,
+        out_len,
+        |dx| {
+            OutPlanes {
                 // SAFETY: the second part starts inside (or at the end of) the allocation.
                 parts: [dx, unsafe { dx.add(g.batch * c1 * plane) }],
                 first: c1,
                 second: c2,
                 plane,
-            };
-            conv_planes(&input, ci, &packed, None, g.batch, out);
-        })
-    })
+            }
+        },
+    )
 }
 
 /// Weight gradient `dW (Co x Ci x 3 x 3)`, summed over the batch:
@@ -577,7 +572,7 @@ pub(crate) fn grad_weight<'s>(
     let group = GW_CO * GW_GROUP_TILES;
     let groups = co.div_ceil(group);
     let items = g.batch * bands.len() * groups;
-    with_buffer(|x_buf| {
+    with_scratch(g.batch * ci * grid.plane + SLACK, |x_buf: &mut [f32]| {
         pad_into(grid, g.batch, ci, plane_of, x_buf);
         let xp = &x_buf[..];
         let partials: Vec<Vec<f32>> = (0..items)
@@ -815,12 +810,8 @@ mod tests {
         let plane = g.plane();
         let plane_of = |n: usize, c: usize| &x[(n * 5 + c) * plane..][..plane];
         let first = forward(&g, plane_of, &w, None);
-        // Fill the pool with buffers of large non-zero values, then run again.
-        PAD_BUFFERS.with(|b| {
-            let mut pool = b.borrow_mut();
-            pool.clear();
-            pool.push(vec![1e30; 10_000]);
-        });
+        // Leave this thread's scratch buffer full of large non-zero values, then run again.
+        <f32 as crate::cpu_ops::Float>::put_scratch(vec![1e30; 10_000]);
         let second = forward(&g, plane_of, &w, None);
         assert_eq!(first, second);
     }
