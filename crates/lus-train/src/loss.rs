@@ -364,19 +364,12 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
-/// Calls `f(n, s, logits_at, weighted_at)` for every pixel `(n, s)` of chunk `chunk` (of the
-/// `N * S` pixels), with accessors of its `C` values (stride `S`).
-fn for_each_pixel_of_chunk(
-    (n_len, c_len, s_len): (usize, usize, usize),
-    chunk: usize,
-    mut f: impl FnMut(usize, usize),
-) {
-    let start = chunk * NLL_CHUNK;
-    let end = (start + NLL_CHUNK).min(n_len * s_len);
-    let _ = c_len;
-    for pixel in start..end {
-        f(pixel / s_len.max(1), pixel % s_len.max(1));
-    }
+/// The largest of a pixel's `c_len` logits `logit(c)` and the sum of `exp(logit - max)`: the
+/// shifted softmax denominator, shared by the forward and backward passes.
+fn max_and_exp_sum(c_len: usize, logit: impl Fn(usize) -> f32) -> (f32, f32) {
+    let max = (0..c_len).map(&logit).fold(f32::NEG_INFINITY, f32::max);
+    let sum = (0..c_len).map(|c| (logit(c) - max).exp()).sum::<f32>();
+    (max, sum)
 }
 
 impl WeightedNll {
@@ -389,15 +382,12 @@ impl WeightedNll {
             .into_par_iter()
             .map(|chunk| {
                 let (mut nll, mut total) = (0.0f64, 0.0f64);
-                for_each_pixel_of_chunk(dims, chunk, |n, s| {
+                let start = chunk * NLL_CHUNK;
+                for pixel in start..(start + NLL_CHUNK).min(n_len * s_len) {
+                    let (n, s) = (pixel / s_len, pixel % s_len);
                     let at = |c: usize| (n * c_len + c) * s_len + s;
-                    let max = (0..c_len)
-                        .map(|c| logits[at(c)])
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let log_sum = (0..c_len)
-                        .map(|c| (logits[at(c)] - max).exp())
-                        .sum::<f32>()
-                        .ln();
+                    let (max, sum) = max_and_exp_sum(c_len, |c| logits[at(c)]);
+                    let log_sum = sum.ln();
                     for c in 0..c_len {
                         let w = weighted[at(c)];
                         if w != 0.0 {
@@ -406,7 +396,7 @@ impl WeightedNll {
                             total += f64::from(w);
                         }
                     }
-                });
+                }
                 (nll, total)
             })
             .collect();
@@ -473,10 +463,7 @@ impl candle_core::CustomOp2 for WeightedNll {
                     );
                     for s in 0..s_len {
                         let at = |c: usize| c * s_len + s;
-                        let max = (0..c_len)
-                            .map(|c| x_n[at(c)])
-                            .fold(f32::NEG_INFINITY, f32::max);
-                        let sum = (0..c_len).map(|c| (x_n[at(c)] - max).exp()).sum::<f32>();
+                        let (max, sum) = max_and_exp_sum(c_len, |c| x_n[at(c)]);
                         let weight: f32 = (0..c_len).map(|c| yw_n[at(c)]).sum();
                         for c in 0..c_len {
                             let p = (x_n[at(c)] - max).exp() / sum;
