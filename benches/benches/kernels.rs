@@ -40,11 +40,15 @@ use rand_distr::{Distribution, StandardNormal};
 
 const BATCH: usize = 8;
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
+/// `len` standard-normal values from a seeded stream.
+fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).expect("shape matches")
+    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::from_vec(values(shape.iter().product(), seed), shape, &Device::Cpu)
+        .expect("shape matches")
 }
 
 /// Gradients of `sum(f(inputs) * r)` with respect to every input (forced to memory).
@@ -105,11 +109,6 @@ fn bench_conv(c: &mut Criterion) {
         }
         bwd.finish();
     }
-}
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
 }
 
 fn bench_conv_kernels(c: &mut Criterion) {
