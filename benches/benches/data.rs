@@ -1,5 +1,10 @@
 //! Benches of lus-data: the synthetic scanner and the rasterizer, at 128 and 256 px.
 //!
+//! The rasterizer runs the label recipes the studies use: `dense`, the built-in `sparse`
+//! (strokes 3 px at 128 px, clipped to their objects: each stroke also fills its object's
+//! extent) and `legacy-sparse` (3 px strokes at any size, not clipped: lus's sparse labels
+//! before recipes).
+//!
 //! Throughput is reported in elements (images or masks) per second. `scanner/batch64` runs on
 //! the global rayon pool (all cores), the way `lus synth` uses it; `scanner/one` is one image
 //! on one core.
@@ -8,7 +13,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lus_data::LabelSchema;
-use lus_data::raster::{LabelMode, RasterOptions, rasterize};
+use lus_data::raster::{RasterOptions, rasterize};
+use lus_data::recipe::LabelRecipe;
 use lus_data::scanner::{Scanner, ScannerConfig};
 
 const SIZES: [u32; 2] = [128, 256];
@@ -59,12 +65,16 @@ fn bench_rasterizer(c: &mut Criterion) {
             .map(|s| s.annotation)
             .collect();
         group.throughput(Throughput::Elements(annotations.len() as u64));
-        for mode in [LabelMode::Dense, LabelMode::Sparse] {
-            let options = RasterOptions {
-                mode,
-                ..RasterOptions::default()
-            };
-            group.bench_with_input(BenchmarkId::new(mode.to_string(), size), &size, |b, _| {
+        let recipes = [
+            ("dense", RasterOptions::dense()),
+            (
+                "sparse",
+                RasterOptions::recipe(LabelRecipe::builtin("sparse").expect("built-in recipe")),
+            ),
+            ("legacy-sparse", RasterOptions::sparse(3.0)),
+        ];
+        for (name, options) in recipes {
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
                 b.iter(|| {
                     for a in &annotations {
                         black_box(rasterize(a, &schema, &options).expect("valid annotation"));

@@ -1,9 +1,11 @@
-//! Arbitrary bytes -> annotation (either format, as `lus rasterize` reads a folder) -> dense
-//! and sparse masks. The first two bytes pick the sparse stroke width and the ignore id; the
-//! rest is the JSON text. An accepted annotation must rasterize without error in both modes,
-//! and the masks must keep the invariants: the annotation's size; dense ids are classes of the
-//! schema or the ignore id; sparse ids are the background or line classes; and a rasterizer
-//! that reuses its buffers between calls gives the same masks as a fresh one.
+//! Arbitrary bytes -> annotation (either format, as `lus rasterize` reads a folder) -> masks of
+//! the dense recipe, the legacy sparse labels (absolute width, not clipped) and the built-in
+//! sparse recipe (width relative to the image, clipped). The first two bytes pick the legacy
+//! stroke width and the ignore id; the rest is the JSON text. An accepted annotation must
+//! rasterize without error under every recipe, and the masks must keep the invariants: the
+//! annotation's size; dense ids are classes of the schema or the ignore id; sparse ids are the
+//! background or line classes; and a rasterizer that reuses its buffers between calls gives the
+//! same masks as a fresh one.
 
 #![no_main]
 
@@ -12,7 +14,8 @@ use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use lus_data::labelme::{LabelmeOptions, annotation_from_json_str};
-use lus_data::raster::{LabelMode, RasterOptions, Rasterizer, rasterize};
+use lus_data::raster::{RasterOptions, Rasterizer, rasterize};
+use lus_data::recipe::LabelRecipe;
 use lus_data::{LabelSchema, Mask};
 
 static SCHEMA: LazyLock<LabelSchema> = LazyLock::new(LabelSchema::default);
@@ -52,35 +55,43 @@ fuzz_target!(|data: &[u8]| {
     // Ids from the class count up are free: any of them may serve as the ignore id.
     let ignore_id = (usize::from(*ignore_byte) >= classes).then_some(*ignore_byte);
     let dense = RasterOptions {
-        mode: LabelMode::Dense,
-        sparse_width: 1.0,
         ignore_id,
+        ..RasterOptions::dense()
     };
-    let sparse = RasterOptions::sparse(0.25 + f32::from(*width_byte) / 16.0);
+    let legacy_sparse = RasterOptions::sparse(0.25 + f32::from(*width_byte) / 16.0);
+    let sparse = RasterOptions {
+        ignore_id,
+        ..RasterOptions::recipe(LabelRecipe::builtin("sparse").expect("built-in recipe"))
+    };
     let size = (annotation.width, annotation.height);
     let mut reused = REUSED.lock().unwrap();
-    for options in [dense, sparse] {
+    for (what, options) in [
+        ("dense", dense),
+        ("legacy sparse", legacy_sparse),
+        ("sparse", sparse),
+    ] {
         let mask = rasterize(&annotation, schema, &options)
             .unwrap_or_else(|e| panic!("an accepted annotation fails to rasterize: {e}"));
         assert_eq!((mask.width(), mask.height()), size);
-        match options.mode {
-            LabelMode::Dense => check_ids(
+        if what == "dense" {
+            check_ids(
                 &mask,
                 |v| usize::from(v) < classes || Some(v) == ignore_id,
                 "dense",
-            ),
-            LabelMode::Sparse => check_ids(
+            );
+        } else {
+            check_ids(
                 &mask,
                 |v| v == 0 || schema.class(v).is_some_and(|c| c.line),
-                "sparse",
-            ),
+                what,
+            );
         }
         let again = reused
             .rasterize(&annotation, schema, &options)
             .expect("the same annotation rasterizes again");
         assert!(
             again == mask,
-            "a reused rasterizer differs from a fresh one"
+            "{what}: a reused rasterizer differs from a fresh one"
         );
     }
 });

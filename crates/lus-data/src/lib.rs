@@ -2,7 +2,8 @@
 //!
 //! - [`schema`]: the label schema (classes, colours, line classes, paint order).
 //! - [`annotation`]: vector annotations; [`labelme`]: LabelMe JSON import.
-//! - [`raster`]: one rasterizer, two modes (dense, sparse) -> [`mask::Mask`].
+//! - [`recipe`]: label recipes (dense, sparse, and any other as TOML); [`raster`]: one
+//!   rasterizer that draws an annotation by a recipe -> [`mask::Mask`].
 //! - [`scanner`]: the seeded synthetic B-mode scanner with exact ground truth.
 //! - [`augment`] and [`loader`]: augmentation and candle batches with background prefetch.
 
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod mask;
 pub mod pocus;
 pub mod raster;
+pub mod recipe;
 pub mod scanner;
 pub mod schema;
 pub mod splits;
@@ -28,5 +30,6 @@ pub use clinical::{Diagnosis, Probe};
 pub use error::{DataError, Result};
 pub use labelme::{LabelmeOptions, load_annotation, load_labelme};
 pub use mask::Mask;
-pub use raster::{LabelMode, RasterOptions, Rasterizer, rasterize};
+pub use raster::{RasterOptions, Rasterizer, rasterize};
+pub use recipe::{ClassRender, LabelRecipe, StrokeWidth};
 pub use schema::LabelSchema;

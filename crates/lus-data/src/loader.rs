@@ -135,6 +135,89 @@ impl SegmentationSource for FileSource {
     }
 }
 
+/// Images read on demand, each with its mask drawn from its annotation file by a label recipe
+/// (a `lus synth` folder under any recipe, not only the two it stored masks for). The
+/// annotation is read and rasterized at every load: a few hundred microseconds beside the
+/// image decode, and no mask of a recipe is ever stale.
+pub struct AnnotatedFileSource {
+    /// (image, annotation) paths.
+    pairs: Vec<(PathBuf, PathBuf)>,
+    schema: LabelSchema,
+    options: crate::raster::RasterOptions,
+}
+
+impl AnnotatedFileSource {
+    /// `pairs` are (image, annotation JSON) paths; masks are drawn with `options` under
+    /// `schema`. The options are checked here.
+    pub fn new(
+        pairs: Vec<(PathBuf, PathBuf)>,
+        schema: LabelSchema,
+        options: crate::raster::RasterOptions,
+    ) -> Result<Self> {
+        options.validate(&schema)?;
+        Ok(AnnotatedFileSource {
+            pairs,
+            schema,
+            options,
+        })
+    }
+}
+
+impl SegmentationSource for AnnotatedFileSource {
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn load(&self, index: usize) -> Result<(GrayImage, Mask)> {
+        let (image_path, annotation_path) = self.pairs.get(index).ok_or_else(|| {
+            DataError::config(
+                "example index",
+                format!("{index} is out of range for {} files", self.pairs.len()),
+            )
+        })?;
+        let image = load_gray(image_path)?;
+        let annotation = crate::labelme::load_annotation(
+            annotation_path,
+            &self.schema,
+            &crate::labelme::LabelmeOptions::default(),
+        )?;
+        if (annotation.width, annotation.height) != image.dimensions() {
+            return Err(DataError::Annotation {
+                path: annotation_path.clone(),
+                reason: format!(
+                    "annotation is {}x{} but its image {} is {}x{}",
+                    annotation.width,
+                    annotation.height,
+                    image_path.display(),
+                    image.width(),
+                    image.height()
+                ),
+            });
+        }
+        let mask = crate::raster::rasterize(&annotation, &self.schema, &self.options).map_err(
+            |e| match e {
+                DataError::Shape {
+                    index,
+                    label,
+                    reason,
+                    ..
+                } => DataError::Shape {
+                    path: annotation_path.clone(),
+                    index,
+                    label,
+                    reason,
+                },
+                DataError::Annotation { reason, .. } => DataError::Annotation {
+                    path: annotation_path.clone(),
+                    reason,
+                },
+                other => other,
+            },
+        )?;
+        Ok((image, mask))
+    }
+}
+
 /// How a segmentation loader batches and prepares examples.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]

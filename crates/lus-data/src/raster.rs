@@ -1,6 +1,6 @@
-//! Rasterization: one vector [`Annotation`] becomes one class-id [`Mask`], in one of two modes.
-//! Dense and sparse labels come from the same annotation, so the two pretrainings see the same
-//! images and differ only in how the objects are labelled.
+//! Rasterization: one vector [`Annotation`] becomes one class-id [`Mask`], drawn by a
+//! [`LabelRecipe`] (dense, sparse, or any other: see [`crate::recipe`]). Every recipe draws from
+//! the same annotation, so the pretrainings see the same images and differ only in labelling.
 //!
 //! # Pixel rule
 //! Coordinates follow [`crate::annotation`]: pixel `(i, j)` covers `[i, i+1) x [j, j+1)`. A pixel
@@ -10,48 +10,54 @@
 //! 1/64 px of it) may go either way; annotations should not rely on such ties. Fills use the
 //! non-zero winding rule: an annotator's polygon that loops over itself is filled, not holed.
 //!
-//! # Dense mode ([`LabelMode::Dense`])
+//! # Order, field of view, unknown pixels
 //! - Pixels outside the field of view (`annotation.field_of_view`; `None` = the whole image) are
-//!   background (id 0).
-//! - Inside it, a pixel covered by no shape gets [`RasterOptions::ignore_id`] if set (the loss
-//!   skips it: nobody said what it is), else background 0. A shape labelled `background` paints
-//!   0 explicitly, which is how an annotator marks "known to be nothing" under an ignore id.
+//!   background (id 0); everything is clipped to the field of view.
+//! - Inside it, a pixel covered by no drawn shape gets [`RasterOptions::ignore_id`] when the
+//!   recipe says `unlabelled = "ignore"` (dense labels do) and an ignore id is set, else
+//!   background 0. A shape labelled `background` paints 0 explicitly, which is how an annotator
+//!   marks "known to be nothing" under an ignore id.
 //! - Shapes are painted in order of their class's schema `layer` (higher on top); shapes of equal
 //!   layers keep annotation order (later on top). The mask therefore does not depend on the order
-//!   an annotator drew shapes of different layers in.
-//! - `Polygon` -> the filled polygon. `Polyline` -> a stroke of its `width`: the points within
-//!   `width / 2` of the polyline, with **butt caps** (the stroke ends exactly at the first and last
-//!   point, which is what the extent of an A-line band means) and **round joins** (a bend never
-//!   throws a miter spike further than `width / 2` from the line; the join is the circular
-//!   wedge between the two segments' ends, as in SVG). The stroke is the union of one rectangle
-//!   per segment and one wedge per bend (arc within 0.005 px), each filled by tiny-skia on its
-//!   own, so it stays exact where a sharp turn folds the stroke over itself (neighbouring
-//!   pieces overlap by 1/16 px so that no crack opens between them). `Band` -> its filled
-//!   `outline`, plus its `centerline` stroked [`DENSE_MIN_LINE_WIDTH_PX`] wide, so that a band
-//!   thinner than a pixel (whose fill can miss every pixel centre) still labels a continuous
-//!   object; a dense `Polyline` is at least that wide too.
-//! - Everything is clipped to the field of view.
+//!   an annotator drew shapes of different layers in. A class the recipe turns `off` is skipped
+//!   (`off = "hidden"`) or painted at full extent with the ignore id (`off = "ignore"`), at its
+//!   layer like any other. The background class is always drawn (id 0) unless the recipe
+//!   names it (see [`crate::recipe`]).
 //!
-//! # Sparse mode ([`LabelMode::Sparse`])
-//! - Only `line` classes of the schema are drawn (pleural line, A-lines, B-lines by default), as
-//!   strokes of [`RasterOptions::sparse_width`] along their centre lines (butt caps, round
-//!   joins, as above); every other pixel is background 0 (`ignore_id` is not used: a sparse
-//!   label has no "unknown" region). Line classes are painted by layer too, so a B-line stroke
-//!   lies over an A-line stroke it crosses. Everything is clipped to the field of view.
-//! - Centre lines: `Polyline` -> its points (its dense `width` is not used); `Band` -> its
-//!   `centerline`; `Polygon` of a line class (an annotator outlined an A-line) -> the centre line
-//!   [`derived_centerline`] computes from the polygon:
-//!   1. the principal axis is the major axis of the polygon's **area** (second moments of the
-//!      filled region, so vertex density does not tilt it); a region with equal moments (a
-//!      square, a disc) gets the horizontal axis;
-//!   2. at stations every [`CENTERLINE_STATION_SPACING_PX`] along the axis (centred in equal
-//!      intervals between the extreme projections of the vertices), the perpendicular to the axis
-//!      is intersected with the polygon's edges and the midpoint of the two **extreme** crossings
-//!      is taken (so a concave outline contributes its full width; a C-shaped outline whose
-//!      perpendiculars cross both arms gets a midline between the arms, not inside either);
-//!   3. the line is extended along the axis to the extreme projections, keeping the first and
-//!      last station's offset, so it spans the whole object (a rectangle gives exactly its long
-//!      axis), and then simplified (Ramer-Douglas-Peucker, [`CENTERLINE_SIMPLIFY_TOLERANCE_PX`]).
+//! # Full extent (`full`)
+//! `Polygon` -> the filled polygon. `Polyline` -> a stroke of its `width`: the points within
+//! `width / 2` of the polyline, with **butt caps** (the stroke ends exactly at the first and last
+//! point, which is what the extent of an A-line band means) and **round joins** (a bend never
+//! throws a miter spike further than `width / 2` from the line; the join is the circular wedge
+//! between the two segments' ends, as in SVG). The stroke is the union of one rectangle per
+//! segment and one wedge per bend (arc within 0.005 px), each filled by tiny-skia on its own, so
+//! it stays exact where a sharp turn folds the stroke over itself (neighbouring pieces overlap by
+//! 1/16 px so that no crack opens between them). `Band` -> its filled `outline`, plus its
+//! `centerline` stroked [`DENSE_MIN_LINE_WIDTH_PX`] wide, so that a band thinner than a pixel
+//! (whose fill can miss every pixel centre) still labels a continuous object; a full-extent
+//! `Polyline` is at least that wide too.
+//!
+//! # Strokes (`stroke`)
+//! A stroke of the recipe's width (in pixels of this image: [`crate::recipe::StrokeWidth`]) along
+//! the centre line, with butt caps and round joins as above; with `clip_strokes` it is cut to the
+//! shape's full extent, so it is never wider than the object: every pixel a clipped stroke
+//! paints, the shape's `full` render paints too (exactly: the extent is filled in the same frame
+//! as a `full` render fills it). Without `clip_strokes` (the legacy sparse labels,
+//! [`RasterOptions::sparse`]) a stroke wider than its object reaches beyond it. Clipping or not,
+//! strokes of different shapes cover each other by layer. Centre lines: `Polyline` -> its
+//! points (its `width` is not used); `Band` -> its `centerline`; `Polygon` (an annotator outlined
+//! an A-line) -> the centre line [`derived_centerline`] computes from the polygon:
+//! 1. the principal axis is the major axis of the polygon's **area** (second moments of the
+//!    filled region, so vertex density does not tilt it); a region with equal moments (a
+//!    square, a disc) gets the horizontal axis;
+//! 2. at stations every [`CENTERLINE_STATION_SPACING_PX`] along the axis (centred in equal
+//!    intervals between the extreme projections of the vertices), the perpendicular to the axis
+//!    is intersected with the polygon's edges and the midpoint of the two **extreme** crossings
+//!    is taken (so a concave outline contributes its full width; a C-shaped outline whose
+//!    perpendiculars cross both arms gets a midline between the arms, not inside either);
+//! 3. the line is extended along the axis to the extreme projections, keeping the first and
+//!    last station's offset, so it spans the whole object (a rectangle gives exactly its long
+//!    axis), and then simplified (Ramer-Douglas-Peucker, [`CENTERLINE_SIMPLIFY_TOLERANCE_PX`]).
 //!
 //! # Degenerate geometry
 //! [`rasterize`] validates the annotation first (an invalid one is an error naming the shape).
@@ -59,13 +65,13 @@
 //! sliver polygon between two pixel centres) just paints nothing.
 //!
 //! # Cost
-//! Each shape is filled into a coverage buffer the size of its bounding box (clipped to the
-//! image), not of the whole image, and composited from there; a [`Rasterizer`] keeps its
+//! Each part of a shape (a band's outline and its centre line are two) is filled into a
+//! coverage buffer the size of its bounding box (clipped to the image; a clipped stroke into one
+//! the size of its full extent's box), not of the whole image, and composited from there; a [`Rasterizer`] keeps its
 //! buffers between calls, so a worker thread that keeps one allocates little per mask.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tiny_skia::{FillRule, IntSize, PathBuilder, Transform};
@@ -74,45 +80,14 @@ use crate::annotation::{Annotation, Geometry, Point};
 use crate::error::{DataError, Result};
 use crate::image_io::MAX_IMAGE_SIDE;
 use crate::mask::Mask;
+use crate::recipe::{ClassRender, LabelRecipe, OffAs, Unlabelled};
 use crate::schema::LabelSchema;
 
-/// Smallest width (px) a line object gets in a dense mask (see the module documentation).
+/// Smallest width (px) a line object gets at full extent (see the module documentation).
 pub const DENSE_MIN_LINE_WIDTH_PX: f32 = 1.0;
 
-/// How objects are labelled (see the module documentation).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum LabelMode {
-    /// Every pixel of the field of view labelled; artifacts over their full extent.
-    Dense,
-    /// Only line classes, as thin strokes along their centre lines.
-    Sparse,
-}
-
-impl fmt::Display for LabelMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LabelMode::Dense => "dense",
-            LabelMode::Sparse => "sparse",
-        })
-    }
-}
-
-impl FromStr for LabelMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "dense" => Ok(LabelMode::Dense),
-            "sparse" => Ok(LabelMode::Sparse),
-            _ => Err(format!(
-                "unknown label mode {s:?} (expected \"dense\" or \"sparse\")"
-            )),
-        }
-    }
-}
-
-/// Default sparse stroke width in pixels.
-pub const DEFAULT_SPARSE_WIDTH_PX: f32 = 3.0;
+/// Default sparse stroke width in pixels of a 128-px-wide image (see [`crate::recipe`]).
+pub const DEFAULT_SPARSE_WIDTH_PX: f32 = crate::recipe::DEFAULT_STROKE_PX_AT_128;
 
 /// Distance between stations along the principal axis when a centre line is derived from a
 /// polygon (pixels). One pixel follows any curvature a mask can show.
@@ -121,56 +96,47 @@ pub const CENTERLINE_STATION_SPACING_PX: f32 = 1.0;
 /// Largest deviation (pixels) the simplification of a derived centre line may introduce.
 pub const CENTERLINE_SIMPLIFY_TOLERANCE_PX: f32 = 0.25;
 
-/// Rasterization settings.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+/// Rasterization settings: a label recipe and the ignore id.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RasterOptions {
-    /// Dense or sparse labels.
-    pub mode: LabelMode,
-    /// Full width (pixels) of the strokes of sparse labels.
-    pub sparse_width: f32,
-    /// Dense labels only: the id given to field-of-view pixels that no shape covers. Must not be
-    /// a class id of the schema (255 is customary).
+    /// Which classes are drawn, and how (see [`crate::recipe`]).
+    pub recipe: LabelRecipe,
+    /// The id of pixels the recipe leaves unknown (`unlabelled = "ignore"`, `off = "ignore"`).
+    /// Must not be a class id of the schema (255 is customary).
     pub ignore_id: Option<u8>,
 }
 
 impl Default for RasterOptions {
     fn default() -> Self {
-        RasterOptions {
-            mode: LabelMode::Dense,
-            sparse_width: DEFAULT_SPARSE_WIDTH_PX,
-            ignore_id: None,
-        }
+        RasterOptions::dense()
     }
 }
 
 impl RasterOptions {
     /// Dense labels, no ignore id.
     pub fn dense() -> Self {
-        RasterOptions::default()
+        RasterOptions::recipe(LabelRecipe::dense())
     }
 
-    /// Sparse labels of the given stroke width.
+    /// lus's sparse labels before recipes: strokes `sparse_width` pixels wide at any image
+    /// size, not clipped to their objects ([`LabelRecipe::legacy_sparse`]).
     pub fn sparse(sparse_width: f32) -> Self {
+        RasterOptions::recipe(LabelRecipe::legacy_sparse(sparse_width))
+    }
+
+    /// `recipe`, no ignore id.
+    pub fn recipe(recipe: LabelRecipe) -> Self {
         RasterOptions {
-            mode: LabelMode::Sparse,
-            sparse_width,
+            recipe,
             ignore_id: None,
         }
     }
 
-    /// Checks the options against a schema: the sparse width is a positive finite number and
-    /// the ignore id is not a class id.
+    /// Checks the options against a schema: a valid recipe, an ignore id that is not a class
+    /// id, and an ignore id wherever the recipe draws objects as ignored.
     pub fn validate(&self, schema: &LabelSchema) -> Result<()> {
-        if !(self.sparse_width.is_finite() && self.sparse_width > 0.0) {
-            return Err(DataError::config(
-                "raster options",
-                format!(
-                    "sparse_width {} is not a positive finite number of pixels",
-                    self.sparse_width
-                ),
-            ));
-        }
+        self.recipe.validate(schema)?;
         if let Some(id) = self.ignore_id
             && let Some(class) = schema.class(id)
         {
@@ -182,6 +148,19 @@ impl RasterOptions {
                     class.name,
                     schema.name(),
                     schema.num_classes()
+                ),
+            ));
+        }
+        if self.ignore_id.is_none()
+            && self.recipe.off == OffAs::Ignore
+            && self.recipe.renders(schema).contains(&ClassRender::Off)
+        {
+            return Err(DataError::config(
+                "raster options",
+                format!(
+                    "label recipe {:?} draws its off classes with the ignore id (off = \"ignore\"), \
+                     but no ignore id is set",
+                    self.recipe.name
                 ),
             ));
         }
@@ -200,7 +179,7 @@ pub fn rasterize(
     Rasterizer::new().rasterize(annotation, schema, options)
 }
 
-/// The centre line [`LabelMode::Sparse`] draws for a polygon of a line class (see the module
+/// The centre line a stroke follows for a polygon (see the module
 /// documentation for the construction), from one end of the principal axis to the other.
 /// `None` when the polygon has fewer than 3 points, non-finite coordinates or no extent.
 pub fn derived_centerline(polygon: &[Point]) -> Option<Vec<Point>> {
@@ -214,6 +193,10 @@ pub fn derived_centerline(polygon: &[Point]) -> Option<Vec<Point>> {
 pub struct Rasterizer {
     /// Coverage of the shape being painted, over its bounding box (0 or 255 per pixel).
     coverage: Vec<u8>,
+    /// Coverage of the full extent a clipped stroke is cut to, over the same box.
+    extent: Vec<u8>,
+    /// Coverage of one part of that extent, over the part's own box.
+    part: Vec<u8>,
     /// Coverage of the field of view over the whole image.
     field_of_view: Vec<u8>,
     /// A path builder whose allocations are reused.
@@ -222,8 +205,8 @@ pub struct Rasterizer {
     piece: Vec<[f64; 2]>,
     /// The vertices of the stroke being built.
     stroke_vertices: Vec<[f64; 2]>,
-    /// (layer, shape index, class id) of the shapes to paint.
-    order: Vec<(i32, usize, u8)>,
+    /// (layer, shape index, id, how) of the shapes to paint.
+    order: Vec<(i32, usize, u8, Draw)>,
     /// The schema `labels` were resolved against.
     labels_schema: Option<LabelSchema>,
     /// Labels seen so far, resolved against `labels_schema`.
@@ -250,10 +233,18 @@ struct ResolvedLabel {
     label: String,
     id: u8,
     layer: i32,
-    line: bool,
 }
 
-/// What to paint for one shape.
+/// How one shape is drawn, from its class's render in the recipe.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Draw {
+    /// Its full extent.
+    Full,
+    /// A stroke of `width` pixels along its centre line, cut to its full extent if `clip`.
+    Stroke { width: f32, clip: bool },
+}
+
+/// What to paint for one part of a shape.
 #[derive(Clone, Copy)]
 enum Paint {
     /// Fill the closed polygon.
@@ -311,7 +302,7 @@ impl Rasterizer {
             None => false,
         };
 
-        if options.mode == LabelMode::Dense
+        if options.recipe.unlabelled == Unlabelled::Ignore
             && let Some(ignore) = options.ignore_id
         {
             if has_field_of_view {
@@ -332,6 +323,8 @@ impl Rasterizer {
             self.labels_schema = Some(schema.clone());
             self.labels.clear();
         }
+        let renders = options.recipe.renders(schema);
+        let stroke_width = options.recipe.stroke_width.pixels(annotation.width);
         for (index, shape) in annotation.shapes.iter().enumerate() {
             let known = self.labels.iter().find(|l| l.label == shape.label);
             let label = match known {
@@ -351,19 +344,30 @@ impl Rasterizer {
                         label: shape.label.clone(),
                         id: class.id,
                         layer: class.layer,
-                        line: class.line,
                     });
                     self.labels.last().expect("just pushed")
                 }
             };
-            if options.mode == LabelMode::Sparse && !label.line {
-                continue;
-            }
-            self.order.push((label.layer, index, label.id));
+            let (draw, id) = match renders[usize::from(label.id)] {
+                ClassRender::Full => (Draw::Full, label.id),
+                ClassRender::Stroke => (
+                    Draw::Stroke {
+                        width: stroke_width,
+                        clip: options.recipe.clip_strokes,
+                    },
+                    label.id,
+                ),
+                ClassRender::Off => match (options.recipe.off, options.ignore_id) {
+                    (OffAs::Ignore, Some(ignore)) => (Draw::Full, ignore),
+                    // `validate` rejects `off = "ignore"` without an ignore id.
+                    _ => continue,
+                },
+            };
+            self.order.push((label.layer, index, id, draw));
         }
         // The index breaks ties, so equal layers keep annotation order.
         self.order
-            .sort_unstable_by_key(|&(layer, index, _)| (layer, index));
+            .sort_unstable_by_key(|&(layer, index, _, _)| (layer, index));
 
         let mut canvas = Canvas {
             ids: &mut ids,
@@ -372,53 +376,8 @@ impl Rasterizer {
             height,
         };
         let order = std::mem::take(&mut self.order);
-        for &(_, index, id) in &order {
-            let geometry = &annotation.shapes[index].geometry;
-            match (options.mode, geometry) {
-                (LabelMode::Dense, Geometry::Polygon { points }) => {
-                    self.paint(points, Paint::Fill, id, &mut canvas)
-                }
-                (LabelMode::Dense, Geometry::Polyline { points, width }) => self.paint(
-                    points,
-                    Paint::Stroke(width.max(DENSE_MIN_LINE_WIDTH_PX)),
-                    id,
-                    &mut canvas,
-                ),
-                (
-                    LabelMode::Dense,
-                    Geometry::Band {
-                        outline,
-                        centerline,
-                    },
-                ) => {
-                    self.paint(outline, Paint::Fill, id, &mut canvas);
-                    // Where the band is thinner than a pixel its fill can miss every pixel
-                    // centre (a thin pleural line in a 64 px frame): its centre line, stroked
-                    // one pixel wide, keeps the object continuous, as its sparse stroke is.
-                    self.paint(
-                        centerline,
-                        Paint::Stroke(DENSE_MIN_LINE_WIDTH_PX),
-                        id,
-                        &mut canvas,
-                    );
-                }
-                (LabelMode::Sparse, Geometry::Polyline { points, .. }) => {
-                    self.paint(points, Paint::Stroke(options.sparse_width), id, &mut canvas)
-                }
-                (LabelMode::Sparse, Geometry::Band { centerline, .. }) => self.paint(
-                    centerline,
-                    Paint::Stroke(options.sparse_width),
-                    id,
-                    &mut canvas,
-                ),
-                (LabelMode::Sparse, Geometry::Polygon { points }) => {
-                    let mut line = std::mem::take(&mut self.centerline);
-                    if derive_centerline_into(points, &mut self.centerline_scratch, &mut line) {
-                        self.paint(&line, Paint::Stroke(options.sparse_width), id, &mut canvas);
-                    }
-                    self.centerline = line;
-                }
-            }
+        for &(_, index, id, draw) in &order {
+            self.draw_shape(&annotation.shapes[index].geometry, draw, id, &mut canvas);
         }
         self.order = order;
         self.field_of_view = field_of_view;
@@ -549,55 +508,186 @@ impl Rasterizer {
         }
     }
 
-    /// Paints `points` (filled polygon or stroked polyline) with class `id`, clipped to the
-    /// canvas's field of view. Coverage is computed over the shape's bounding box only.
-    fn paint(&mut self, points: &[Point], paint: Paint, id: u8, canvas: &mut Canvas<'_>) {
-        let Some((x0, y0, box_width, box_height)) =
-            pixel_box(points, paint, canvas.width, canvas.height)
-        else {
+    /// Draws one shape with `id`: its full extent, or a stroke along its centre line (cut to
+    /// the full extent when the stroke clips), clipped to the canvas's field of view.
+    fn draw_shape(&mut self, geometry: &Geometry, draw: Draw, id: u8, canvas: &mut Canvas<'_>) {
+        let full = full_extent(geometry);
+        let mut line = std::mem::take(&mut self.centerline);
+        match draw {
+            Draw::Full => self.paint(&full, None, id, canvas),
+            Draw::Stroke { width, clip } => {
+                let centre: Option<&[Point]> = match geometry {
+                    Geometry::Polyline { points, .. } => Some(points),
+                    Geometry::Band { centerline, .. } => Some(centerline),
+                    Geometry::Polygon { points } => {
+                        derive_centerline_into(points, &mut self.centerline_scratch, &mut line)
+                            .then_some(line.as_slice())
+                    }
+                };
+                if let Some(centre) = centre {
+                    let stroke = [Some((centre, Paint::Stroke(width))), None];
+                    self.paint(&stroke, clip.then_some(&full), id, canvas);
+                }
+            }
+        }
+        self.centerline = line;
+    }
+
+    /// Paints the union of `parts` (filled polygons or stroked polylines) with `id`, cut to
+    /// the union of `clip_to` when given, and clipped to the canvas's field of view.
+    ///
+    /// Every part of a full extent is covered in its own bounding box, as lus drew it before
+    /// recipes: a stroke's pieces are computed relative to the box and rounded to `f32` there,
+    /// so the box decides the last bits of their corners and, at a tie, a pixel. A clipped
+    /// stroke is therefore cut to the union of those same per-part coverages: it never paints a
+    /// pixel its object's `full` render does not, and the dense and legacy sparse masks are
+    /// those from before recipes, bit for bit.
+    fn paint(
+        &mut self,
+        parts: &Parts<'_>,
+        clip_to: Option<&Parts<'_>>,
+        id: u8,
+        canvas: &mut Canvas<'_>,
+    ) {
+        let Some(extent_parts) = clip_to else {
+            for &part in parts.iter().flatten() {
+                let Some(frame) = parts_box(&[Some(part), None], canvas) else {
+                    continue;
+                };
+                let buffer = std::mem::take(&mut self.coverage);
+                let coverage = self.cover(&[Some(part), None], frame, buffer);
+                composite(&coverage, frame, id, canvas);
+                self.coverage = coverage;
+            }
             return;
         };
-        // Integer shifts are exact in f32 (the image is far below 2^24 px), so painting in the
-        // box's frame gives the same pixels as painting in the image's.
-        let offset = [x0 as f32, y0 as f32];
-        let mut coverage = std::mem::take(&mut self.coverage);
-        coverage.clear();
-        coverage.resize(box_width * box_height, 0);
-        let Some(mut mask) = IntSize::from_wh(box_width as u32, box_height as u32)
-            .and_then(|size| tiny_skia::Mask::from_vec(coverage, size))
-        else {
-            unreachable!("pixel_box returns a non-empty box and the buffer has its size")
+        // The stroke is covered over the extent's box: its pixels outside lie outside the
+        // extent anyway.
+        let Some(frame) = parts_box(extent_parts, canvas) else {
+            return;
         };
-        match paint {
-            Paint::Fill => {
-                if let Some(path) = self.build_path(points, offset, true) {
-                    mask.fill_path(&path, FillRule::Winding, false, Transform::identity());
-                    self.builder = Some(path.clear());
+        let buffer = std::mem::take(&mut self.coverage);
+        let mut coverage = self.cover(parts, frame, buffer);
+        let mut extent = std::mem::take(&mut self.extent);
+        extent.clear();
+        extent.resize(coverage.len(), 0);
+        let [x0, y0, x1, _] = frame;
+        let width = x1 - x0;
+        for &part in extent_parts.iter().flatten() {
+            let Some(own) = parts_box(&[Some(part), None], canvas) else {
+                continue;
+            };
+            let buffer = std::mem::take(&mut self.part);
+            let covered = self.cover(&[Some(part), None], own, buffer);
+            // The part's box lies inside the union box.
+            let [px0, py0, px1, py1] = own;
+            let part_width = px1 - px0;
+            for row in 0..py1 - py0 {
+                let from = &covered[row * part_width..(row + 1) * part_width];
+                let start = (py0 - y0 + row) * width + (px0 - x0);
+                for (e, &c) in extent[start..start + part_width].iter_mut().zip(from) {
+                    *e |= c;
                 }
             }
-            Paint::Stroke(width) => self.fill_stroke(&mut mask, points, width / 2.0, offset),
+            self.part = covered;
         }
-        let coverage = mask.take();
-        for row in 0..box_height {
-            let covered = &coverage[row * box_width..(row + 1) * box_width];
-            let start = (y0 + row) * canvas.width + x0;
-            let ids = &mut canvas.ids[start..start + box_width];
-            // Coverage and field of view are 0 or 255; `&` keeps the loop branch-free.
-            match canvas.field_of_view {
-                Some(fov) => {
-                    let inside = &fov[start..start + box_width];
-                    for ((v, &c), &f) in ids.iter_mut().zip(covered).zip(inside) {
-                        *v = if c & f != 0 { id } else { *v };
-                    }
-                }
-                None => {
-                    for (v, &c) in ids.iter_mut().zip(covered) {
-                        *v = if c != 0 { id } else { *v };
-                    }
-                }
-            }
+        for (c, &e) in coverage.iter_mut().zip(&extent) {
+            *c &= e;
         }
+        composite(&coverage, frame, id, canvas);
+        self.extent = extent;
         self.coverage = coverage;
+    }
+
+    /// The coverage (0 or 255) of the union of `parts` over the box `[x0, y0, x1, y1]` of the
+    /// image, in `buffer`'s memory.
+    fn cover(&mut self, parts: &Parts<'_>, frame: [usize; 4], mut buffer: Vec<u8>) -> Vec<u8> {
+        let [x0, y0, x1, y1] = frame;
+        let (box_width, box_height) = (x1 - x0, y1 - y0);
+        // Integer shifts are exact in f32 (the image is far below 2^24 px), so a fill in the
+        // box's frame gives the same pixels as one in the image's.
+        let offset = [x0 as f32, y0 as f32];
+        buffer.clear();
+        buffer.resize(box_width * box_height, 0);
+        let Some(mut mask) = IntSize::from_wh(box_width as u32, box_height as u32)
+            .and_then(|size| tiny_skia::Mask::from_vec(buffer, size))
+        else {
+            unreachable!("the box is non-empty and the buffer has its size")
+        };
+        for &(points, paint) in parts.iter().flatten() {
+            match paint {
+                Paint::Fill => {
+                    if let Some(path) = self.build_path(points, offset, true) {
+                        mask.fill_path(&path, FillRule::Winding, false, Transform::identity());
+                        self.builder = Some(path.clear());
+                    }
+                }
+                Paint::Stroke(width) => self.fill_stroke(&mut mask, points, width / 2.0, offset),
+            }
+        }
+        mask.take()
+    }
+}
+
+/// Up to two pieces of geometry painted as one object.
+type Parts<'a> = [Option<(&'a [Point], Paint)>; 2];
+
+/// Paints `id` where `coverage` (over the box `[x0, y0, x1, y1]`) and the field of view are set.
+fn composite(coverage: &[u8], frame: [usize; 4], id: u8, canvas: &mut Canvas<'_>) {
+    let [x0, y0, x1, y1] = frame;
+    let box_width = x1 - x0;
+    for row in 0..y1 - y0 {
+        let covered = &coverage[row * box_width..(row + 1) * box_width];
+        let start = (y0 + row) * canvas.width + x0;
+        let ids = &mut canvas.ids[start..start + box_width];
+        // Coverage and field of view are 0 or 255; `&` keeps the loop branch-free.
+        match canvas.field_of_view {
+            Some(fov) => {
+                let inside = &fov[start..start + box_width];
+                for ((v, &c), &f) in ids.iter_mut().zip(covered).zip(inside) {
+                    *v = if c & f != 0 { id } else { *v };
+                }
+            }
+            None => {
+                for (v, &c) in ids.iter_mut().zip(covered) {
+                    *v = if c != 0 { id } else { *v };
+                }
+            }
+        }
+    }
+}
+
+/// The union of the [`pixel_box`]es of `parts` as `[x0, y0, x1, y1]`; `None` when empty.
+fn parts_box(parts: &Parts<'_>, canvas: &Canvas<'_>) -> Option<[usize; 4]> {
+    let mut bounds: Option<[usize; 4]> = None;
+    for &(points, paint) in parts.iter().flatten() {
+        if let Some((x0, y0, w, h)) = pixel_box(points, paint, canvas.width, canvas.height) {
+            let [a0, b0, a1, b1] = bounds.unwrap_or([x0, y0, x0 + w, y0 + h]);
+            bounds = Some([a0.min(x0), b0.min(y0), a1.max(x0 + w), b1.max(y0 + h)]);
+        }
+    }
+    bounds
+}
+
+/// The full extent of a shape: a polygon's fill; a polyline stroked at its width, at least
+/// [`DENSE_MIN_LINE_WIDTH_PX`]; a band's outline filled plus its centre line stroked
+/// [`DENSE_MIN_LINE_WIDTH_PX`] wide. Where a band is thinner than a pixel its fill can miss
+/// every pixel centre (a thin pleural line in a 64 px frame): the centre line keeps the object
+/// continuous.
+fn full_extent(geometry: &Geometry) -> Parts<'_> {
+    match geometry {
+        Geometry::Polygon { points } => [Some((points, Paint::Fill)), None],
+        Geometry::Polyline { points, width } => [
+            Some((points, Paint::Stroke(width.max(DENSE_MIN_LINE_WIDTH_PX)))),
+            None,
+        ],
+        Geometry::Band {
+            outline,
+            centerline,
+        } => [
+            Some((outline, Paint::Fill)),
+            Some((centerline, Paint::Stroke(DENSE_MIN_LINE_WIDTH_PX))),
+        ],
     }
 }
 
@@ -863,23 +953,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_mode_parses_and_prints() {
-        assert_eq!("dense".parse::<LabelMode>(), Ok(LabelMode::Dense));
-        assert_eq!(" Sparse ".parse::<LabelMode>(), Ok(LabelMode::Sparse));
-        assert!(
-            "thin"
-                .parse::<LabelMode>()
-                .unwrap_err()
-                .contains("\"thin\"")
-        );
-        assert_eq!(LabelMode::Sparse.to_string(), "sparse");
-        assert_eq!(
-            serde_json::to_string(&LabelMode::Dense).unwrap(),
-            "\"dense\""
-        );
-    }
-
-    #[test]
     fn options_are_validated() {
         let schema = LabelSchema::default();
         assert!(RasterOptions::default().validate(&schema).is_ok());
@@ -887,12 +960,12 @@ mod tests {
             .validate(&schema)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("sparse_width 0"), "{e}");
+        assert!(e.contains("stroke_width 0"), "{e}");
         let e = RasterOptions::sparse(f32::NAN)
             .validate(&schema)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("sparse_width NaN"), "{e}");
+        assert!(e.contains("stroke_width NaN"), "{e}");
         let with_ignore = |id| RasterOptions {
             ignore_id: Some(id),
             ..RasterOptions::default()
@@ -904,10 +977,21 @@ mod tests {
         );
         assert!(with_ignore(9).validate(&schema).is_ok());
         assert!(with_ignore(255).validate(&schema).is_ok());
-        let parsed: RasterOptions = toml::from_str("mode = \"sparse\"\nignore_id = 255\n").unwrap();
-        assert_eq!(parsed.mode, LabelMode::Sparse);
-        assert_eq!(parsed.sparse_width, DEFAULT_SPARSE_WIDTH_PX);
+        let parsed: RasterOptions =
+            toml::from_str("ignore_id = 255\n[recipe]\nname = \"s\"\nlines = \"stroke\"\n")
+                .unwrap();
+        assert_eq!(parsed.recipe.lines, Some(ClassRender::Stroke));
+        assert_eq!(
+            parsed.recipe.stroke_width,
+            crate::recipe::StrokeWidth::PxAt128(DEFAULT_SPARSE_WIDTH_PX)
+        );
         assert!(toml::from_str::<RasterOptions>("sparse_widht = 2.0\n").is_err());
+        let ignore_off = RasterOptions::recipe(LabelRecipe {
+            off: OffAs::Ignore,
+            ..LabelRecipe::builtin("sparse").unwrap()
+        });
+        let e = ignore_off.validate(&schema).unwrap_err().to_string();
+        assert!(e.contains("no ignore id is set"), "{e}");
     }
 
     #[test]

@@ -12,8 +12,8 @@ use image::{GrayImage, Luma};
 use lus_data::augment::{AugmentConfig, AugmentParams, Normalize, Prepared, prepare, prepare_with};
 use lus_data::image_io::save_gray_png;
 use lus_data::loader::{
-    FileSource, InMemorySource, LoaderConfig, SegBatch, SegmentationLoader, SegmentationSource,
-    example_rng,
+    AnnotatedFileSource, FileSource, InMemorySource, LoaderConfig, SegBatch, SegmentationLoader,
+    SegmentationSource, example_rng,
 };
 use lus_data::{DataError, LabelSchema, Mask};
 use rand::SeedableRng;
@@ -929,6 +929,196 @@ fn a_corrupt_png_ends_the_epoch_with_an_error_naming_it() {
             .check_all()
             .is_ok()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AnnotatedFileSource: masks drawn from annotation files by a recipe
+
+/// `count` scanner samples of `size` px written as `image{i}.png` + `ann{i}.json` (lus JSON);
+/// returns the (image, annotation) paths and the annotations.
+fn write_annotated(
+    dir: &std::path::Path,
+    count: u64,
+    size: u32,
+) -> (Vec<(PathBuf, PathBuf)>, Vec<lus_data::Annotation>) {
+    use lus_data::scanner::{Scanner, ScannerConfig};
+    let scanner = Scanner::new(
+        ScannerConfig {
+            size,
+            ..ScannerConfig::default()
+        },
+        5,
+    )
+    .unwrap();
+    let mut pairs = Vec::new();
+    let mut annotations = Vec::new();
+    for sample in scanner.generate(0..count) {
+        let i = sample.index;
+        let image_path = dir.join(format!("image{i}.png"));
+        let annotation_path = dir.join(format!("ann{i}.json"));
+        save_gray_png(&sample.image, &image_path).unwrap();
+        sample.annotation.save(&annotation_path).unwrap();
+        pairs.push((image_path, annotation_path));
+        annotations.push(sample.annotation);
+    }
+    (pairs, annotations)
+}
+
+#[test]
+fn annotated_files_give_the_masks_their_annotations_rasterize_to() {
+    use lus_data::raster::{RasterOptions, rasterize};
+    use lus_data::recipe::LabelRecipe;
+    let dir = tempfile::tempdir().unwrap();
+    let (pairs, annotations) = write_annotated(dir.path(), 3, 64);
+    let schema = LabelSchema::default();
+    let recipes = [
+        RasterOptions {
+            ignore_id: Some(255),
+            ..RasterOptions::dense()
+        },
+        RasterOptions::sparse(3.0),
+        RasterOptions::recipe(LabelRecipe::builtin("sparse").unwrap()),
+        RasterOptions {
+            ignore_id: Some(255),
+            ..RasterOptions::recipe(
+                LabelRecipe::from_toml_str(
+                    "lines = \"stroke\"\noff = \"ignore\"\n[classes]\nconsolidation = \"full\"\n",
+                    "sparse-pathology-ignore",
+                    &schema,
+                    std::path::Path::new("recipe.toml"),
+                )
+                .unwrap(),
+            )
+        },
+    ];
+    for options in recipes {
+        let source =
+            AnnotatedFileSource::new(pairs.clone(), schema.clone(), options.clone()).unwrap();
+        assert_eq!(source.len(), 3);
+        source.check_all().unwrap();
+        for (i, annotation) in annotations.iter().enumerate() {
+            let (image, mask) = source.load(i).unwrap();
+            assert_eq!(image, lus_data::image_io::load_gray(&pairs[i].0).unwrap());
+            let want = rasterize(annotation, &schema, &options).unwrap();
+            assert!(
+                mask == want,
+                "{}: example {i} differs from rasterize",
+                options.recipe.name
+            );
+        }
+        assert!(source.load(3).is_err(), "index out of range");
+    }
+    // The same masks through a loader: the batches hold them (no augmentation, in order).
+    let source = AnnotatedFileSource::new(pairs, schema.clone(), RasterOptions::dense()).unwrap();
+    let loader = SegmentationLoader::new(
+        Arc::new(source),
+        LoaderConfig {
+            shuffle: false,
+            ..config(3, 64, false)
+        },
+        0,
+        Device::Cpu,
+    )
+    .unwrap();
+    let batches = collect_epoch(&loader, 0);
+    let want: Vec<u32> = annotations
+        .iter()
+        .flat_map(|a| {
+            rasterize(a, &schema, &RasterOptions::dense())
+                .unwrap()
+                .data()
+                .iter()
+                .map(|&v| u32::from(v))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(flat_u32(&batches[0].masks), want);
+}
+
+#[test]
+fn annotated_files_name_a_broken_annotation_and_a_size_mismatch() {
+    use lus_data::raster::RasterOptions;
+    use lus_data::recipe::{ClassRender, LabelRecipe, OffAs};
+    let dir = tempfile::tempdir().unwrap();
+    let (pairs, _) = write_annotated(dir.path(), 3, 64);
+    let schema = LabelSchema::default();
+    let source = |pairs: &[(PathBuf, PathBuf)]| {
+        AnnotatedFileSource::new(pairs.to_vec(), schema.clone(), RasterOptions::dense()).unwrap()
+    };
+
+    // Broken JSON: the error names the annotation file.
+    let mut broken = pairs.clone();
+    let bad_json = dir.path().join("broken.json");
+    std::fs::write(
+        &bad_json,
+        "{ \"format\": \"lus-annotation/1\", \"width\": 64,",
+    )
+    .unwrap();
+    broken[1].1 = bad_json;
+    let err = source(&broken).load(1).unwrap_err().to_string();
+    assert!(err.contains("broken.json"), "{err}");
+    let err = source(&broken).check_all().unwrap_err().to_string();
+    assert!(err.contains("broken.json"), "{err}");
+    assert!(source(&broken).load(0).is_ok());
+
+    // An unknown label: the error names the file and the shape.
+    let text = std::fs::read_to_string(&pairs[2].1).unwrap();
+    let first_label = text
+        .split("\"label\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let bad_label = dir.path().join("bad_label.json");
+    std::fs::write(
+        &bad_label,
+        text.replacen(
+            &format!("\"label\": \"{first_label}\""),
+            "\"label\": \"lugn-nodule\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let mut labelled = pairs.clone();
+    labelled[2].1 = bad_label;
+    let err = source(&labelled).load(2).unwrap_err().to_string();
+    assert!(
+        err.contains("bad_label.json") && err.contains("lugn-nodule"),
+        "{err}"
+    );
+
+    // A missing annotation file is named too.
+    let mut missing = pairs.clone();
+    missing[0].1 = dir.path().join("nowhere.json");
+    let err = source(&missing).load(0).unwrap_err().to_string();
+    assert!(err.contains("nowhere.json"), "{err}");
+
+    // The image is 48 x 48, the annotation 64 x 64: the error names both files.
+    let small = dir.path().join("small.png");
+    save_gray_png(&textured(48, 48), &small).unwrap();
+    let mut mismatched = pairs.clone();
+    mismatched[0].0 = small;
+    let err = source(&mismatched).load(0).unwrap_err().to_string();
+    assert!(
+        err.contains("ann0.json")
+            && err.contains("small.png")
+            && err.contains("64x64")
+            && err.contains("48x48"),
+        "{err}"
+    );
+
+    // Options the recipe cannot be drawn with fail up front.
+    let ignore_off = RasterOptions::recipe(LabelRecipe {
+        name: "x".into(),
+        lines: Some(ClassRender::Stroke),
+        off: OffAs::Ignore,
+        ..LabelRecipe::default()
+    });
+    let err = AnnotatedFileSource::new(pairs, schema.clone(), ignore_off)
+        .err()
+        .expect("off = ignore without an ignore id")
+        .to_string();
+    assert!(err.contains("no ignore id"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-//! Golden masks of both label modes on tiny hand-made annotations. The expected masks are
+//! Golden masks of the dense labels and of the sparse labels from before recipes
+//! ([`RasterOptions::sparse`]: absolute stroke width, strokes not clipped) on tiny hand-made
+//! annotations; they are the masks lus drew before label recipes, byte for byte. The expected masks are
 //! written literally, one character per pixel, so a reviewer can check them by eye:
 //! `.` = background (0), `1`..`8` = class id of the default schema, `x` = the ignore id (255).
 //!
@@ -8,108 +10,30 @@
 //! A pixel `(i, j)` belongs to a region when its centre `(i + 0.5, j + 0.5)` does. Every
 //! annotation below keeps its edges away from pixel centres, so no expected pixel is a tie.
 
-use lus_data::raster::{LabelMode, RasterOptions, Rasterizer, derived_centerline, rasterize};
-use lus_data::{Annotation, Geometry, LabelSchema, Mask, Point, Shape};
+use lus_data::raster::{RasterOptions, Rasterizer, derived_centerline, rasterize};
+mod common;
 
-const IGNORE: u8 = 255;
-
-fn polygon(label: &str, points: &[Point]) -> Shape {
-    Shape {
-        label: label.into(),
-        geometry: Geometry::Polygon {
-            points: points.to_vec(),
-        },
-    }
-}
-
-fn rect(label: &str, x0: f32, y0: f32, x1: f32, y1: f32) -> Shape {
-    polygon(label, &[[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-}
-
-fn polyline(label: &str, points: &[Point], width: f32) -> Shape {
-    Shape {
-        label: label.into(),
-        geometry: Geometry::Polyline {
-            points: points.to_vec(),
-            width,
-        },
-    }
-}
-
-fn band(label: &str, centerline: &[Point], outline: &[Point]) -> Shape {
-    Shape {
-        label: label.into(),
-        geometry: Geometry::Band {
-            centerline: centerline.to_vec(),
-            outline: outline.to_vec(),
-        },
-    }
-}
-
-/// 12 x 10 annotation.
-fn annotation(field_of_view: Option<&[Point]>, shapes: Vec<Shape>) -> Annotation {
-    let mut a = Annotation::new(12, 10);
-    a.field_of_view = field_of_view.map(<[Point]>::to_vec);
-    a.shapes = shapes;
-    a
-}
+use common::*;
+use lus_data::{Annotation, LabelSchema, Point, Shape};
 
 /// A fan-like field of view: a trapezoid, narrow at the probe (top).
 const FAN: &[Point] = &[[4.0, 0.0], [8.0, 0.0], [12.0, 10.0], [0.0, 10.0]];
 
-fn art(mask: &Mask) -> String {
-    let width = mask.width() as usize;
-    mask.data()
-        .chunks(width)
-        .map(|row| {
-            row.iter()
-                .map(|&v| match v {
-                    0 => '.',
-                    1..=9 => char::from(b'0' + v),
-                    IGNORE => 'x',
-                    _ => '?',
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The expected art without the indentation of the test source.
-fn expected(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn with(mode: LabelMode, sparse_width: f32, ignore_id: Option<u8>) -> RasterOptions {
+/// `options` with `ignore_id`.
+fn with(options: RasterOptions, ignore_id: Option<u8>) -> RasterOptions {
     RasterOptions {
-        mode,
-        sparse_width,
         ignore_id,
+        ..options
     }
 }
 
-#[track_caller]
-fn assert_mask(a: &Annotation, options: RasterOptions, want: &str) {
-    let mask = rasterize(a, &LabelSchema::default(), &options).unwrap();
-    assert_eq!((mask.width(), mask.height()), (a.width, a.height));
-    let got = art(&mask);
-    let want = expected(want);
-    assert!(
-        got == want,
-        "{options:?}\n--- got ---\n{got}\n--- expected ---\n{want}\n"
-    );
-}
-
 fn dense() -> RasterOptions {
-    with(LabelMode::Dense, 3.0, None)
+    RasterOptions::dense()
 }
 
+/// The legacy sparse labels: strokes `width` px wide at any size, not clipped.
 fn sparse(width: f32) -> RasterOptions {
-    with(LabelMode::Sparse, width, None)
+    RasterOptions::sparse(width)
 }
 
 #[test]
@@ -327,10 +251,10 @@ fn layer_order_beats_annotation_order() {
 fn ignore_id_marks_uncovered_field_of_view_pixels() {
     let pleura = polyline("pleural-line", &[[0.0, 3.0], [12.0, 3.0]], 2.0);
     let a = annotation(Some(FAN), vec![pleura.clone()]);
-    let dense_ignore = with(LabelMode::Dense, 3.0, Some(IGNORE));
+    let dense_ignore = with(dense(), Some(IGNORE));
     assert_mask(
         &a,
-        dense_ignore,
+        dense_ignore.clone(),
         "
         ....xxxx....
         ...xxxxxx...
@@ -366,7 +290,7 @@ fn ignore_id_marks_uncovered_field_of_view_pixels() {
     // Sparse labels have no unknown region: the ignore id is not used.
     assert_mask(
         &a,
-        with(LabelMode::Sparse, 2.0, Some(IGNORE)),
+        with(sparse(2.0), Some(IGNORE)),
         "
         ............
         ............
@@ -387,12 +311,12 @@ fn empty_annotations() {
     let empty = annotation(None, vec![]);
     assert_mask(&empty, dense(), &all('.'));
     assert_mask(&empty, sparse(3.0), &all('.'));
-    assert_mask(&empty, with(LabelMode::Dense, 3.0, Some(IGNORE)), &all('x'));
+    assert_mask(&empty, with(dense(), Some(IGNORE)), &all('x'));
     let fan = annotation(Some(FAN), vec![]);
     assert_mask(&fan, dense(), &all('.'));
     assert_mask(
         &fan,
-        with(LabelMode::Dense, 3.0, Some(IGNORE)),
+        with(dense(), Some(IGNORE)),
         "
         ....xxxx....
         ...xxxxxx...
@@ -610,15 +534,15 @@ fn invalid_input_is_an_error_not_a_panic() {
     let mut a = annotation(None, vec![rect("lung", 0.0, 0.0, 12.0, 10.0)]);
     a.image = Some("frame_007.png".into());
     // An ignore id that is a class id.
-    let e = rasterize(&a, &schema, &with(LabelMode::Dense, 3.0, Some(6)))
+    let e = rasterize(&a, &schema, &with(dense(), Some(6)))
         .unwrap_err()
         .to_string();
     assert!(e.contains("ignore_id 6"), "{e}");
-    // A bad sparse width.
+    // A bad stroke width.
     let e = rasterize(&a, &schema, &sparse(-1.0))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("sparse_width -1"), "{e}");
+    assert!(e.contains("stroke_width -1"), "{e}");
     // Invalid geometry names the annotation's image and the shape.
     a.shapes
         .push(polyline("b-line", &[[1.0, f32::NAN], [3.0, 4.0]], 2.0));
@@ -645,11 +569,7 @@ fn a_reused_rasterizer_gives_the_same_masks() {
     let big_mask = rasterizer.rasterize(&big, &schema, &dense()).unwrap();
     assert!(big_mask.histogram()[6] > 1000);
     let frame = annotation(Some(FAN), frame_shapes());
-    for options in [
-        dense(),
-        sparse(3.0),
-        with(LabelMode::Dense, 2.0, Some(IGNORE)),
-    ] {
+    for options in [dense(), sparse(3.0), with(dense(), Some(IGNORE))] {
         let reused = rasterizer.rasterize(&frame, &schema, &options).unwrap();
         assert_eq!(reused, rasterize(&frame, &schema, &options).unwrap());
     }

@@ -11,8 +11,9 @@
 //! debug assertions (float_samplers.rs: `self.low - result < initial.step`) in a long run.
 
 use lus_data::raster::{
-    DENSE_MIN_LINE_WIDTH_PX, LabelMode, RasterOptions, Rasterizer, derived_centerline, rasterize,
+    DENSE_MIN_LINE_WIDTH_PX, RasterOptions, Rasterizer, derived_centerline, rasterize,
 };
+use lus_data::recipe::{ClassRender, LabelRecipe, OffAs, StrokeWidth, Unlabelled};
 use lus_data::{Annotation, Geometry, LabelSchema, Mask, Point, Shape};
 use proptest::prelude::*;
 
@@ -124,6 +125,12 @@ fn raw_geometry() -> impl Strategy<Value = RawGeometry> {
 }
 
 fn to_geometry(raw: &RawGeometry, width: f32, height: f32) -> Geometry {
+    to_geometry_scaled(raw, width, height, 1.0)
+}
+
+/// [`to_geometry`] with the widths in pixels (a polyline's width, a band's half widths)
+/// multiplied by `px`.
+fn to_geometry_scaled(raw: &RawGeometry, width: f32, height: f32, px: f32) -> Geometry {
     let scale = |(x, y): (f32, f32)| -> Point { [x * width, y * height] };
     match raw {
         RawGeometry::Polygon {
@@ -141,7 +148,7 @@ fn to_geometry(raw: &RawGeometry, width: f32, height: f32) -> Geometry {
         },
         RawGeometry::Polyline { points, width: w } => Geometry::Polyline {
             points: points.iter().copied().map(scale).collect(),
-            width: *w,
+            width: *w * px,
         },
         RawGeometry::Band {
             from,
@@ -149,6 +156,7 @@ fn to_geometry(raw: &RawGeometry, width: f32, height: f32) -> Geometry {
             half_widths,
         } => {
             let (a, b) = (scale(*from), scale(*to));
+            let half_widths = (half_widths.0 * px, half_widths.1 * px);
             let length = (b[0] - a[0]).hypot(b[1] - a[1]).max(1e-3);
             let normal = [-(b[1] - a[1]) / length, (b[0] - a[0]) / length];
             let offset = |p: Point, d: f32| -> Point {
@@ -209,12 +217,21 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// The two label modes from before recipes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LabelMode {
+    /// [`RasterOptions::dense`].
+    Dense,
+    /// [`RasterOptions::sparse`]: the legacy sparse labels (absolute width, not clipped).
+    Sparse,
+}
+
 fn options(mode: LabelMode, sparse_width: f32, ignore_id: Option<u8>) -> RasterOptions {
-    RasterOptions {
-        mode,
-        sparse_width,
-        ignore_id,
-    }
+    let base = match mode {
+        LabelMode::Dense => RasterOptions::dense(),
+        LabelMode::Sparse => RasterOptions::sparse(sparse_width),
+    };
+    RasterOptions { ignore_id, ..base }
 }
 
 fn raster(a: &Annotation, options: RasterOptions) -> Mask {
@@ -363,16 +380,41 @@ fn stroke_covers(p: Point, line: &[Point], width: f32) -> Option<bool> {
     (single || run).then_some(true)
 }
 
-/// What a shape covers in one mode.
+/// What a shape covers under a recipe.
 enum Cover {
     Region(Vec<Point>),
     Stroke(Vec<Point>, f32),
-    /// A dense band: its outline, and its centre line stroked `DENSE_MIN_LINE_WIDTH_PX` wide.
+    /// A full band: its outline, and its centre line stroked `DENSE_MIN_LINE_WIDTH_PX` wide.
     Band(Vec<Point>, Vec<Point>),
+    /// A clipped stroke: the stroke, cut to the full extent.
+    Clipped(Box<Cover>, Box<Cover>),
 }
 
-/// The module's rules, computed independently of tiny-skia: the shapes a mode paints, topmost
-/// first (by layer, then annotation order), with what each covers.
+/// What the full extent of `geometry` covers.
+fn full_cover(geometry: &Geometry) -> Cover {
+    match geometry {
+        Geometry::Polygon { points } => Cover::Region(points.clone()),
+        Geometry::Band {
+            outline,
+            centerline,
+        } => Cover::Band(outline.clone(), centerline.clone()),
+        Geometry::Polyline { points, width } => {
+            Cover::Stroke(points.clone(), width.max(DENSE_MIN_LINE_WIDTH_PX))
+        }
+    }
+}
+
+/// The centre line a stroke of `geometry` follows (`None`: a polygon without one).
+fn centre_line(geometry: &Geometry) -> Option<Vec<Point>> {
+    match geometry {
+        Geometry::Polyline { points, .. } => Some(points.clone()),
+        Geometry::Band { centerline, .. } => Some(centerline.clone()),
+        Geometry::Polygon { points } => derived_centerline(points),
+    }
+}
+
+/// The module's rules, computed independently of tiny-skia: the shapes a recipe paints, topmost
+/// first (by layer, then annotation order), with the id each paints and what it covers.
 fn reference_plan(a: &Annotation, schema: &LabelSchema, o: &RasterOptions) -> Vec<(u8, Cover)> {
     let mut order: Vec<(i32, usize)> = a
         .shapes
@@ -381,38 +423,59 @@ fn reference_plan(a: &Annotation, schema: &LabelSchema, o: &RasterOptions) -> Ve
         .map(|(index, s)| (schema.lookup(&s.label).expect("valid label").layer, index))
         .collect();
     order.sort();
+    let width = o.recipe.stroke_width.pixels(a.width);
     order
         .iter()
         .rev()
         .filter_map(|&(_, index)| {
             let shape = &a.shapes[index];
             let class = schema.lookup(&shape.label).expect("valid label");
-            let cover = match (o.mode, &shape.geometry) {
-                (LabelMode::Dense, Geometry::Polygon { points }) => Cover::Region(points.clone()),
-                (
-                    LabelMode::Dense,
-                    Geometry::Band {
-                        outline,
-                        centerline,
-                    },
-                ) => Cover::Band(outline.clone(), centerline.clone()),
-                (LabelMode::Dense, Geometry::Polyline { points, width }) => {
-                    Cover::Stroke(points.clone(), width.max(DENSE_MIN_LINE_WIDTH_PX))
-                }
-                (LabelMode::Sparse, _) if !class.line => return None,
-                (LabelMode::Sparse, Geometry::Polyline { points, .. }) => {
-                    Cover::Stroke(points.clone(), o.sparse_width)
-                }
-                (LabelMode::Sparse, Geometry::Band { centerline, .. }) => {
-                    Cover::Stroke(centerline.clone(), o.sparse_width)
-                }
-                (LabelMode::Sparse, Geometry::Polygon { points }) => {
-                    Cover::Stroke(derived_centerline(points)?, o.sparse_width)
-                }
+            let render = if class.id == 0 {
+                ClassRender::Full
+            } else {
+                o.recipe.render_of(class, schema)
             };
-            Some((class.id, cover))
+            Some(match render {
+                ClassRender::Full => (class.id, full_cover(&shape.geometry)),
+                ClassRender::Stroke => {
+                    let stroke = Cover::Stroke(centre_line(&shape.geometry)?, width);
+                    let cover = if o.recipe.clip_strokes {
+                        Cover::Clipped(Box::new(stroke), Box::new(full_cover(&shape.geometry)))
+                    } else {
+                        stroke
+                    };
+                    (class.id, cover)
+                }
+                ClassRender::Off => match (o.recipe.off, o.ignore_id) {
+                    (OffAs::Ignore, Some(ignore)) => (ignore, full_cover(&shape.geometry)),
+                    _ => return None,
+                },
+            })
         })
         .collect()
+}
+
+/// Whether `cover` covers pixel centre `p`; `None` when it lies within the margins of an edge.
+fn covers(p: Point, cover: &Cover) -> Option<bool> {
+    match cover {
+        Cover::Region(polygon) => inside(p, polygon),
+        Cover::Stroke(line, width) => stroke_covers(p, line, *width),
+        Cover::Band(outline, line) => {
+            match (
+                inside(p, outline),
+                stroke_covers(p, line, DENSE_MIN_LINE_WIDTH_PX),
+            ) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            }
+        }
+        Cover::Clipped(stroke, extent) => match (covers(p, stroke), covers(p, extent)) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+    }
 }
 
 /// The id of pixel centre `p` under `plan`: the topmost covering shape's; `None` where the
@@ -422,27 +485,13 @@ fn reference_id(p: Point, a: &Annotation, plan: &[(u8, Cover)], o: &RasterOption
         return Some(0);
     }
     for (id, cover) in plan {
-        let covers = match cover {
-            Cover::Region(polygon) => inside(p, polygon),
-            Cover::Stroke(line, width) => stroke_covers(p, line, *width),
-            Cover::Band(outline, line) => {
-                match (
-                    inside(p, outline),
-                    stroke_covers(p, line, DENSE_MIN_LINE_WIDTH_PX),
-                ) {
-                    (Some(true), _) | (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                }
-            }
-        };
-        if covers? {
+        if covers(p, cover)? {
             return Some(*id);
         }
     }
-    Some(match o.mode {
-        LabelMode::Dense => o.ignore_id.unwrap_or(0),
-        LabelMode::Sparse => 0,
+    Some(match o.recipe.unlabelled {
+        Unlabelled::Ignore => o.ignore_id.unwrap_or(0),
+        Unlabelled::Background => 0,
     })
 }
 
@@ -485,12 +534,12 @@ proptest! {
             options(LabelMode::Dense, c.sparse_width, Some(IGNORE)),
             options(LabelMode::Sparse, c.sparse_width, None),
         ] {
-            let mask = raster(a, o);
+            let mask = raster(a, o.clone());
             let plan = reference_plan(a, &schema, &o);
             for (index, &v) in mask.data().iter().enumerate() {
                 let p = centre(index, a.width);
                 if let Some(expected) = reference_id(p, a, &plan, &o) {
-                    prop_assert_eq!(v, expected, "{:?} at {:?}", o.mode, p);
+                    prop_assert_eq!(v, expected, "{} at {:?}", o.recipe.name, p);
                     checked += 1;
                 }
             }
@@ -607,7 +656,7 @@ proptest! {
         b.shapes = permuted(&a.shapes, &keys);
         for mode in [LabelMode::Dense, LabelMode::Sparse] {
             let o = options(mode, sparse_width, None);
-            prop_assert_eq!(raster(&a, o), raster(&b, o));
+            prop_assert_eq!(raster(&a, o.clone()), raster(&b, o));
         }
     }
 
@@ -643,7 +692,7 @@ proptest! {
         b.shapes = permuted(&a.shapes, &keys);
         for mode in [LabelMode::Dense, LabelMode::Sparse] {
             let o = options(mode, 1.5, None);
-            prop_assert_eq!(raster(&a, o), raster(&b, o));
+            prop_assert_eq!(raster(&a, o.clone()), raster(&b, o));
         }
     }
 }
@@ -764,8 +813,17 @@ fn timing_masks_per_second() {
     for size in [128, 256] {
         let a = realistic_frame(size);
         a.validate(&schema, std::path::Path::new("timing")).unwrap();
-        for mode in [LabelMode::Dense, LabelMode::Sparse] {
-            let o = options(mode, 3.0, Some(IGNORE));
+        for (name, o) in [
+            ("dense", options(LabelMode::Dense, 3.0, Some(IGNORE))),
+            ("legacy", options(LabelMode::Sparse, 3.0, Some(IGNORE))),
+            (
+                "sparse",
+                RasterOptions {
+                    ignore_id: Some(IGNORE),
+                    ..RasterOptions::recipe(LabelRecipe::builtin("sparse").unwrap())
+                },
+            ),
+        ] {
             let mut rasterizer = Rasterizer::new();
             let iterations = 2000;
             let start = std::time::Instant::now();
@@ -781,8 +839,241 @@ fn timing_masks_per_second() {
             }
             let fresh = iterations as f64 / start.elapsed().as_secs_f64();
             println!(
-                "{size}x{size} {mode:6} {} shapes: {reused:8.0} masks/s (reused Rasterizer), {fresh:8.0} masks/s (rasterize) [{checksum}]",
+                "{size}x{size} {name:6} {} shapes: {reused:8.0} masks/s (reused Rasterizer), {fresh:8.0} masks/s (rasterize) [{checksum}]",
                 a.shapes.len()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Label recipes
+
+/// Every class of the default schema but the background (always `full`).
+const CLASSES: [&str; 8] = [
+    "chest-wall",
+    "rib",
+    "pleural-line",
+    "a-line",
+    "b-line",
+    "lung",
+    "consolidation",
+    "effusion",
+];
+
+fn class_render() -> impl Strategy<Value = ClassRender> {
+    prop_oneof![
+        Just(ClassRender::Full),
+        Just(ClassRender::Stroke),
+        Just(ClassRender::Off)
+    ]
+}
+
+/// A stroke width of any kind, 0.5 to 8 px on the images of [`case`].
+fn stroke_width() -> impl Strategy<Value = StrokeWidth> {
+    prop_oneof![
+        float(0.5, 12.0).prop_map(StrokeWidth::PxAt128),
+        float(0.01, 0.1).prop_map(StrokeWidth::Fraction),
+        float(0.5, 6.0).prop_map(StrokeWidth::Px),
+    ]
+}
+
+/// A random valid recipe: a render per class, any stroke width, clipped or not, off classes
+/// hidden or ignored, unlabelled pixels background or ignored.
+fn recipe() -> impl Strategy<Value = LabelRecipe> {
+    (
+        prop::collection::vec(class_render(), CLASSES.len()),
+        stroke_width(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(renders, stroke_width, clip_strokes, off_ignore, unlabelled_ignore)| LabelRecipe {
+                name: "random".into(),
+                classes: CLASSES
+                    .iter()
+                    .zip(renders)
+                    .map(|(name, render)| (name.to_string(), render))
+                    .collect(),
+                stroke_width,
+                clip_strokes,
+                off: if off_ignore {
+                    OffAs::Ignore
+                } else {
+                    OffAs::Hidden
+                },
+                unlabelled: if unlabelled_ignore {
+                    Unlabelled::Ignore
+                } else {
+                    Unlabelled::Background
+                },
+                ..LabelRecipe::default()
+            },
+        )
+        .prop_filter("a recipe draws some class", |r| {
+            r.validate(&LabelSchema::default()).is_ok()
+        })
+}
+
+/// A recipe that strokes every class (the background stays `full`), clipped, of any width.
+fn clipped_stroke_recipe() -> impl Strategy<Value = LabelRecipe> {
+    stroke_width().prop_map(|stroke_width| LabelRecipe {
+        name: "strokes".into(),
+        default: ClassRender::Stroke,
+        stroke_width,
+        clip_strokes: true,
+        ..LabelRecipe::default()
+    })
+}
+
+/// `a` with only its shape `index` (same size and field of view).
+fn only_shape(a: &Annotation, index: usize) -> Annotation {
+    let mut one = a.clone();
+    one.shapes = vec![a.shapes[index].clone()];
+    one
+}
+
+/// `a` with only the shapes of class `id`.
+fn only_class(a: &Annotation, schema: &LabelSchema, id: u8) -> Annotation {
+    let mut one = a.clone();
+    one.shapes
+        .retain(|s| schema.lookup(&s.label).map(|c| c.id) == Some(id));
+    one
+}
+
+/// An annotation in unit coordinates: a field of view (or none) and 1..10 shapes.
+type UnitAnnotation = (
+    Option<((f32, f32), Vec<(f32, f32)>)>,
+    Vec<(usize, RawGeometry)>,
+);
+
+fn unit_annotation() -> impl Strategy<Value = UnitAnnotation> {
+    (
+        prop::option::weighted(0.8, ((float(0.3, 0.7), float(0.3, 0.7)), star_params(12))),
+        prop::collection::vec((0..LABELS.len(), raw_geometry()), 1..10),
+    )
+}
+
+/// `raw` on a `size` px square image; pixel widths are those of a 64 px image, scaled.
+fn at_size((fov, shapes): &UnitAnnotation, size: u32) -> Annotation {
+    let s = size as f32;
+    let mut a = Annotation::new(size, size);
+    a.field_of_view = fov
+        .as_ref()
+        .map(|((cx, cy), params)| star([cx * s, cy * s], s, params, s, s));
+    a.shapes = shapes
+        .iter()
+        .map(|(label, raw)| Shape {
+            label: LABELS[*label].into(),
+            geometry: to_geometry_scaled(raw, s, s, s / 64.0),
+        })
+        .collect();
+    a
+}
+
+/// Pixels where `mask` holds a class id (not background, not the ignore id), as (index, id).
+fn class_pixels(mask: &Mask) -> impl Iterator<Item = (usize, u8)> + '_ {
+    mask.data()
+        .iter()
+        .enumerate()
+        .filter(|&(_, &v)| v != 0 && v != IGNORE)
+        .map(|(i, &v)| (i, v))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_recipe_matches_an_independent_pixel_centre_reference(
+        c in case(),
+        recipe in recipe(),
+        with_ignore in any::<bool>(),
+    ) {
+        let a = &c.annotation;
+        let schema = LabelSchema::default();
+        let ignore_id = (with_ignore || recipe.off == OffAs::Ignore).then_some(IGNORE);
+        let o = RasterOptions { recipe, ignore_id };
+        let mask = raster(a, o.clone());
+        let plan = reference_plan(a, &schema, &o);
+        let mut checked = 0usize;
+        for (index, &v) in mask.data().iter().enumerate() {
+            let p = centre(index, a.width);
+            if let Some(expected) = reference_id(p, a, &plan, &o) {
+                prop_assert_eq!(v, expected, "{:?} at {:?}", o, p);
+                checked += 1;
+            }
+        }
+        let total = (a.width * a.height) as usize;
+        prop_assert!(checked * 10 >= total * 8, "only {} of {} pixels checked", checked, total);
+    }
+
+    #[test]
+    fn a_clipped_stroke_lies_in_its_objects_full_extent(
+        c in case(),
+        recipe in clipped_stroke_recipe(),
+    ) {
+        // Each shape alone (field of view kept): every pixel its clipped stroke paints, its
+        // full extent paints too, with the same id. Exact, not up to edge ties.
+        let a = &c.annotation;
+        let strokes = RasterOptions::recipe(recipe);
+        for index in 0..a.shapes.len() {
+            let one = only_shape(a, index);
+            let stroke = raster(&one, strokes.clone());
+            let full = raster(&one, RasterOptions::dense());
+            for (i, v) in class_pixels(&stroke) {
+                prop_assert_eq!(
+                    full.data()[i], v,
+                    "shape {} ({:?}): stroke pixel {:?} outside the full extent",
+                    index, &one.shapes[0], centre(i, a.width)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn built_in_sparse_is_never_thicker_than_dense_at_any_size(
+        raw in unit_annotation(),
+        size in 32u32..=512,
+    ) {
+        // The size invariant: one annotation scaled to `size`; the built-in sparse recipe's
+        // strokes (3 px at 128 px, clipped) never reach outside the dense object, per shape,
+        // and so never outnumber its pixels, per class.
+        let a = at_size(&raw, size);
+        let schema = LabelSchema::default();
+        prop_assume!(a.validate(&schema, std::path::Path::new("case")).is_ok());
+        let sparse = RasterOptions::recipe(LabelRecipe::builtin("sparse").unwrap());
+        let dense = RasterOptions::dense();
+        for index in 0..a.shapes.len() {
+            let one = only_shape(&a, index);
+            let s = raster(&one, sparse.clone());
+            let d = raster(&one, dense.clone());
+            for (i, v) in class_pixels(&s) {
+                prop_assert_eq!(
+                    d.data()[i], v,
+                    "{} px, shape {} ({:?}): sparse pixel {:?} outside the dense object",
+                    size, index, &one.shapes[0], centre(i, size)
+                );
+            }
+        }
+        for class in schema.line_classes() {
+            let one = only_class(&a, &schema, class.id);
+            let s = raster(&one, sparse.clone()).histogram()[usize::from(class.id)];
+            let d = raster(&one, dense.clone()).histogram()[usize::from(class.id)];
+            prop_assert!(s <= d, "{} px, {}: {} sparse pixels > {} dense", size, class.name, s, d);
+        }
+        // The whole annotation: a sparse pixel of a class lies on a dense object of that class,
+        // or under one of a layer at least as high that dense labels paint over it. (Per class
+        // counts of the whole annotation are not ordered: a rib, which sparse labels do not
+        // draw, can cover an A-line in the dense mask only.)
+        let layer = |id: u8| schema.class(id).expect("a class id").layer;
+        let s = raster(&a, sparse);
+        let d = raster(&a, dense);
+        for (i, v) in class_pixels(&s) {
+            let under = d.data()[i];
+            prop_assert!(
+                under == v || (under != 0 && layer(under) >= layer(v)),
+                "{} px: sparse {} at {:?} over dense {}", size, v, centre(i, size), under
             );
         }
     }

@@ -1,8 +1,11 @@
 //! Properties of the labels the scanner's annotations rasterize to: the dense mask labels every
 //! field-of-view pixel and nothing outside it; the sparse mask labels only line classes; both
-//! come from the same geometry, so every line object appears in both.
+//! come from the same geometry, so every line object appears in both. With the built-in sparse
+//! recipe (strokes relative to the image, clipped to their objects) a line class never has
+//! more pixels than in the dense mask, at any size.
 
-use lus_data::raster::{LabelMode, RasterOptions, rasterize};
+use lus_data::raster::{RasterOptions, rasterize};
+use lus_data::recipe::LabelRecipe;
 use lus_data::scanner::{Scanner, ScannerConfig};
 use lus_data::{Annotation, Geometry, LabelSchema, Shape};
 use proptest::prelude::*;
@@ -23,8 +26,11 @@ fn fov_mask(a: &Annotation, schema: &LabelSchema) -> Vec<bool> {
     m.data().iter().map(|&v| v != 0).collect()
 }
 
+/// The stroke width of the sparse labels from before recipes (pixels at any size).
+const LEGACY_SPARSE_WIDTH_PX: f32 = 3.0;
+
 fn options_sparse_width() -> f32 {
-    RasterOptions::default().sparse_width
+    LEGACY_SPARSE_WIDTH_PX
 }
 
 fn check_sample(seed: u64, index: u64, size: u32) -> Result<(), TestCaseError> {
@@ -40,15 +46,7 @@ fn check_sample(seed: u64, index: u64, size: u32) -> Result<(), TestCaseError> {
     let sample = scanner.sample(index);
     let a = &sample.annotation;
     let dense = rasterize(a, &schema, &RasterOptions::default()).unwrap();
-    let sparse = rasterize(
-        a,
-        &schema,
-        &RasterOptions {
-            mode: LabelMode::Sparse,
-            ..RasterOptions::default()
-        },
-    )
-    .unwrap();
+    let sparse = rasterize(a, &schema, &RasterOptions::sparse(LEGACY_SPARSE_WIDTH_PX)).unwrap();
     let fov = fov_mask(a, &schema);
     for (i, (&d, &inside)) in dense.data().iter().zip(&fov).enumerate() {
         prop_assert_eq!(
@@ -148,4 +146,101 @@ proptest! {
     ) {
         check_sample(seed, index, size)?;
     }
+}
+
+fn scanner(size: u32, seed: u64) -> Scanner {
+    Scanner::new(
+        ScannerConfig {
+            size,
+            ..ScannerConfig::default()
+        },
+        seed,
+    )
+    .unwrap()
+}
+
+/// Pixels of each line class (pleural line, A-lines, B-lines) in `a`'s mask under `options`.
+fn line_counts(a: &Annotation, schema: &LabelSchema, options: &RasterOptions) -> [u64; 3] {
+    let hist = rasterize(a, schema, options).unwrap().histogram();
+    ["pleural-line", "a-line", "b-line"].map(|name| hist[usize::from(schema.id_of(name).unwrap())])
+}
+
+#[test]
+fn built_in_sparse_never_outnumbers_dense_on_the_scanner() {
+    // Per line class, per image, at every size: the built-in sparse recipe's strokes are cut
+    // to their objects, so a class never has more sparse pixels than dense ones. Per shape,
+    // every sparse pixel is a dense pixel of the same class.
+    let schema = LabelSchema::default();
+    let dense = RasterOptions::dense();
+    let sparse = RasterOptions::recipe(LabelRecipe::builtin("sparse").unwrap());
+    for size in [64u32, 96, 128, 256, 512] {
+        for sample in scanner(size, 11).generate(0..4) {
+            let a = &sample.annotation;
+            let d = line_counts(a, &schema, &dense);
+            let s = line_counts(a, &schema, &sparse);
+            for (k, name) in ["pleural line", "A-lines", "B-lines"].iter().enumerate() {
+                assert!(
+                    s[k] <= d[k],
+                    "{size} px sample {}: {name} sparse {} > dense {}",
+                    sample.index,
+                    s[k],
+                    d[k]
+                );
+            }
+            for (index, shape) in a.shapes.iter().enumerate() {
+                let mut one = a.clone();
+                one.shapes = vec![shape.clone()];
+                let s = rasterize(&one, &schema, &sparse).unwrap();
+                let d = rasterize(&one, &schema, &dense).unwrap();
+                let outside = s
+                    .data()
+                    .iter()
+                    .zip(d.data())
+                    .filter(|&(&s, &d)| s != 0 && s != d)
+                    .count();
+                assert_eq!(
+                    outside, 0,
+                    "{size} px sample {} shape {index} ({}): sparse pixels off the dense object",
+                    sample.index, shape.label
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quick_study_test_set_line_pixel_totals() {
+    // Recorded, not asserted (beyond sanity): the totals over the quick study's test set,
+    // 64 px, scanner seed 0, samples 240..304. `cargo test -p lus-data --test scanner_labels
+    // -- --nocapture totals`.
+    let schema = LabelSchema::default();
+    let samples = scanner(64, 0).generate(240..304);
+    let recipes = [
+        ("dense", RasterOptions::dense()),
+        (
+            "legacy sparse 3 px",
+            RasterOptions::sparse(LEGACY_SPARSE_WIDTH_PX),
+        ),
+        (
+            "sparse (3 px at 128, clipped)",
+            RasterOptions::recipe(LabelRecipe::builtin("sparse").unwrap()),
+        ),
+    ];
+    println!("64 px, seed 0, samples 240..304: pixel totals (pleural line, A-lines, B-lines)");
+    let mut totals = Vec::new();
+    for (name, options) in &recipes {
+        let mut total = [0u64; 3];
+        for sample in &samples {
+            let counts = line_counts(&sample.annotation, &schema, options);
+            for k in 0..3 {
+                total[k] += counts[k];
+            }
+        }
+        println!(
+            "{name:30} pleural line {:6}  A-lines {:6}  B-lines {:6}",
+            total[0], total[1], total[2]
+        );
+        totals.push(total);
+    }
+    assert!(totals.iter().all(|t| t[0] > 0), "{totals:?}");
 }

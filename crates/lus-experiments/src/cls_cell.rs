@@ -1,19 +1,18 @@
-//! One classification cell: arm x seed x fold. The arm's U-Net (pretrained on dense or sparse
-//! labels with this seed, or fresh) becomes a classifier, tested on one outer fold and trained
-//! and validated on the others (see [`roles`]).
+//! One classification cell: arm x seed x fold. The arm's U-Net (its pretraining arm's, trained
+//! with this seed, or fresh) becomes a classifier, tested on one outer fold and trained and
+//! validated on the others (see [`roles`]).
 //!
 //! # Cell folder (`<runs>/<name>/classify/<arm>-seed<seed>-fold<fold>/`)
 //!
 //! | file | |
 //! |---|---|
-//! | `config.resolved.toml` | the experiment reduced to this cell (one arm, one seed, `grid.fold` set) |
+//! | `config.resolved.toml` | the experiment reduced to this cell (one arm, its pretraining arm written out, one seed, `grid.fold` set) |
 //! | `split.csv` | every example of the diagnostic pool with its clip, fold group (patient, else clip), probe, label and role (train / val / test) |
 //! | `best.safetensors`, `last/`, `metrics.{csv,parquet}` | the trainer's |
 //! | `test/predictions.csv` | per test example: index, id, clip, probe, truth, predicted, probability of each class |
 //! | `test/metrics.{csv,parquet}` | one row: the test metrics (accuracy, balanced accuracy, macro/weighted F1, macro AUC, per-class precision/recall/specificity/F1/AUC) |
 //! | `run.json` | the run manifest, written last (its presence marks the cell complete) |
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,33 +21,63 @@ use lus_data::cls_loader::{ClassSubset, ClassificationLoader};
 use lus_metrics::classification::Predictions;
 use lus_metrics::{MetricsTable, Row};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
-use lus_train::{Backbone, ClassificationTask, StopRequest, device_name, train_classifier};
+use lus_train::{Backbone, ClassificationTask, device_name, train_classifier};
 
-use crate::config::{ArmConfig, ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::cell::{CellStart, Runner};
+use crate::config::{ArmConfig, DatasetConfig, EvaluationConfig, ExperimentConfig};
 use crate::dataset::ClassifyPool;
-use crate::provenance::{RunClock, write_run_manifest};
-use crate::seg_cell::{check_same_config, is_complete};
+use crate::predictions::{TestPrediction, write_predictions};
+use crate::provenance::write_run_manifest;
 use lus_data::splits::stratified_group_kfold;
+use lus_train::SegRunConfig;
 
 /// Sub-folder of the test outputs.
 pub const TEST_DIR: &str = "test";
 
-/// `experiment` reduced to one classification cell.
+/// The test predictions inside [`TEST_DIR`] (see [`crate::predictions`]).
+pub const PREDICTIONS_FILE: &str = "predictions.csv";
+
+/// `experiment` reduced to one classification cell: the arm, its backbone's pretraining as the
+/// pretraining cell of the same seed has it (so a change there is a change here), the seeds
+/// set; the segmentation evaluation (no classification number depends on it) and, for a
+/// `none` arm, the pretraining's training settings (nothing is pretrained) at their defaults.
 pub fn cls_cell_config(
     experiment: &ExperimentConfig,
     arm: &ArmConfig,
     seed: u64,
     fold: usize,
-) -> ExperimentConfig {
+) -> anyhow::Result<ExperimentConfig> {
     let mut cell = experiment.clone();
+    match arm.pretrain_arm() {
+        Some(name) => {
+            let pretrain_arm = experiment
+                .grid
+                .pretrain_arm(name)
+                .with_context(|| format!("arm {}: no pretraining arm {name:?}", arm.name))?;
+            let backbone = crate::seg_cell::cell_config(experiment, pretrain_arm, seed)?;
+            cell.pretrain = backbone.pretrain;
+            cell.grid.pretrain = backbone.grid.pretrain;
+        }
+        None => {
+            cell.pretrain = SegRunConfig {
+                unet: experiment.pretrain.unet.clone(),
+                ..SegRunConfig::default()
+            };
+            cell.pretrain.train.seed = seed;
+            cell.grid.pretrain = Vec::new();
+        }
+    }
+    cell.recipes.clear();
+    cell.dataset.sparse_width = DatasetConfig::default().sparse_width;
+    cell.evaluation = EvaluationConfig::default();
     cell.grid.arms = vec![arm.clone()];
     cell.grid.seeds = vec![seed];
     cell.grid.fold = Some(fold);
-    cell.pretrain.train.seed = seed;
+    cell.resolve_defaults();
     if let Some(classify) = cell.classify.as_mut() {
         classify.train.seed = seed;
     }
-    cell
+    Ok(cell)
 }
 
 /// Roles of the pool's examples in cell `fold`: the examples of outer fold `fold` test; the
@@ -84,19 +113,9 @@ pub fn run_cls_cell(
     folds: &[usize],
     backbone: Option<&Path>,
     dir: &Path,
-    quiet: bool,
-    stop: &StopRequest,
+    runner: &Runner<'_>,
 ) -> anyhow::Result<()> {
-    if is_complete(dir, cell)? {
-        if !quiet {
-            eprintln!("{}: complete, skipped", dir.display());
-        }
-        return Ok(());
-    }
-    check_same_config(dir, cell)?;
-    // Temporary files of a killed earlier attempt (the trainer cleans its own).
-    lus_data::io::remove_stale_temp_files(dir)?;
-    lus_data::io::remove_stale_temp_files(&dir.join(TEST_DIR))?;
+    let (quiet, stop) = (runner.quiet, runner.stop);
     let ([arm], [seed], Some(fold)) = (
         cell.grid.arms.as_slice(),
         cell.grid.seeds.as_slice(),
@@ -109,29 +128,25 @@ pub fn run_cls_cell(
         .as_ref()
         .context("a classification cell needs [classify]")?;
     let run = cell.arm_classifier(arm, classify)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    lus_data::io::write_atomic(
-        &dir.join(RESOLVED_CONFIG_FILE),
-        cell.to_toml_string()?.as_bytes(),
-    )?;
-    let clock = RunClock::start("train-cls", *seed, &run.train.device);
+    let Some(CellStart { clock }) = crate::cell::start(
+        dir,
+        cell,
+        &[TEST_DIR],
+        &runner.on_change,
+        "train-cls",
+        *seed,
+        quiet,
+    )?
+    else {
+        return Ok(());
+    };
 
     let (train, val, test) = roles(pool, folds, fold, cell.grid.inner_folds, cell.dataset.seed)?;
-    let mut split = String::from("index,id,clip,group,probe,label,role\n");
-    for (role, indices) in [("train", &train), ("val", &val), ("test", &test)] {
-        for &i in indices.iter() {
-            let _ = writeln!(
-                split,
-                "{i},{},{},{},{},{},{role}",
-                pool.ids[i],
-                pool.clips[i],
-                pool.groups[i],
-                pool.probes[i],
-                pool.class_names[pool.labels[i]]
-            );
-        }
-    }
-    lus_data::io::write_atomic(&dir.join("split.csv"), split.as_bytes())?;
+    write_split(
+        &dir.join("split.csv"),
+        pool,
+        [("train", &train), ("val", &val), ("test", &test)],
+    )?;
     let subset = |indices: &[usize]| -> Arc<dyn lus_data::cls_loader::ClassificationSource> {
         Arc::new(ClassSubset {
             inner: pool.source.clone(),
@@ -175,7 +190,7 @@ pub fn run_cls_cell(
     )?;
 
     // The best checkpoint on the test fold.
-    let device = lus_train::parse_device(&run.train.device)?;
+    let device = run.train.device.open()?;
     let task = ClassificationTask::from_checkpoint(
         &cell.pretrain.unet,
         &run.classifier,
@@ -207,33 +222,24 @@ pub fn run_cls_cell(
         .map(|(_, row)| row.iter().map(|&p| f64::from(p)).collect())
         .collect();
     let predictions = Predictions::from_rows(&truth, &rows)?;
-    let mut csv = format!(
-        "index,id,clip,probe,truth,predicted,{}\n",
-        names
-            .iter()
-            .map(|n| format!("p_{n}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    for (((i, row), &label), predicted) in tested.iter().zip(&truth).zip(predictions.predicted()) {
-        let _ = writeln!(
-            csv,
-            "{i},{},{},{},{},{},{}",
-            pool.ids[*i],
-            pool.clips[*i],
-            pool.probes[*i],
-            names[label],
-            names[predicted],
-            row.iter()
-                .map(|p| format!("{p}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-    }
+    let rows: Vec<TestPrediction> = tested
+        .iter()
+        .zip(&truth)
+        .zip(predictions.predicted())
+        .map(|(((i, row), &label), predicted)| TestPrediction {
+            index: *i,
+            id: pool.ids[*i].clone(),
+            clip: pool.clips[*i].clone(),
+            probe: pool.probes[*i],
+            truth: label,
+            predicted,
+            probabilities: row.clone(),
+        })
+        .collect();
     let test_dir = dir.join(TEST_DIR);
     std::fs::create_dir_all(&test_dir)
         .with_context(|| format!("creating {}", test_dir.display()))?;
-    lus_data::io::write_atomic(&test_dir.join("predictions.csv"), csv.as_bytes())?;
+    write_predictions(&test_dir.join(PREDICTIONS_FILE), &names, &rows)?;
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut table = MetricsTable::new();
     let mut row = Row::new()
@@ -257,6 +263,36 @@ pub fn run_cls_cell(
     manifest.device = device_name(&device);
     manifest.peak_device_memory_mib = summary.peak_device_memory_mib;
     write_run_manifest(dir, &manifest)?;
+    Ok(())
+}
+
+/// Writes `split.csv`: every example of the pool in a role, with its clip, fold group, probe
+/// and label.
+fn write_split(
+    path: &Path,
+    pool: &ClassifyPool,
+    roles: [(&str, &Vec<usize>); 3],
+) -> anyhow::Result<()> {
+    lus_data::io::write_atomic_with(path, |file| {
+        let mut writer = csv::Writer::from_writer(file);
+        let mut write =
+            |record: &[&str]| writer.write_record(record).map_err(std::io::Error::other);
+        write(&["index", "id", "clip", "group", "probe", "label", "role"])?;
+        for (role, indices) in roles {
+            for &i in indices {
+                write(&[
+                    &i.to_string(),
+                    &pool.ids[i],
+                    &pool.clips[i],
+                    &pool.groups[i],
+                    pool.probes[i].as_str(),
+                    &pool.class_names[pool.labels[i]],
+                    role,
+                ])?;
+            }
+        }
+        writer.flush()
+    })?;
     Ok(())
 }
 

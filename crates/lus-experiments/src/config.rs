@@ -1,16 +1,20 @@
-//! Experiment files: one TOML file declares the data set, the segmentation pretraining, how it
-//! is evaluated, and the grid of arms and seeds. `lus train-seg` runs one cell of it, `lus run`
-//! runs them all and writes the report.
+//! Experiment files: one TOML file declares the data set, its label recipes, the segmentation
+//! pretraining, how it is evaluated, the classification, and the grid: named pretraining arms
+//! (a recipe and settings of their own), classifier arms on them, seeds and folds. Every
+//! ablation is data: nothing here is keyed by a fixed list of arms. `lus train-seg` runs one
+//! pretraining cell, `lus run` runs the plan ([`crate::plan`]) and writes the report. Which
+//! settings define a cell's result and which only say how it runs: [`crate::cell`].
 //!
 //! Loading is strict: unknown keys are errors with the nearest valid key suggested, every
 //! section is validated, and `--set section.key=value` overrides are applied to the parsed
 //! document before it is checked (so an override is validated like a value in the file).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use lus_data::LabelMode;
 use lus_data::scanner::ScannerConfig;
+use lus_data::{LabelRecipe, LabelSchema, StrokeWidth};
 use lus_metrics::ObjectConfig;
 use lus_metrics::components::Connectivity;
 use lus_train::{ClsRunConfig, SegRunConfig};
@@ -31,6 +35,14 @@ pub struct ExperimentConfig {
     /// Folder of the reports (committed), relative to the working directory.
     pub reports_dir: PathBuf,
     pub dataset: DatasetConfig,
+    /// Label recipes of this experiment (`[recipes.<name>]`), beside the built-in `dense` and
+    /// `sparse`: the keys of [`lus_data::LabelRecipe`] (`default`, `lines`, `classes`,
+    /// `stroke_width`, `clip_strokes`, `off`, `unlabelled`) plus `base = "<recipe>"` to start
+    /// from another recipe (a table named like a built-in starts from it). A recipe that sets
+    /// no `stroke_width` takes `dataset.sparse_width`. Pretraining arms and
+    /// `evaluation.truths` name them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub recipes: BTreeMap<String, toml::Table>,
     /// The segmentation pretraining: `[pretrain.train]` (with `[pretrain.train.loss]`),
     /// `[pretrain.unet]`, `[pretrain.data]`. `pretrain.train.seed` is replaced by each grid seed.
     pub pretrain: SegRunConfig,
@@ -43,17 +55,21 @@ pub struct ExperimentConfig {
 }
 
 impl Default for ExperimentConfig {
+    /// The defaults, resolved (see [`ExperimentConfig::resolve_defaults`]).
     fn default() -> Self {
-        ExperimentConfig {
+        let mut config = ExperimentConfig {
             name: "experiment".to_string(),
             runs_dir: PathBuf::from("runs"),
             reports_dir: PathBuf::from("reports"),
             dataset: DatasetConfig::default(),
+            recipes: BTreeMap::new(),
             pretrain: SegRunConfig::default(),
             evaluation: EvaluationConfig::default(),
             classify: None,
             grid: GridConfig::default(),
-        }
+        };
+        config.resolve_defaults();
+        config
     }
 }
 
@@ -79,7 +95,10 @@ pub struct DatasetConfig {
     pub classify_samples: usize,
     /// The scanner's settings (`[dataset.scanner]`); its `size` is the stored image size.
     pub scanner: ScannerConfig,
-    /// Stroke width in pixels of the sparse labels the scanner's annotations are rasterised with.
+    /// Stroke width of the label recipes that set none (the built-in `sparse` among them), in
+    /// pixels of a 128-px-wide image: scaled with the image, so 3.0 draws 1.5 px strokes at
+    /// 64 px and 6 px strokes at 256 px. Strokes are never wider than their objects (see
+    /// [`lus_data::recipe`]).
     pub sparse_width: f32,
     /// Where the diagnostic task's examples come from: `dataset` (the source above, after the
     /// pretraining examples; `classify_samples` of them) or `pocus` (real POCUS frames,
@@ -151,7 +170,7 @@ impl Default for DatasetConfig {
             test: 128,
             classify_samples: 600,
             scanner: ScannerConfig::default(),
-            sparse_width: lus_data::RasterOptions::default().sparse_width,
+            sparse_width: lus_data::recipe::DEFAULT_STROKE_PX_AT_128,
             classify_from: ClassifyFrom::Dataset,
             pocus: PocusPoolConfig::default(),
         }
@@ -177,9 +196,13 @@ pub struct EvaluationConfig {
     /// Smallest IoU for a predicted and a true object to match.
     pub object_iou: f32,
     /// Pixel neighbourhood joining pixels into objects: 4 or 8.
-    pub connectivity: u8,
-    /// Test images shown in the report's overlay grid.
+    pub connectivity: Connectivity,
+    /// Test images shown in the report's overlay grid (the report only: no cell depends on it).
     pub overlay_examples: usize,
+    /// The ground truths every pretrained U-Net is evaluated against on the test split, by
+    /// recipe (built-in, `[recipes.<name>]`, or a complete recipe table). The first is the
+    /// comparison the report leads with; the others are for reference.
+    pub truths: Vec<RecipeRef>,
 }
 
 impl Default for EvaluationConfig {
@@ -188,8 +211,12 @@ impl Default for EvaluationConfig {
         EvaluationConfig {
             min_object_area: objects.min_area,
             object_iou: objects.iou_threshold,
-            connectivity: 8,
+            connectivity: objects.connectivity,
             overlay_examples: 6,
+            truths: vec![
+                RecipeRef::Name("dense".into()),
+                RecipeRef::Name("sparse".into()),
+            ],
         }
     }
 }
@@ -197,48 +224,76 @@ impl Default for EvaluationConfig {
 impl EvaluationConfig {
     pub fn object_config(&self) -> ObjectConfig {
         ObjectConfig {
-            connectivity: if self.connectivity == 4 {
-                Connectivity::Four
-            } else {
-                Connectivity::Eight
-            },
+            connectivity: self.connectivity,
             min_area: self.min_object_area,
             iou_threshold: self.object_iou,
         }
     }
 }
 
-/// Where an arm's U-Net starts from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Pretrain {
-    /// The U-Net pretrained on dense labels.
-    Dense,
-    /// The U-Net pretrained on sparse labels.
-    Sparse,
-    /// A freshly initialised U-Net (same architecture, same seed rules).
-    None,
+/// A label recipe: by name (a built-in or a `[recipes.<name>]` table of the experiment), or
+/// as a complete recipe table (what the resolved config of a cell writes, so that a cell's
+/// folder says exactly how its labels were drawn).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum RecipeRef {
+    Name(String),
+    Table(toml::Table),
 }
 
-impl Pretrain {
-    pub fn label_mode(self) -> Option<LabelMode> {
+impl RecipeRef {
+    /// The recipe's name (a table's `name` key; empty when it has none).
+    pub fn name(&self) -> &str {
         match self {
-            Pretrain::Dense => Some(LabelMode::Dense),
-            Pretrain::Sparse => Some(LabelMode::Sparse),
-            Pretrain::None => None,
+            RecipeRef::Name(name) => name,
+            RecipeRef::Table(table) => table.get("name").and_then(|v| v.as_str()).unwrap_or(""),
         }
+    }
+
+    /// A complete recipe table.
+    pub fn resolved(recipe: &LabelRecipe) -> Self {
+        RecipeRef::Table(toml::Table::try_from(recipe).expect("a recipe serialises to a table"))
     }
 }
 
-/// One arm of the study: a pretraining and, optionally, classifier settings that differ from
-/// `[classify.classifier]` (e.g. another head placement or freezing). In TOML either a name
-/// (`"dense"`, `"sparse"`, `"none"`: the arm with that pretraining and the shared classifier)
-/// or a table `{ name = "dense-frozen", pretrain = "dense", classifier = { freeze = "encoder" } }`.
+/// What a pretraining arm's U-Net learns from: a label recipe and, optionally, settings of
+/// its own. In TOML:
+///
+/// ```toml
+/// [[grid.pretrain]]
+/// name = "dense-lines-lr"
+/// recipe = "dense-lines"
+/// overrides = { "pretrain.train.lr" = 0.001, "dataset.sparse_width" = 1.0 }
+/// ```
+///
+/// `overrides` holds `key.path = value` pairs as `--set` takes them (dotted keys in quotes),
+/// for keys under `pretrain.` (not `pretrain.train.seed`: the grid's seeds set it) and
+/// `dataset.sparse_width`; they are checked like the file. Without `[[grid.pretrain]]` the
+/// classifier arms' pretrainings name recipes: `arms = ["dense", "sparse", "none"]` pretrains
+/// one arm per recipe, `dense` and `sparse`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainArm {
+    pub name: String,
+    pub recipe: RecipeRef,
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub overrides: toml::Table,
+}
+
+/// The `pretrain` of a classifier arm that starts from a freshly initialised U-Net.
+pub const NO_PRETRAINING: &str = "none";
+
+/// One classifier arm of the study: a pretraining arm's U-Net (or `none`: a fresh one) and,
+/// optionally, classifier settings that differ from `[classify.classifier]` (another head
+/// placement or freezing, say). In TOML either a name (`"dense"`: the arm pretrained by the
+/// pretraining arm of that name, with the shared classifier; `"none"`) or a table
+/// `{ name = "dense-frozen", pretrain = "dense", classifier = { freeze = "encoder" } }`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(try_from = "ArmSpec")]
 pub struct ArmConfig {
     pub name: String,
-    pub pretrain: Pretrain,
+    /// The pretraining arm whose U-Net this arm starts from, or `none`.
+    pub pretrain: String,
     /// Keys of `[classify.classifier]` this arm overrides.
     #[serde(skip_serializing_if = "toml::Table::is_empty", default)]
     pub classifier: toml::Table,
@@ -250,7 +305,7 @@ enum ArmSpec {
     Name(String),
     Full {
         name: String,
-        pretrain: Pretrain,
+        pretrain: String,
         #[serde(default)]
         classifier: toml::Table,
     },
@@ -260,50 +315,34 @@ impl TryFrom<ArmSpec> for ArmConfig {
     type Error = String;
 
     fn try_from(spec: ArmSpec) -> Result<Self, String> {
-        match spec {
-            ArmSpec::Name(name) => {
-                let pretrain = match name.as_str() {
-                    "dense" => Pretrain::Dense,
-                    "sparse" => Pretrain::Sparse,
-                    "none" => Pretrain::None,
-                    other => {
-                        return Err(format!(
-                            "arm {other:?}: a name alone must be dense, sparse or none; give other \
-                             arms as {{ name = \"...\", pretrain = \"dense\", classifier = {{ ... }} }}"
-                        ));
-                    }
-                };
-                Ok(ArmConfig {
-                    name,
-                    pretrain,
-                    classifier: toml::Table::new(),
-                })
-            }
+        Ok(match spec {
+            ArmSpec::Name(name) => ArmConfig::plain(&name),
             ArmSpec::Full {
                 name,
                 pretrain,
                 classifier,
-            } => Ok(ArmConfig {
+            } => ArmConfig {
                 name,
                 pretrain,
                 classifier,
-            }),
-        }
+            },
+        })
     }
 }
 
 impl ArmConfig {
-    pub fn plain(pretrain: Pretrain) -> Self {
-        let name = match pretrain {
-            Pretrain::Dense => "dense",
-            Pretrain::Sparse => "sparse",
-            Pretrain::None => "none",
-        };
+    /// The arm called `name` on the pretraining of the same name, shared classifier.
+    pub fn plain(name: &str) -> Self {
         ArmConfig {
             name: name.into(),
-            pretrain,
+            pretrain: name.into(),
             classifier: toml::Table::new(),
         }
+    }
+
+    /// The pretraining arm this arm starts from (`None` for `none`).
+    pub fn pretrain_arm(&self) -> Option<&str> {
+        (self.pretrain != NO_PRETRAINING).then_some(self.pretrain.as_str())
     }
 }
 
@@ -311,11 +350,14 @@ impl ArmConfig {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GridConfig {
-    /// The arms: each pretraining (dense, sparse) is run once per seed, and each arm is
-    /// classified per seed and fold.
+    /// The pretraining arms (`[[grid.pretrain]]`); each is trained once per seed. Left out:
+    /// one arm per recipe the classifier arms name (see [`PretrainArm`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pretrain: Vec<PretrainArm>,
+    /// The classifier arms; each is trained per seed and fold.
     pub arms: Vec<ArmConfig>,
-    /// Seeds; each (pretraining, seed) is one segmentation run, each (arm, seed, fold) one
-    /// classification run.
+    /// Seeds; each (pretraining arm, seed) is one segmentation cell, each (arm, seed, fold)
+    /// one classification cell.
     pub seeds: Vec<u64>,
     /// Stratified folds of the diagnostic task: fold f is the test set of cell f.
     pub folds: usize,
@@ -330,11 +372,11 @@ pub struct GridConfig {
 impl Default for GridConfig {
     fn default() -> Self {
         GridConfig {
-            arms: vec![
-                ArmConfig::plain(Pretrain::Dense),
-                ArmConfig::plain(Pretrain::Sparse),
-                ArmConfig::plain(Pretrain::None),
-            ],
+            pretrain: Vec::new(),
+            arms: ["dense", "sparse", NO_PRETRAINING]
+                .iter()
+                .map(|n| ArmConfig::plain(n))
+                .collect(),
             seeds: vec![0],
             folds: 5,
             inner_folds: 5,
@@ -344,19 +386,14 @@ impl Default for GridConfig {
 }
 
 impl GridConfig {
-    /// The label modes to pretrain on, in arm order, each once.
-    pub fn pretrain_modes(&self) -> Vec<LabelMode> {
-        let mut modes = Vec::new();
-        for arm in &self.arms {
-            if let Some(mode) = arm.pretrain.label_mode()
-                && !modes.contains(&mode)
-            {
-                modes.push(mode);
-            }
-        }
-        modes
+    /// The pretraining arm called `name`.
+    pub fn pretrain_arm(&self, name: &str) -> Option<&PretrainArm> {
+        self.pretrain.iter().find(|a| a.name == name)
     }
 }
+
+/// Override keys a pretraining arm may set, besides those under `pretrain.`.
+const ARM_OVERRIDE_KEYS: [&str; 1] = ["dataset.sparse_width"];
 
 impl ExperimentConfig {
     /// Checks every section and their agreement; the error names the key.
@@ -377,7 +414,9 @@ impl ExperimentConfig {
         let segmentation_classes = crate::seg_cell::class_names(&lus_data::LabelSchema::default());
         check_best_metric(
             "pretrain.train.best_metric",
-            &self.pretrain.train.best_metric,
+            self.pretrain
+                .train
+                .best_metric_or(lus_train::SEGMENTATION_BEST_METRIC),
             &lus_train::segmentation_metric_names(&segmentation_classes),
         )?;
         let d = &self.dataset;
@@ -422,28 +461,64 @@ impl ExperimentConfig {
                 e.object_iou
             );
         }
-        if !matches!(e.connectivity, 4 | 8) {
-            bail!(
-                "evaluation.connectivity: must be 4 or 8, is {}",
-                e.connectivity
-            );
+        if e.truths.is_empty() {
+            bail!("evaluation.truths: needs at least one recipe");
         }
-        if self.grid.arms.is_empty() || self.grid.seeds.is_empty() {
-            bail!("grid: needs at least one arm and one seed");
+        let mut truth_names: Vec<String> = Vec::new();
+        for truth in &e.truths {
+            let recipe = self
+                .recipe(truth)
+                .with_context(|| format!("evaluation.truths: {:?}", truth.name()))?;
+            if truth_names.contains(&recipe.name) {
+                bail!("evaluation.truths: {} appears twice", recipe.name);
+            }
+            truth_names.push(recipe.name);
+        }
+        for name in self.recipes.keys() {
+            self.recipe(&RecipeRef::Name(name.clone()))
+                .with_context(|| format!("recipes.{name}"))?;
+        }
+        if self.grid.seeds.is_empty() {
+            bail!("grid: needs at least one seed");
+        }
+        for (i, arm) in self.grid.pretrain.iter().enumerate() {
+            let context = || format!("grid.pretrain: arm {:?}", arm.name);
+            if self.grid.pretrain[..i].iter().any(|a| a.name == arm.name) {
+                bail!("grid.pretrain: {} appears twice", arm.name);
+            }
+            if !lus_data::recipe::valid_name(&arm.name) || arm.name == NO_PRETRAINING {
+                bail!(
+                    "grid.pretrain: name {:?} must be ASCII letters, digits, '-' or '_', and not \
+                     {NO_PRETRAINING:?}",
+                    arm.name
+                );
+            }
+            let with_overrides = self.with_arm_overrides(arm).with_context(context)?;
+            with_overrides.recipe(&arm.recipe).with_context(context)?;
         }
         for (i, arm) in self.grid.arms.iter().enumerate() {
             if self.grid.arms[..i].iter().any(|a| a.name == arm.name) {
                 bail!("grid.arms: {} appears twice", arm.name);
             }
-            let name_ok = !arm.name.is_empty()
-                && arm
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-            if !name_ok {
+            if !lus_data::recipe::valid_name(&arm.name) {
                 bail!(
                     "grid.arms: name {:?} must be ASCII letters, digits, '-' or '_'",
                     arm.name
+                );
+            }
+            if let Some(pretrain) = arm.pretrain_arm()
+                && self.grid.pretrain_arm(pretrain).is_none()
+            {
+                bail!(
+                    "grid.arms: arm {} starts from pretraining {pretrain:?}, which is neither a \
+                     pretraining arm ({}) nor {NO_PRETRAINING:?}",
+                    arm.name,
+                    self.grid
+                        .pretrain
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             if let Some(classify) = &self.classify {
@@ -455,6 +530,9 @@ impl ExperimentConfig {
                     arm.name
                 );
             }
+        }
+        if self.classify.is_some() && self.grid.arms.is_empty() {
+            bail!("grid.arms: [classify] needs at least one classifier arm");
         }
         if self.grid.folds < 2 {
             bail!("grid.folds: must be at least 2 (is {})", self.grid.folds);
@@ -490,7 +568,9 @@ impl ExperimentConfig {
             let classes = self.class_names();
             check_best_metric(
                 "classify.train.best_metric",
-                &classify.train.best_metric,
+                classify
+                    .train
+                    .best_metric_or(lus_train::CLASSIFICATION_BEST_METRIC),
                 &lus_train::classification_metric_names(&classes),
             )?;
             if classify.classifier.num_diagnoses != classes.len() {
@@ -510,8 +590,8 @@ impl ExperimentConfig {
                     self.grid.folds
                 );
             }
-        } else if self.grid.arms.iter().all(|a| a.pretrain == Pretrain::None) {
-            bail!("grid.arms: only `none` arms and no [classify]: nothing to run");
+        } else if self.grid.pretrain.is_empty() {
+            bail!("grid: no pretraining arm and no [classify]: nothing to run");
         }
         for (i, seed) in self.grid.seeds.iter().enumerate() {
             if self.grid.seeds[..i].contains(seed) {
@@ -548,22 +628,175 @@ impl ExperimentConfig {
         for assignment in overrides {
             apply_override(&mut doc, assignment)?;
         }
-        // A `[classify.train]` table is a TrainConfig whose own default best metric is the
-        // segmentation one (`val_miou`); a table that leaves it out means the classifier's
-        // default, as an absent table does.
-        if let Some(toml::Value::Table(classify)) = doc.get_mut("classify")
-            && let Some(toml::Value::Table(train)) = classify.get_mut("train")
-            && !train.contains_key("best_metric")
-        {
-            train.insert(
-                "best_metric".into(),
-                toml::Value::String(ClsRunConfig::default().train.best_metric),
-            );
-        }
         let config: ExperimentConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!(explain_unknown_key(&e.to_string())))?;
+        let mut config = config;
+        config.resolve_defaults();
         config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes out what the file leaves to defaults that depend on other sections, so the
+    /// resolved config says it: each task's best metric, and the pretraining arms the
+    /// classifier arms name when there is no `[[grid.pretrain]]`. Idempotent.
+    pub fn resolve_defaults(&mut self) {
+        if self.pretrain.train.best_metric.is_none() {
+            self.pretrain.train.best_metric = Some(lus_train::SEGMENTATION_BEST_METRIC.into());
+        }
+        if let Some(classify) = self.classify.as_mut()
+            && classify.train.best_metric.is_none()
+        {
+            classify.train.best_metric = Some(lus_train::CLASSIFICATION_BEST_METRIC.into());
+        }
+        if self.grid.pretrain.is_empty() {
+            for arm in &self.grid.arms {
+                if let Some(name) = arm.pretrain_arm()
+                    && self.grid.pretrain_arm(name).is_none()
+                {
+                    self.grid.pretrain.push(PretrainArm {
+                        name: name.to_string(),
+                        recipe: RecipeRef::Name(name.to_string()),
+                        overrides: toml::Table::new(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The label schema of the experiment's segmentation (the embedded default).
+    pub fn schema(&self) -> LabelSchema {
+        LabelSchema::default()
+    }
+
+    /// The label recipe `reference` stands for in this experiment, checked against the schema:
+    /// a complete table as it is; a name as `[recipes.<name>]` (on its `base`, or on the
+    /// built-in of its name) or the built-in. Recipes that set no stroke width take
+    /// `dataset.sparse_width` (pixels at 128 px).
+    pub fn recipe(&self, reference: &RecipeRef) -> anyhow::Result<LabelRecipe> {
+        let schema = self.schema();
+        let recipe = match reference {
+            RecipeRef::Table(table) => {
+                let recipe: LabelRecipe = from_table(table.clone(), "recipe table")?;
+                if recipe.name.is_empty() {
+                    bail!("a recipe table needs a name");
+                }
+                recipe
+            }
+            RecipeRef::Name(name) => self.named_recipe(name, &mut Vec::new())?,
+        };
+        recipe.validate(&schema)?;
+        Ok(recipe)
+    }
+
+    fn named_recipe(&self, name: &str, seen: &mut Vec<String>) -> anyhow::Result<LabelRecipe> {
+        let width = StrokeWidth::PxAt128(self.dataset.sparse_width);
+        let builtin = || {
+            LabelRecipe::builtin(name).map(|recipe| LabelRecipe {
+                stroke_width: width,
+                ..recipe
+            })
+        };
+        let Some(table) = self.recipes.get(name) else {
+            return builtin().with_context(|| {
+                let mut known: Vec<&str> = lus_data::recipe::BUILTIN_RECIPES.to_vec();
+                known.extend(self.recipes.keys().map(String::as_str));
+                let nearest = known
+                    .iter()
+                    .map(|k| (lus_data::schema::edit_distance(k, name), *k))
+                    .min()
+                    .filter(|(d, _)| *d <= 3)
+                    .map_or(String::new(), |(_, k)| format!(" (did you mean {k:?}?)"));
+                format!(
+                    "no label recipe {name:?}{nearest}; recipes: {}",
+                    known.join(", ")
+                )
+            });
+        };
+        if seen.iter().any(|s| s == name) {
+            bail!(
+                "recipes: {} is its own base ({} -> {name})",
+                name,
+                seen.join(" -> ")
+            );
+        }
+        seen.push(name.to_string());
+        let mut table = table.clone();
+        if table.contains_key("name") {
+            bail!("recipes.{name}: the table's key is its name; remove `name`");
+        }
+        let start = match table.remove("base") {
+            Some(toml::Value::String(base)) if base == name => builtin()
+                .with_context(|| format!("recipes.{name}: base {base:?} is the recipe itself"))?,
+            Some(toml::Value::String(base)) => self
+                .named_recipe(&base, seen)
+                .with_context(|| format!("recipes.{name}: base"))?,
+            Some(other) => bail!("recipes.{name}.base: expected a recipe name, found {other}"),
+            None => builtin().unwrap_or(LabelRecipe {
+                stroke_width: width,
+                ..LabelRecipe::default()
+            }),
+        };
+        let mut merged = toml::Table::try_from(&start).context("serialising a recipe")?;
+        for (key, value) in table {
+            match (merged.get_mut(&key), value) {
+                // Classes add to (or change) the base's, not replace them.
+                (Some(toml::Value::Table(classes)), toml::Value::Table(more))
+                    if key == "classes" =>
+                {
+                    classes.extend(more)
+                }
+                (_, value) => {
+                    merged.insert(key, value);
+                }
+            }
+        }
+        merged.insert("name".into(), toml::Value::String(name.to_string()));
+        let recipe: LabelRecipe = from_table(merged, &format!("recipes.{name}"))?;
+        seen.pop();
+        Ok(recipe)
+    }
+
+    /// This experiment as pretraining arm `arm` sees it: its `overrides` applied (checked like
+    /// `--set`, and only for the keys an arm may change).
+    pub fn with_arm_overrides(&self, arm: &PretrainArm) -> anyhow::Result<ExperimentConfig> {
+        if arm.overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut doc = toml::Table::try_from(self).context("serialising the config")?;
+        for (key, value) in &arm.overrides {
+            let allowed = (key.starts_with("pretrain.") && key != "pretrain.train.seed")
+                || ARM_OVERRIDE_KEYS.contains(&key.as_str());
+            if !allowed {
+                bail!(
+                    "overrides: {key:?} cannot differ between pretraining arms; an arm may set \
+                     keys under \"pretrain.\" (write the whole path in quotes, e.g. \
+                     \"pretrain.train.lr\" = 0.001; not pretrain.train.seed, which the grid's seeds \
+                     set) and {}",
+                    ARM_OVERRIDE_KEYS.join(", ")
+                );
+            }
+            set_value(&mut doc, key, value.clone())
+                .with_context(|| format!("overrides: {key:?}"))?;
+        }
+        let mut config: ExperimentConfig = from_table(doc, "overrides")?;
+        config.resolve_defaults();
+        config.pretrain.validate().context("overrides: pretrain")?;
+        let d = &config.dataset;
+        if !(d.sparse_width.is_finite() && d.sparse_width > 0.0) {
+            bail!(
+                "overrides: dataset.sparse_width must be finite and > 0, is {}",
+                d.sparse_width
+            );
+        }
+        check_best_metric(
+            "overrides: pretrain.train.best_metric",
+            config
+                .pretrain
+                .train
+                .best_metric_or(lus_train::SEGMENTATION_BEST_METRIC),
+            &lus_train::segmentation_metric_names(&crate::seg_cell::class_names(&self.schema())),
+        )?;
         Ok(config)
     }
 
@@ -617,6 +850,19 @@ impl ExperimentConfig {
     }
 }
 
+/// `table` read as a `T`; an error says where (`context`) and suggests the nearest key for an
+/// unknown one.
+fn from_table<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    context: &str,
+) -> anyhow::Result<T> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("{context}: {}", explain_unknown_key(&e.to_string()))
+        })
+}
+
 /// Applies `a.b.c=value` to `doc`. The value is read as a TOML value (`3`, `1e-3`, `true`,
 /// `"x"`, `[1, 2]`, `{ group = { groups = 8 } }`); anything that is not valid TOML is taken as
 /// a string, so `--set pretrain.train.device=cpu` works without quotes.
@@ -625,10 +871,6 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> anyhow::Result
         bail!("--set {assignment:?}: expected key.path=value");
     };
     let key = key.trim();
-    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        bail!("--set {assignment:?}: empty key segment in {key:?}");
-    }
     let raw = raw.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t
@@ -636,6 +878,15 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> anyhow::Result
             .unwrap_or(toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
+    set_value(doc, key, value).with_context(|| format!("--set {assignment:?}"))
+}
+
+/// Sets `key` (a dotted path, `a.b.c`) of `doc` to `value`, creating the sections on the way.
+pub fn set_value(doc: &mut toml::Table, key: &str, value: toml::Value) -> anyhow::Result<()> {
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("empty key segment in {key:?}");
+    }
     let (last, parents) = parts.split_last().expect("at least one segment");
     let mut table = doc;
     for (depth, part) in parents.iter().enumerate() {
@@ -644,10 +895,7 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> anyhow::Result
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = match entry {
             toml::Value::Table(t) => t,
-            _ => bail!(
-                "--set {assignment:?}: {} is a value, not a section",
-                parts[..=depth].join(".")
-            ),
+            _ => bail!("{} is a value, not a section", parts[..=depth].join(".")),
         };
     }
     table.insert(last.to_string(), value);
@@ -686,8 +934,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.classify.unwrap().train.best_metric,
-            "val_balanced_accuracy"
+            config.classify.unwrap().train.best_metric.as_deref(),
+            Some("val_balanced_accuracy")
         );
     }
 
@@ -714,7 +962,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.pretrain.train.epochs, 3);
-        assert_eq!(config.pretrain.train.device, "cpu");
+        assert_eq!(config.pretrain.train.device, lus_train::DeviceSpec::Cpu);
         assert_eq!(config.grid.seeds, vec![1, 2]);
         let err =
             ExperimentConfig::from_toml_str("", &["pretrain.train.epochs=0".into()]).unwrap_err();
@@ -749,10 +997,144 @@ mod tests {
             ("[grid]\narms = [\"dens\"]\n", "dens"),
             ("name = \"../x\"\n", "name"),
             ("[evaluation]\nconnectivity = 6\n", "connectivity"),
+            ("[evaluation]\ntruths = []\n", "evaluation.truths"),
+            ("[evaluation]\ntruths = [\"dense\", \"dense\"]\n", "twice"),
+            ("[recipes.x]\nlines = \"strok\"\n", "recipes.x"),
+            (
+                "[recipes.x]\nbase = \"y\"\n[recipes.y]\nbase = \"x\"\n",
+                "own base",
+            ),
+            (
+                "[[grid.pretrain]]\nname = \"a\"\nrecipe = \"dense\"\n\
+                 overrides = { \"dataset.train\" = 3 }\n",
+                "cannot differ between pretraining arms",
+            ),
+            (
+                "[[grid.pretrain]]\nname = \"a\"\nrecipe = \"dense\"\n\
+                 overrides = { \"pretrain.train.seed\" = 3 }\n",
+                "pretrain.train.seed",
+            ),
+            (
+                "[[grid.pretrain]]\nname = \"a\"\nrecipe = \"dense\"\n\
+                 overrides = { \"pretrain.train.epoch\" = 3 }\n",
+                "did you mean `epochs`",
+            ),
+            (
+                "[[grid.pretrain]]\nname = \"none\"\nrecipe = \"dense\"\n",
+                "grid.pretrain",
+            ),
+            (
+                "[classify.train]\nepochs = 1\n[[grid.pretrain]]\nname = \"a\"\nrecipe = \"dense\"\n\
+                 [grid]\narms = [{ name = \"c\", pretrain = \"b\" }]\n",
+                "neither a pretraining arm",
+            ),
         ] {
             let err = ExperimentConfig::from_toml_str(text, &[]).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod recipes_and_arms {
+    use super::*;
+    use lus_data::ClassRender;
+
+    #[test]
+    fn recipes_resolve_from_built_ins_bases_and_the_default_width() {
+        let config = ExperimentConfig::from_toml_str(
+            r#"
+[dataset]
+sparse_width = 2.0
+[recipes.dense-lines]
+lines = "full"
+[recipes.sparse-pathology]
+base = "sparse"
+classes = { consolidation = "full" }
+[recipes.sparse-pathology-w1]
+base = "sparse-pathology"
+stroke_width = { px_at_128 = 1.0 }
+classes = { effusion = "full" }
+[recipes.sparse]
+clip_strokes = false
+"#,
+            &[],
+        )
+        .unwrap();
+        let schema = config.schema();
+        let get = |name: &str| config.recipe(&RecipeRef::Name(name.into())).unwrap();
+        let render =
+            |r: &LabelRecipe, class: &str| r.render_of(schema.lookup(class).unwrap(), &schema);
+        let dense_lines = get("dense-lines");
+        assert_eq!(render(&dense_lines, "b-line"), ClassRender::Full);
+        assert_eq!(render(&dense_lines, "lung"), ClassRender::Off);
+        // A table named like a built-in starts from it.
+        let sparse = get("sparse");
+        assert!(!sparse.clip_strokes);
+        assert_eq!(render(&sparse, "a-line"), ClassRender::Stroke);
+        assert_eq!(sparse.stroke_width, StrokeWidth::PxAt128(2.0));
+        let w1 = get("sparse-pathology-w1");
+        assert_eq!(w1.name, "sparse-pathology-w1");
+        assert_eq!(w1.stroke_width, StrokeWidth::PxAt128(1.0));
+        // Classes merge along the bases.
+        assert_eq!(render(&w1, "consolidation"), ClassRender::Full);
+        assert_eq!(render(&w1, "effusion"), ClassRender::Full);
+        assert_eq!(render(&w1, "a-line"), ClassRender::Stroke);
+        // Bases resolve through the experiment's own recipes: its `sparse` does not clip.
+        assert!(!w1.clip_strokes);
+        // A resolved recipe written out as a table reads back as itself.
+        assert_eq!(config.recipe(&RecipeRef::resolved(&w1)).unwrap(), w1);
+        let err = config
+            .recipe(&RecipeRef::Name("sparse-pathologie".into()))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("sparse-pathology"), "{err:#}");
+    }
+
+    #[test]
+    fn pretraining_arms_default_from_the_classifier_arms_and_take_overrides() {
+        let config = ExperimentConfig::from_toml_str(
+            "[classify.train]\nepochs = 1\n[grid]\narms = [\"dense\", \"sparse\", \"none\", \
+             { name = \"dense-frozen\", pretrain = \"dense\", classifier = { freeze = \"encoder\" } }]\n",
+            &[],
+        )
+        .unwrap();
+        let names: Vec<&str> = config
+            .grid
+            .pretrain
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(names, ["dense", "sparse"]);
+        // Resolution is idempotent: the resolved config reads back as itself.
+        let text = config.to_toml_string().unwrap();
+        assert_eq!(ExperimentConfig::from_toml_str(&text, &[]).unwrap(), config);
+
+        let config = ExperimentConfig::from_toml_str(
+            r#"
+[pretrain.train]
+lr = 0.003
+[[grid.pretrain]]
+name = "thin"
+recipe = "sparse"
+overrides = { "pretrain.train.lr" = 0.001, "dataset.sparse_width" = 1.0, "pretrain.unet.norm" = { group = { groups = 4 } } }
+[grid]
+arms = []
+"#,
+            &[],
+        )
+        .unwrap();
+        let arm = &config.grid.pretrain[0];
+        let seen = config.with_arm_overrides(arm).unwrap();
+        assert_eq!(seen.pretrain.train.lr, 0.001);
+        assert_eq!(config.pretrain.train.lr, 0.003);
+        assert_eq!(
+            seen.recipe(&arm.recipe).unwrap().stroke_width,
+            StrokeWidth::PxAt128(1.0)
+        );
+        assert!(matches!(
+            seen.pretrain.unet.norm,
+            lus_unet::Norm::Group { groups: 4 }
+        ));
     }
 }
 

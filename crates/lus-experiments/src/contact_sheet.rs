@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use image::{GrayImage, Rgb, RgbImage, imageops};
-use lus_data::raster::{LabelMode, RasterOptions, rasterize};
+use lus_data::LabelRecipe;
+use lus_data::raster::{RasterOptions, rasterize};
 use lus_data::scanner::{Scanner, ScannerConfig};
 use lus_data::{LabelSchema, Mask, image_io};
 
@@ -120,14 +121,8 @@ pub fn run(args: ContactSheetArgs) -> anyhow::Result<()> {
     let extra = if real_cols > 0 { 3 * GAP } else { 0 };
     let mut sheet =
         RgbImage::from_pixel(cols * tile + GAP + extra, rows * tile + GAP, Rgb([40; 3]));
-    let dense = RasterOptions {
-        mode: LabelMode::Dense,
-        ..RasterOptions::default()
-    };
-    let sparse = RasterOptions {
-        mode: LabelMode::Sparse,
-        ..RasterOptions::default()
-    };
+    let dense = RasterOptions::dense();
+    let sparse = RasterOptions::recipe(LabelRecipe::builtin("sparse").expect("built in"));
     for (row, sample) in scanner.generate(0..args.count).iter().enumerate() {
         let y = GAP + row as u32 * tile;
         let dense_mask = rasterize(&sample.annotation, &schema, &dense)?;

@@ -1,5 +1,6 @@
-//! The train / validation / test splits of an experiment's data set, each with its dense and
-//! its sparse masks (the two label modes of the same images).
+//! The train / validation / test splits of an experiment's data set, each with the masks of
+//! every label recipe the experiment uses (the same images under every recipe), and the
+//! diagnostic pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,11 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use image::GrayImage;
 use lus_data::cls_loader::{ClassificationSource, FileClassSource, InMemoryClassSource};
-use lus_data::loader::{FileSource, InMemorySource, SegmentationSource};
+use lus_data::loader::{AnnotatedFileSource, InMemorySource, SegmentationSource};
 use lus_data::manifest::{MANIFEST_FILE, ManifestRow, read_manifest, resolve_inside};
-use lus_data::raster::{LabelMode, RasterOptions, rasterize};
+use lus_data::raster::{RasterOptions, Rasterizer};
 use lus_data::scanner::Scanner;
-use lus_data::{Diagnosis, LabelSchema, Mask};
+use lus_data::{Diagnosis, LabelRecipe, LabelSchema, Mask, Probe};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -27,13 +28,14 @@ pub struct ClassifyPool {
     pub labels: Vec<usize>,
     /// Group of each example for the folds (a scanner sample is its own group).
     pub groups: Vec<String>,
-    pub probes: Vec<String>,
+    pub probes: Vec<Probe>,
     /// The clip of each example (clip-level metrics average its frames' probabilities); a
     /// scanner sample or a still image is a clip of its own.
     pub clips: Vec<String>,
     /// Class names in class-id order.
     pub class_names: Vec<String>,
-    /// What the pool is, for the report ("240 scanner images", "2287 POCUS frames of ...").
+    /// What the pool is, for the report ("240 scanner images", "240 images of the folder
+    /// `data/x`", "2287 real POCUS frames of ...").
     pub description: String,
 }
 
@@ -43,6 +45,26 @@ pub fn diagnosis_names() -> Vec<String> {
         .iter()
         .map(|d| d.as_str().to_string())
         .collect()
+}
+
+/// What the diagnostic pool of `experiment` is, in words, without loading it (the report's
+/// setup line).
+pub fn pool_description(experiment: &ExperimentConfig) -> String {
+    let d = &experiment.dataset;
+    match (d.classify_from, d.source) {
+        (ClassifyFrom::Dataset, DataSource::Scanner) => {
+            format!("{} scanner images", d.classify_samples)
+        }
+        (ClassifyFrom::Dataset, DataSource::Folder) => format!(
+            "{} images of the folder `{}`",
+            d.classify_samples,
+            d.folder.as_deref().unwrap_or(Path::new("?")).display()
+        ),
+        (ClassifyFrom::Pocus, _) => format!(
+            "real POCUS frames (`{}`, folds grouped by patient, else clip)",
+            d.pocus.frames.display()
+        ),
+    }
 }
 
 impl ClassifyPool {
@@ -90,7 +112,7 @@ impl ClassifyPool {
                     pool.clips.push(id.clone());
                     pool.groups.push(id);
                     pool.labels.push(s.diagnosis.index());
-                    pool.probes.push(s.probe.as_str().to_string());
+                    pool.probes.push(s.probe);
                     examples.push((s.image, s.diagnosis.index()));
                 }
                 pool.source = Arc::new(InMemoryClassSource(examples));
@@ -108,8 +130,10 @@ impl ClassifyPool {
                     "dataset.train + val + test + classify_samples",
                 )?;
                 let mut files = Vec::with_capacity(count);
-                let mut pool =
-                    Self::empty(count, format!("{count} images of {}", folder.display()));
+                let mut pool = Self::empty(
+                    count,
+                    format!("{count} images of the folder `{}`", folder.display()),
+                );
                 for &i in &manifest.order[start..start + count] {
                     let row = &manifest.rows[i];
                     let image = manifest.resolve(&row.image)?;
@@ -118,7 +142,7 @@ impl ClassifyPool {
                     pool.clips.push(row.id.clone());
                     pool.groups.push(row.id.clone());
                     pool.labels.push(row.diagnosis.index());
-                    pool.probes.push(row.probe.as_str().to_string());
+                    pool.probes.push(row.probe);
                 }
                 pool.source = Arc::new(FileClassSource::new(files));
                 // Every image is decoded once before any cell writes, so a broken file fails
@@ -130,12 +154,12 @@ impl ClassifyPool {
     }
 }
 
-/// One split: the same examples under both label modes.
+/// One split: the same examples under every label recipe of the experiment.
 pub struct Split {
     /// Example identifiers (scanner sample index or manifest id), in index order.
     pub ids: Vec<String>,
-    pub dense: Arc<dyn SegmentationSource>,
-    pub sparse: Arc<dyn SegmentationSource>,
+    /// The examples under each recipe.
+    sources: Vec<(LabelRecipe, Arc<dyn SegmentationSource>)>,
 }
 
 impl Split {
@@ -147,18 +171,31 @@ impl Split {
         self.ids.is_empty()
     }
 
-    pub fn labels(&self, mode: LabelMode) -> Arc<dyn SegmentationSource> {
-        match mode {
-            LabelMode::Dense => self.dense.clone(),
-            LabelMode::Sparse => self.sparse.clone(),
-        }
+    /// The examples with their masks drawn by `recipe` (one the data set was loaded with).
+    pub fn labels(&self, recipe: &LabelRecipe) -> anyhow::Result<Arc<dyn SegmentationSource>> {
+        self.sources
+            .iter()
+            .find(|(r, _)| r == recipe)
+            .map(|(_, source)| source.clone())
+            .with_context(|| {
+                format!(
+                    "the data set was not drawn with label recipe {:?} (internal: every recipe \
+                     a command uses is named when the data set is loaded)",
+                    recipe.name
+                )
+            })
     }
 
-    /// Image, dense mask and sparse mask of example `index`.
-    pub fn example(&self, index: usize) -> anyhow::Result<(GrayImage, Mask, Mask)> {
-        let (image, dense) = self.dense.load(index)?;
-        let (_, sparse) = self.sparse.load(index)?;
-        Ok((image, dense, sparse))
+    /// Image and masks (one per recipe, in load order) of example `index`.
+    pub fn example(&self, index: usize) -> anyhow::Result<(GrayImage, Vec<Mask>)> {
+        let mut image = None;
+        let mut masks = Vec::with_capacity(self.sources.len());
+        for (_, source) in &self.sources {
+            let (i, mask) = source.load(index)?;
+            image.get_or_insert(i);
+            masks.push(mask);
+        }
+        Ok((image.context("a data set with no recipe")?, masks))
     }
 }
 
@@ -170,58 +207,82 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Draws (scanner) or reads the index of (folder) the data set of `config`.
-    pub fn load(config: &DatasetConfig) -> anyhow::Result<Self> {
+    /// Draws (scanner) or reads the index of (folder) the data set of `config`, with the
+    /// masks of every recipe in `recipes` (`ignore_id` for recipes that leave pixels unknown).
+    pub fn load(
+        config: &DatasetConfig,
+        recipes: &[LabelRecipe],
+        ignore_id: Option<u8>,
+    ) -> anyhow::Result<Self> {
+        let schema = LabelSchema::default();
+        let options: Vec<RasterOptions> = recipes
+            .iter()
+            .map(|recipe| {
+                let options = RasterOptions {
+                    recipe: recipe.clone(),
+                    ignore_id,
+                };
+                options
+                    .validate(&schema)
+                    .with_context(|| format!("label recipe {}", recipe.name))?;
+                Ok(options)
+            })
+            .collect::<anyhow::Result<_>>()?;
         match config.source {
-            DataSource::Scanner => scanner_dataset(config),
+            DataSource::Scanner => scanner_dataset(config, schema, &options),
             DataSource::Folder => {
                 let folder = config
                     .folder
                     .as_deref()
                     .context("dataset.folder: required with source = \"folder\"")?;
-                folder_dataset(config, folder)
+                folder_dataset(config, folder, schema, &options)
             }
         }
     }
 }
 
-fn scanner_dataset(config: &DatasetConfig) -> anyhow::Result<Dataset> {
-    let schema = LabelSchema::default();
+fn scanner_dataset(
+    config: &DatasetConfig,
+    schema: LabelSchema,
+    options: &[RasterOptions],
+) -> anyhow::Result<Dataset> {
     let scanner = Scanner::new(config.scanner.clone(), config.seed)?;
-    let dense = RasterOptions {
-        mode: LabelMode::Dense,
-        ..RasterOptions::default()
-    };
-    let sparse = RasterOptions {
-        mode: LabelMode::Sparse,
-        sparse_width: config.sparse_width,
-        ..RasterOptions::default()
-    };
     let mut start = 0u64;
     let mut next_split = |count: usize| -> anyhow::Result<Split> {
         let range = start..start + count as u64;
         start = range.end;
         let samples = scanner.generate(range);
-        let examples: Vec<(String, GrayImage, Mask, Mask)> = samples
+        // Per sample: its id, image and one mask per recipe.
+        let examples: Vec<(String, GrayImage, Vec<Mask>)> = samples
             .into_par_iter()
-            .map(|s| -> anyhow::Result<_> {
-                let d = rasterize(&s.annotation, &schema, &dense)?;
-                let sp = rasterize(&s.annotation, &schema, &sparse)?;
-                Ok((format!("scanner-{}", s.index), s.image, d, sp))
+            .map_init(Rasterizer::new, |rasterizer, s| -> anyhow::Result<_> {
+                let masks = options
+                    .iter()
+                    .map(|o| rasterizer.rasterize(&s.annotation, &schema, o))
+                    .collect::<lus_data::Result<Vec<Mask>>>()?;
+                Ok((format!("scanner-{}", s.index), s.image, masks))
             })
             .collect::<anyhow::Result<_>>()?;
         let mut ids = Vec::with_capacity(count);
-        let mut dense_pairs = Vec::with_capacity(count);
-        let mut sparse_pairs = Vec::with_capacity(count);
-        for (id, image, d, sp) in examples {
+        let mut pairs: Vec<Vec<(GrayImage, Mask)>> = vec![Vec::with_capacity(count); options.len()];
+        for (id, image, masks) in examples {
             ids.push(id);
-            dense_pairs.push((image.clone(), d));
-            sparse_pairs.push((image, sp));
+            for (k, mask) in masks.into_iter().enumerate() {
+                pairs[k].push((image.clone(), mask));
+            }
         }
         Ok(Split {
             ids,
-            dense: Arc::new(InMemorySource(dense_pairs)),
-            sparse: Arc::new(InMemorySource(sparse_pairs)),
+            sources: options
+                .iter()
+                .zip(pairs)
+                .map(|(o, p)| {
+                    (
+                        o.recipe.clone(),
+                        Arc::new(InMemorySource(p)) as Arc<dyn SegmentationSource>,
+                    )
+                })
+                .collect(),
         })
     };
     let train = next_split(config.train)?;
@@ -278,8 +339,15 @@ impl<'a> ShuffledManifest<'a> {
     }
 }
 
-fn folder_dataset(config: &DatasetConfig, folder: &Path) -> anyhow::Result<Dataset> {
-    let schema = LabelSchema::default();
+/// A `lus synth` folder: images read on demand, masks drawn from each row's annotation by
+/// every recipe (the folder's stored dense and sparse masks are for viewing; the experiment's
+/// recipes decide the labels).
+fn folder_dataset(
+    config: &DatasetConfig,
+    folder: &Path,
+    schema: LabelSchema,
+    options: &[RasterOptions],
+) -> anyhow::Result<Dataset> {
     let manifest = ShuffledManifest::read(
         folder,
         config.seed,
@@ -291,30 +359,38 @@ fn folder_dataset(config: &DatasetConfig, folder: &Path) -> anyhow::Result<Datas
         let picked = &manifest.order[start..start + count];
         start += count;
         let mut ids = Vec::with_capacity(count);
-        let mut dense = Vec::with_capacity(count);
-        let mut sparse = Vec::with_capacity(count);
+        let mut pairs = Vec::with_capacity(count);
         for &i in picked {
             let row = &manifest.rows[i];
-            let image = manifest.resolve(&row.image)?;
             ids.push(row.id.clone());
-            dense.push((image.clone(), manifest.resolve(&row.dense_mask)?));
-            sparse.push((image, manifest.resolve(&row.sparse_mask)?));
+            pairs.push((
+                manifest.resolve(&row.image)?,
+                manifest.resolve(&row.annotation)?,
+            ));
         }
-        Ok(Split {
-            ids,
-            dense: Arc::new(FileSource::new(dense, schema.clone(), None)),
-            sparse: Arc::new(FileSource::new(sparse, schema.clone(), None)),
-        })
+        let sources = options
+            .iter()
+            .map(|o| -> anyhow::Result<_> {
+                let source = AnnotatedFileSource::new(pairs.clone(), schema.clone(), o.clone())?;
+                Ok((
+                    o.recipe.clone(),
+                    Arc::new(source) as Arc<dyn SegmentationSource>,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Split { ids, sources })
     };
     let train = next_split(config.train)?;
     let val = next_split(config.val)?;
     let test = next_split(config.test)?;
-    // Every image and mask is decoded once before anything is written: a truncated file or a
-    // mask value outside the schema then fails the command up front, naming the file, instead
-    // of an epoch into a run with a half-made run folder.
+    // Every image and annotation is read once before anything is written: a truncated file or
+    // an annotation the schema does not know then fails the command up front, naming the file,
+    // instead of an epoch into a run with a half-made run folder. One recipe suffices: they
+    // all read the same files.
     for split in [&train, &val, &test] {
-        split.dense.check_all()?;
-        split.sparse.check_all()?;
+        if let Some((_, source)) = split.sources.first() {
+            source.check_all()?;
+        }
     }
     Ok(Dataset {
         schema,

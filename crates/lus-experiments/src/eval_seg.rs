@@ -5,16 +5,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use lus_data::LabelMode;
-use lus_data::loader::{FileSource, SegmentationSource};
+use lus_data::RasterOptions;
+use lus_data::loader::{AnnotatedFileSource, SegmentationSource};
 use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
 use lus_train::{SegModel, device_name, evaluate_segmentation};
 
-use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE, RecipeRef};
 use crate::provenance::{RunClock, write_run_manifest};
 use crate::report::markdown_eval_table;
 use crate::seg_cell::eval_options;
-use crate::train_seg::parse_labels;
 
 #[derive(Args, Debug)]
 pub struct EvalSegArgs {
@@ -24,9 +23,10 @@ pub struct EvalSegArgs {
     /// Data folder in the layout `lus synth` writes (manifest.csv); every row is evaluated.
     #[arg(long)]
     data: PathBuf,
-    /// Truth to compare with.
-    #[arg(long, value_parser = parse_labels, default_value = "dense")]
-    labels: LabelMode,
+    /// Truth to compare with: a label recipe drawn from each row's annotation (a truth of
+    /// the run's config, `dense`, `sparse`, or a `[recipes.<name>]` of the config).
+    #[arg(long, default_value = "dense")]
+    labels: String,
     /// The run's resolved config (default: config.resolved.toml beside the weights).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -65,29 +65,40 @@ pub fn run(args: EvalSegArgs) -> anyhow::Result<()> {
     if rows.is_empty() {
         bail!("{}: no examples", manifest_path.display());
     }
+    // A truth of the run's config by name (written out there), else a recipe of the config.
+    let truth = match experiment
+        .evaluation
+        .truths
+        .iter()
+        .find(|t| t.name() == args.labels)
+    {
+        Some(reference) => experiment.recipe(reference)?,
+        None => experiment
+            .recipe(&RecipeRef::Name(args.labels.clone()))
+            .with_context(|| format!("--labels {}", args.labels))?,
+    };
     let mut pairs = Vec::with_capacity(rows.len());
     for row in &rows {
-        let mask = match args.labels {
-            LabelMode::Dense => &row.dense_mask,
-            LabelMode::Sparse => &row.sparse_mask,
-        };
         let resolve = |rel: &str| {
             resolve_inside(&args.data, rel)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))
         };
-        pairs.push((resolve(&row.image)?, resolve(mask)?));
+        pairs.push((resolve(&row.image)?, resolve(&row.annotation)?));
     }
     let schema = lus_data::LabelSchema::default();
-    let source = Arc::new(FileSource::new(
+    let source = Arc::new(AnnotatedFileSource::new(
         pairs,
         schema.clone(),
-        experiment.pretrain.train.loss.ignore_id,
-    ));
+        RasterOptions {
+            recipe: truth.clone(),
+            ignore_id: experiment.pretrain.train.loss.ignore_id,
+        },
+    )?);
     // Every image and mask is decoded once up front: a broken file fails before the weights
     // are loaded and anything is written.
     source.check_all()?;
 
-    let device = lus_train::parse_device(&args.device)?;
+    let device = lus_train::DeviceSpec::parse(&args.device)?.open()?;
     let clock = RunClock::start("eval-seg", experiment.pretrain.train.seed, &args.device);
     let model = SegModel::load(&experiment.pretrain.unet, &args.weights, &device)?;
     let options = eval_options(&experiment, &schema);
@@ -98,14 +109,14 @@ pub fn run(args: EvalSegArgs) -> anyhow::Result<()> {
         args.weights.display(),
         args.data.display(),
         report.images,
-        args.labels,
+        truth.name,
         report.size,
         report.size
     );
     println!("{}", markdown_eval_table(&table, report.images));
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let stem = format!("eval-{}", args.labels);
+        let stem = format!("eval-{}", truth.name);
         table.write(
             &out.join(format!("{stem}.csv")),
             &out.join(format!("{stem}.parquet")),

@@ -4,14 +4,17 @@
 //! experiment config above all) without going through a process.
 
 pub mod bench;
+pub mod cell;
 pub mod cls_cell;
 pub mod config;
 pub mod contact_sheet;
 pub mod dataset;
 pub mod eval_seg;
 pub mod ingest;
+pub mod plan;
 pub mod pocus_pool;
 pub mod predict;
+pub mod predictions;
 pub mod progress;
 pub mod provenance;
 pub mod rasterize;

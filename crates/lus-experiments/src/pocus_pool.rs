@@ -108,7 +108,7 @@ pub fn load_pocus_pool(config: &PocusPoolConfig, size: u32) -> anyhow::Result<Cl
         pool.ids.push(format!("{}/{}", row.clip, row.frame_index));
         pool.labels.push(label);
         pool.groups.push(row.group());
-        pool.probes.push(row.probe.as_str().to_string());
+        pool.probes.push(row.probe);
         pool.clips.push(row.clip.clone());
         examples.push((image, label));
     }

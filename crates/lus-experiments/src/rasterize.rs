@@ -6,8 +6,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use lus_data::io::{StagedDir, write_atomic};
 use lus_data::labelme::{LabelmeOptions, load_annotation};
-use lus_data::raster::{LabelMode, RasterOptions, rasterize};
-use lus_data::{Annotation, LabelSchema};
+use lus_data::raster::{RasterOptions, rasterize};
+use lus_data::{Annotation, LabelRecipe, LabelSchema, StrokeWidth};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -16,19 +16,22 @@ pub struct RasterizeArgs {
     /// Folder of annotation files (*.json: LabelMe or lus format).
     #[arg(long)]
     annotations: PathBuf,
-    /// Dense (every field-of-view pixel) or sparse (line classes as thin strokes).
-    #[arg(long)]
-    mode: LabelMode,
+    /// Label recipe: `dense` (every field-of-view pixel), `sparse` (line classes as thin
+    /// strokes), or a recipe file (TOML, see `lus_data::recipe`).
+    #[arg(long, alias = "mode")]
+    recipe: String,
     /// Output folder for the masks (<annotation stem>.png).
     #[arg(long)]
     out: PathBuf,
     /// Label schema (TOML); the embedded default otherwise.
     #[arg(long)]
     schema: Option<PathBuf>,
-    /// Stroke width (px) of sparse labels.
-    #[arg(long, default_value_t = RasterOptions::default().sparse_width)]
-    sparse_width: f32,
-    /// Id for field-of-view pixels no shape covers (dense mode); background otherwise.
+    /// Stroke width of the recipe's strokes in pixels of a 128-px-wide image (scaled with each
+    /// image); default: the recipe's own.
+    #[arg(long, alias = "sparse-width")]
+    stroke_width: Option<f32>,
+    /// Id of the pixels the recipe leaves unknown (dense: field-of-view pixels no shape
+    /// covers); background otherwise.
     #[arg(long)]
     ignore_id: Option<u8>,
     /// Full width (px) that LabelMe `line`/`linestrip` shapes cover in dense labels.
@@ -76,9 +79,12 @@ pub fn run(args: RasterizeArgs) -> anyhow::Result<()> {
         Some(path) => LabelSchema::load(path)?,
         None => LabelSchema::default(),
     };
+    let mut recipe = LabelRecipe::load(&args.recipe, &schema)?;
+    if let Some(width) = args.stroke_width {
+        recipe.stroke_width = StrokeWidth::PxAt128(width);
+    }
     let raster = RasterOptions {
-        mode: args.mode,
-        sparse_width: args.sparse_width,
+        recipe,
         ignore_id: args.ignore_id,
     };
     raster.validate(&schema)?;
@@ -137,7 +143,7 @@ pub fn run(args: RasterizeArgs) -> anyhow::Result<()> {
     eprintln!(
         "wrote {} {} masks to {}",
         files.len(),
-        args.mode,
+        record.raster.recipe.name,
         done.display()
     );
     Ok(())

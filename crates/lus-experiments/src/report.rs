@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use image::imageops::FilterType;
-use lus_data::LabelMode;
 use lus_data::io::StagedDir;
 use lus_data::loader::SegmentationLoader;
+use lus_data::{ClassRender, LabelRecipe};
 use lus_metrics::stats::summarize;
 use lus_metrics::{
     MetricsTable, OverlayRow, Row, Value, nan_mean, overlay_grid, plot_curves, read_table_parquet,
@@ -18,27 +18,32 @@ use lus_train::SegModel;
 
 use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::dataset::Dataset;
+use crate::plan::{Cell, CellKind, Plan};
 use crate::provenance::{RUN_MANIFEST_FILE, RunManifest};
-use crate::seg_cell::{best_checkpoint, read_eval};
+use crate::seg_cell::{best_checkpoint, cell_arm, read_eval, truths};
 
 /// Report file name inside the report folder.
 pub const REPORT_FILE: &str = "REPORT.md";
 
-/// One finished cell, as the report sees it.
+/// One finished pretraining cell, as the report sees it.
 pub struct CellResult {
-    pub arm: LabelMode,
+    /// The pretraining arm.
+    pub arm: String,
     pub seed: u64,
     pub dir: PathBuf,
     pub manifest: RunManifest,
-    /// Per-class test evaluation against dense and sparse truth.
-    pub eval_dense: MetricsTable,
-    pub eval_sparse: MetricsTable,
+    /// Per-class test evaluation against each truth recipe, by the truth's name.
+    pub evals: Vec<(String, MetricsTable)>,
     /// The cell's per-epoch table.
     pub history: MetricsTable,
 }
 
 impl CellResult {
-    pub fn load(arm: LabelMode, seed: u64, dir: &Path) -> anyhow::Result<Self> {
+    pub fn load(cell: &Cell) -> anyhow::Result<Self> {
+        let CellKind::Pretrain { arm, seed } = &cell.kind else {
+            anyhow::bail!("{}: not a pretraining cell", cell.dir.display());
+        };
+        let dir = &cell.dir;
         let manifest_path = dir.join(RUN_MANIFEST_FILE);
         let text = lus_data::io::read_text(&manifest_path)?;
         let manifest: RunManifest = serde_json::from_str(&text)
@@ -46,22 +51,23 @@ impl CellResult {
         let history_path = dir.join(lus_train::trainer::METRICS_PARQUET);
         let history = MetricsTable::from_dataframe(&read_table_parquet(&history_path)?)
             .with_context(|| history_path.display().to_string())?;
+        let evals = truths(&cell.config)?
+            .into_iter()
+            .map(|t| Ok((t.name.clone(), read_eval(dir, &t.name)?)))
+            .collect::<anyhow::Result<_>>()?;
         Ok(CellResult {
-            arm,
-            seed,
+            arm: arm.clone(),
+            seed: *seed,
             dir: dir.to_path_buf(),
             manifest,
-            eval_dense: read_eval(dir, LabelMode::Dense)?,
-            eval_sparse: read_eval(dir, LabelMode::Sparse)?,
+            evals,
             history,
         })
     }
 
-    fn eval(&self, truth: LabelMode) -> &MetricsTable {
-        match truth {
-            LabelMode::Dense => &self.eval_dense,
-            LabelMode::Sparse => &self.eval_sparse,
-        }
+    /// The evaluation against the truth called `truth`.
+    fn eval(&self, truth: &str) -> Option<&MetricsTable> {
+        self.evals.iter().find(|(t, _)| t == truth).map(|(_, e)| e)
     }
 }
 
@@ -92,21 +98,24 @@ fn fmt3(v: f64) -> String {
     }
 }
 
-/// `mean ± std` over seeds of a score (just the value for one seed; `-` when nothing is
-/// finite).
-fn mean_std(values: &[f64]) -> String {
+/// `mean ± std` of a score over cells (seeds, folds): the one formatter of the reports. Its
+/// NaN rule: non-finite values (a metric undefined in a cell) are left out, and the count of
+/// what is left decides the form: none `-`, one the value, more `mean ± std`; when some were
+/// left out, `(k of n)` follows.
+pub fn mean_std(values: &[f64]) -> String {
     mean_std_of(values, false)
 }
 
-/// `mean ± std` over seeds of a count (an integer for one seed, one decimal for a mean).
+/// `mean ± std` of a count (an integer for one value, one decimal for a mean); NaN rule as
+/// [`mean_std`].
 fn mean_std_count(values: &[f64]) -> String {
     mean_std_of(values, true)
 }
 
 fn mean_std_of(values: &[f64], integral: bool) -> String {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    match finite.len() {
-        0 => "-".to_string(),
+    let text = match finite.len() {
+        0 => return "-".to_string(),
         1 if integral => format!("{}", finite[0]),
         1 => fmt3(finite[0]),
         _ => {
@@ -118,6 +127,12 @@ fn mean_std_of(values: &[f64], integral: bool) -> String {
                 format!("{:.3} ± {:.3}", s.mean, s.std)
             }
         }
+    };
+    if finite.len() < values.len() {
+        // Say over how many cells a mean is when some had no value.
+        format!("{text} ({} of {})", finite.len(), values.len())
+    } else {
+        text
     }
 }
 
@@ -167,9 +182,36 @@ fn class_means(table: &MetricsTable, classes: &[usize]) -> (f64, f64) {
     (nan_mean(&iou), nan_mean(&dice))
 }
 
-/// Writes the report of `experiment` from `cells` into `<reports_dir>/<name>/`.
+/// What the segmentation part of a report is about: the schema's classes and the truths.
+struct SegContext<'a> {
+    experiment: &'a ExperimentConfig,
+    data: &'a Dataset,
+    cells: &'a [CellResult],
+    /// Pretraining arms with at least one finished cell, in file order.
+    arms: Vec<&'a str>,
+    /// The truth recipes, the comparison first.
+    truths: Vec<LabelRecipe>,
+}
+
+impl<'a> SegContext<'a> {
+    fn cells_of(&self, arm: &'a str) -> impl Iterator<Item = &'a CellResult> + 'a {
+        self.cells.iter().filter(move |c| c.arm == arm)
+    }
+
+    /// `column` of class row `class` against `truth` in every cell of `arm`.
+    fn column(&self, arm: &'a str, truth: &str, class: usize, column: &str) -> Vec<f64> {
+        self.cells_of(arm)
+            .map(|c| c.eval(truth).map_or(f64::NAN, |t| float(t, class, column)))
+            .collect()
+    }
+}
+
+/// Writes the report of `experiment` from its finished pretraining cells `cells` and
+/// classification cells `cls_cells` into `<reports_dir>/<name>/`, built in a staging folder
+/// and renamed into place whole.
 pub fn write_report(
     experiment: &ExperimentConfig,
+    plan: &Plan,
     data: &Dataset,
     cells: &[CellResult],
     cls_cells: &[crate::report_cls::ClsCellResult],
@@ -179,58 +221,39 @@ pub fn write_report(
     let root = experiment.report_root();
     let staged = StagedDir::open_fresh(&root)?;
     let figures = staged.create_subdir("figures")?;
-    let schema = &data.schema;
-    let class_count = schema.num_classes();
-    let line_classes: Vec<usize> = schema.line_classes().map(|c| usize::from(c.id)).collect();
-    let foreground: Vec<usize> = (1..class_count).collect();
-
-    // The merged results table.
-    let mut results = MetricsTable::new();
-    for cell in cells {
-        for truth in [LabelMode::Dense, LabelMode::Sparse] {
-            let table = cell.eval(truth);
-            for row in 0..table.len() {
-                let mut r = Row::new()
-                    .text("arm", cell.arm.to_string())
-                    .int("seed", cell.seed as i64)
-                    .text("truth", truth.to_string());
-                for name in table.column_names() {
-                    if let Some(v) = table.get(row, name) {
-                        r = r.set(name, v);
-                    }
-                }
-                results.push_row(r)?;
-            }
-        }
-    }
-    results.write(
-        &staged.path().join("seg_results.csv"),
-        &staged.path().join("seg_results.parquet"),
-    )?;
+    let context = SegContext {
+        experiment,
+        data,
+        cells,
+        arms: experiment
+            .grid
+            .pretrain
+            .iter()
+            .map(|a| a.name.as_str())
+            .filter(|a| cells.iter().any(|c| c.arm == *a))
+            .collect(),
+        truths: experiment
+            .evaluation
+            .truths
+            .iter()
+            .map(|t| experiment.recipe(t))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    write_seg_results_table(cells, staged.path())?;
     lus_data::io::write_atomic(
         &staged.path().join(RESOLVED_CONFIG_FILE),
         experiment.to_toml_string()?.as_bytes(),
     )?;
 
-    let arms: Vec<LabelMode> = experiment
-        .grid
-        .pretrain_modes()
-        .into_iter()
-        .filter(|a| cells.iter().any(|c| c.arm == *a))
-        .collect();
-    let cells_of = |arm: LabelMode| cells.iter().filter(move |c| c.arm == arm);
-
     let mut md = String::new();
-    let d = &experiment.dataset;
-    let p = &experiment.pretrain;
     let _ = writeln!(
         md,
         "# {}: {}\n",
         experiment.name,
         if experiment.classify.is_some() {
-            "dense vs sparse segmentation pretraining, and reverse transfer to diagnosis"
+            "segmentation pretraining by label recipe, and reverse transfer to diagnosis"
         } else {
-            "dense vs sparse segmentation pretraining"
+            "segmentation pretraining by label recipe"
         }
     );
     let first = cells.first().map(|c| &c.manifest);
@@ -250,8 +273,84 @@ pub fn write_report(
         first.map_or(0, |m| m.rayon_threads),
         first.map_or(0, |m| m.host_cpus),
     );
+    md.push_str(&setup_section(&context, plan)?);
+    for (k, truth) in context.truths.iter().enumerate() {
+        md.push_str(&truth_section(&context, truth, k == 0));
+    }
+    md.push_str(&curves_section(&context, &figures)?);
+    if overlay_figure(&context, &figures.join("overlay.png"))? {
+        let _ = writeln!(md, "## Overlays\n");
+        let _ = writeln!(
+            md,
+            "![overlay](figures/overlay.png)\n\nTest images (seed {} models): image | {} | {}.\n",
+            experiment.grid.seeds[0],
+            context
+                .truths
+                .iter()
+                .map(|t| format!("{} truth", t.name))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            context
+                .arms
+                .iter()
+                .map(|a| format!("prediction of the {a} U-Net"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    if experiment.classify.is_some() {
+        md.push_str(&crate::report_cls::classification_section(
+            experiment,
+            cls_cells,
+            staged.path(),
+            &figures,
+        )?);
+        md.push('\n');
+    }
+    md.push_str(&cost_section(
+        experiment,
+        cells,
+        cls_cells,
+        command,
+        wall_seconds_this_invocation,
+    ));
+    lus_data::io::write_atomic(&staged.path().join(REPORT_FILE), md.as_bytes())?;
+    Ok(staged.commit(true)?)
+}
 
-    let _ = writeln!(md, "## Setup\n");
+/// `seg_results.{csv,parquet}`: every cell's per-class table against every truth.
+fn write_seg_results_table(cells: &[CellResult], dir: &Path) -> anyhow::Result<()> {
+    let mut results = MetricsTable::new();
+    for cell in cells {
+        for (truth, table) in &cell.evals {
+            for row in 0..table.len() {
+                let mut r = Row::new()
+                    .text("arm", cell.arm.clone())
+                    .int("seed", cell.seed as i64)
+                    .text("truth", truth.clone());
+                for name in table.column_names() {
+                    if let Some(v) = table.get(row, name) {
+                        r = r.set(name, v);
+                    }
+                }
+                results.push_row(r)?;
+            }
+        }
+    }
+    results.write(
+        &dir.join("seg_results.csv"),
+        &dir.join("seg_results.parquet"),
+    )?;
+    Ok(())
+}
+
+/// The setup: data, what each pretraining arm learns from, model, training, evaluation.
+fn setup_section(context: &SegContext<'_>, plan: &Plan) -> anyhow::Result<String> {
+    let experiment = context.experiment;
+    let schema = &context.data.schema;
+    let d = &experiment.dataset;
+    let p = &experiment.pretrain;
+    let mut md = String::from("## Setup\n\n");
     let _ = writeln!(
         md,
         "- **Data**: {}; {} training, {} validation and {} test images of {}x{} px (seed {}).",
@@ -272,16 +371,33 @@ pub fn write_report(
     );
     let _ = writeln!(
         md,
-        "- **What each arm is trained on**: the same images; **dense** = every pixel of the field \
-         of view labelled with one of the {} classes, artifacts over their full extent (an A-line \
-         is its whole horizontal band, a B-line the whole band from the pleura to the bottom); \
-         **sparse** = only the pleural line, A-lines and B-lines, as {} px strokes along their \
-         centre lines, everything else background. Each arm validates and picks its best epoch \
-         on its own kind of labels (`{}`), as a researcher with only those labels would.",
-        class_count - 1,
-        d.sparse_width,
-        p.train.best_metric
+        "- **Pretraining arms**: the same images, each arm labelled by its recipe (label recipes \
+         in `lus_data::recipe`; a stroke width in px at 128 px is scaled with the image, and a \
+         stroke is never wider than its object). Each arm validates and picks its best epoch on \
+         its own labels (`{}`), as a researcher with only those labels would.",
+        p.train.best_metric_or(lus_train::SEGMENTATION_BEST_METRIC)
     );
+    for arm in &experiment.grid.pretrain {
+        let Some(cell) = plan.pretrain_cell(&arm.name, experiment.grid.seeds[0]) else {
+            continue;
+        };
+        let (_, recipe, _) = cell_arm(&cell.config)?;
+        let _ = writeln!(
+            md,
+            "  - **{}** (recipe `{}`{}): {}.",
+            arm.name,
+            recipe.name,
+            if arm.overrides.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; overrides `{}`",
+                    arm.overrides.to_string().trim().replace('\n', "; ")
+                )
+            },
+            recipe.describe(schema)
+        );
+    }
     let u = &p.unet;
     let _ = writeln!(
         md,
@@ -312,124 +428,145 @@ pub fn write_report(
             "off"
         }
     );
+    let e = &experiment.evaluation;
+    let truth_names: Vec<String> = context
+        .truths
+        .iter()
+        .map(|t| format!("**{}**", t.name))
+        .collect();
     let _ = writeln!(
         md,
         "- **Evaluation**: the best checkpoint of every run on the {} test images, against the \
-         **dense** ground truth (both arms alike), and against the sparse truth for reference. \
-         Objects are 8-connected components (`connectivity = {}`) of a line class, matched \
-         one-to-one by IoU >= {} (greedy); an unmatched predicted component is a false \
+         {} ground truth (every arm alike){}. Objects are {} components of a line class, \
+         matched one-to-one by IoU >= {} (greedy); an unmatched predicted component is a false \
          positive, predicted components under {} px are ignored. Seeds: {:?}.\n",
         d.test,
-        experiment.evaluation.connectivity,
-        experiment.evaluation.object_iou,
-        experiment.evaluation.min_object_area,
+        truth_names[0],
+        if truth_names.len() > 1 {
+            format!(
+                ", and against {} for reference",
+                truth_names[1..].join(", ")
+            )
+        } else {
+            String::new()
+        },
+        e.connectivity,
+        e.object_iou,
+        e.min_object_area,
         experiment.grid.seeds
     );
+    Ok(md)
+}
 
-    for truth in [LabelMode::Dense, LabelMode::Sparse] {
-        let _ = writeln!(
-            md,
-            "## Test results against {truth} ground truth{}\n",
-            if truth == LabelMode::Dense {
-                " (the comparison)"
-            } else {
-                " (reference)"
-            }
-        );
-        let seeds_note = if experiment.grid.seeds.len() > 1 {
-            " (mean ± std over seeds)"
+/// Object- and pixel-level tables of every arm against one truth recipe.
+fn truth_section(context: &SegContext<'_>, truth: &LabelRecipe, comparison: bool) -> String {
+    let schema = &context.data.schema;
+    let renders = truth.renders(schema);
+    let drawn = |id: usize| renders[id] != ClassRender::Off;
+    let line_classes: Vec<usize> = schema
+        .line_classes()
+        .map(|c| usize::from(c.id))
+        .filter(|&id| drawn(id))
+        .collect();
+    let foreground: Vec<usize> = (1..schema.num_classes()).filter(|&id| drawn(id)).collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "## Test results against {} ground truth{}\n",
+        truth.name,
+        if comparison {
+            " (the comparison)"
         } else {
-            ""
-        };
-        let _ = writeln!(md, "### Object level, line classes{seeds_note}\n");
-        let _ = writeln!(
-            md,
-            "| class | arm | true objects | predicted | TP | FP | FN | **FP / image** | object precision | object recall |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for &class in &line_classes {
-            for &arm in &arms {
-                let col = |name: &str| -> Vec<f64> {
-                    cells_of(arm)
-                        .map(|c| float(c.eval(truth), class, name))
-                        .collect()
-                };
-                let _ = writeln!(
-                    md,
-                    "| {} | {arm} | {} | {} | {} | {} | {} | **{}** | {} | {} |",
-                    schema.classes()[class].name,
-                    mean_std_count(&col("obj_truth")),
-                    mean_std_count(&col("obj_pred")),
-                    mean_std_count(&col("obj_tp")),
-                    mean_std_count(&col("obj_fp")),
-                    mean_std_count(&col("obj_fn")),
-                    mean_std(&col("fp_per_image")),
-                    mean_std(&col("obj_precision")),
-                    mean_std(&col("obj_recall")),
-                );
-            }
+            " (reference)"
         }
-        let _ = writeln!(md, "\n### Pixel level{seeds_note}\n");
-        let mut header = String::from("| class |");
-        let mut rule = String::from("|---|");
-        for arm in &arms {
-            let _ = write!(header, " Dice ({arm}) | IoU ({arm}) |");
-            rule.push_str("---:|---:|");
+    );
+    let seeds_note = if context.experiment.grid.seeds.len() > 1 {
+        " (mean ± std over seeds)"
+    } else {
+        ""
+    };
+    let _ = writeln!(md, "### Object level, line classes{seeds_note}\n");
+    let _ = writeln!(
+        md,
+        "| class | arm | true objects | predicted | TP | FP | FN | **FP / image** | object precision | object recall |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &class in &line_classes {
+        for &arm in &context.arms {
+            let col = |name: &str| context.column(arm, &truth.name, class, name);
+            let _ = writeln!(
+                md,
+                "| {} | {arm} | {} | {} | {} | {} | {} | **{}** | {} | {} |",
+                schema.classes()[class].name,
+                mean_std_count(&col("obj_truth")),
+                mean_std_count(&col("obj_pred")),
+                mean_std_count(&col("obj_tp")),
+                mean_std_count(&col("obj_fp")),
+                mean_std_count(&col("obj_fn")),
+                mean_std(&col("fp_per_image")),
+                mean_std(&col("obj_precision")),
+                mean_std(&col("obj_recall")),
+            );
         }
-        let _ = writeln!(md, "{header}\n{rule}");
-        let classes: Vec<usize> = if truth == LabelMode::Dense {
-            (0..class_count).collect()
-        } else {
-            std::iter::once(0)
-                .chain(line_classes.iter().copied())
-                .collect()
-        };
-        for &class in &classes {
-            let mut line = format!("| {} |", schema.classes()[class].name);
-            for &arm in &arms {
-                let dice: Vec<f64> = cells_of(arm)
-                    .map(|c| float(c.eval(truth), class, "dice"))
-                    .collect();
-                let iou: Vec<f64> = cells_of(arm)
-                    .map(|c| float(c.eval(truth), class, "iou"))
-                    .collect();
-                let _ = write!(line, " {} | {} |", mean_std(&dice), mean_std(&iou));
-            }
-            let _ = writeln!(md, "{line}");
-        }
-        for (label, subset) in [
-            ("mean over line classes", &line_classes),
-            ("mean over all foreground classes", &foreground),
-        ] {
-            if truth == LabelMode::Sparse && subset.len() != line_classes.len() {
-                continue;
-            }
-            let mut line = format!("| *{label}* |");
-            for &arm in &arms {
-                let (iou, dice): (Vec<f64>, Vec<f64>) = cells_of(arm)
-                    .map(|c| class_means(c.eval(truth), subset))
-                    .unzip();
-                let _ = write!(line, " {} | {} |", mean_std(&dice), mean_std(&iou));
-            }
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md);
     }
+    let _ = writeln!(md, "\n### Pixel level{seeds_note}\n");
+    let mut header = String::from("| class |");
+    let mut rule = String::from("|---|");
+    for arm in &context.arms {
+        let _ = write!(header, " Dice ({arm}) | IoU ({arm}) |");
+        rule.push_str("---:|---:|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    // Background and the classes the truth draws: a class it leaves off has no truth pixels.
+    for class in std::iter::once(0).chain(foreground.iter().copied()) {
+        let mut line = format!("| {} |", schema.classes()[class].name);
+        for &arm in &context.arms {
+            let dice = context.column(arm, &truth.name, class, "dice");
+            let iou = context.column(arm, &truth.name, class, "iou");
+            let _ = write!(line, " {} | {} |", mean_std(&dice), mean_std(&iou));
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    for (label, subset) in [
+        ("mean over line classes", &line_classes),
+        ("mean over all foreground classes", &foreground),
+    ] {
+        // With no other class drawn the second mean repeats the first.
+        if label != "mean over line classes" && subset.len() == line_classes.len() {
+            continue;
+        }
+        let mut line = format!("| *{label}* |");
+        for &arm in &context.arms {
+            let (iou, dice): (Vec<f64>, Vec<f64>) = context
+                .cells_of(arm)
+                .map(|c| {
+                    c.eval(&truth.name)
+                        .map_or((f64::NAN, f64::NAN), |t| class_means(t, subset))
+                })
+                .unzip();
+            let _ = write!(line, " {} | {} |", mean_std(&dice), mean_std(&iou));
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(md);
+    md
+}
 
-    // Curves: every run's losses and validation mIoU on one chart each.
+/// Every run's losses and validation mIoU, one chart each.
+fn curves_section(context: &SegContext<'_>, figures: &Path) -> anyhow::Result<String> {
     let mut loss_series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut miou_series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for cell in cells {
+    for cell in context.cells {
         let h = &cell.history;
         let points = |col: &str| -> Vec<(f64, f64)> {
             (0..h.len())
                 .map(|r| (float(h, r, "epoch"), float(h, r, col)))
                 .collect()
         };
-        let tag = if experiment.grid.seeds.len() > 1 {
+        let tag = if context.experiment.grid.seeds.len() > 1 {
             format!("{} s{}", cell.arm, cell.seed)
         } else {
-            cell.arm.to_string()
+            cell.arm.clone()
         };
         loss_series.push((format!("{tag} train"), points("train_loss")));
         loss_series.push((format!("{tag} val"), points("val_loss")));
@@ -457,41 +594,23 @@ pub fn write_report(
         "mIoU",
         &miou_refs,
     )?;
-    let _ = writeln!(md, "## Curves\n");
-    let _ = writeln!(
-        md,
-        "![loss](figures/curves-loss.png)\n\n![validation mIoU](figures/curves-val-miou.png)\n\n\
-         The loss scales differ between arms (different targets); the validation mIoU of each arm \
-         is measured on its own label mode, so compare arms in the tables above, not here.\n"
-    );
+    Ok("## Curves\n\n\
+        ![loss](figures/curves-loss.png)\n\n![validation mIoU](figures/curves-val-miou.png)\n\n\
+        The loss scales differ between arms (different targets); the validation mIoU of each arm \
+        is measured on its own labels, so compare arms in the tables above, not here.\n\n"
+        .to_string())
+}
 
-    // Overlay grid of the first seed.
-    let overlay = overlay_figure(experiment, data, cells, &figures.join("overlay.png"))?;
-    if overlay {
-        let _ = writeln!(md, "## Overlays\n");
-        let _ = writeln!(
-            md,
-            "![overlay](figures/overlay.png)\n\nTest images (seed {} models): image | dense truth | sparse truth | {}.\n",
-            experiment.grid.seeds[0],
-            arms.iter()
-                .map(|a| format!("prediction of the {a}-trained U-Net"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-
-    if experiment.classify.is_some() {
-        md.push_str(&crate::report_cls::classification_section(
-            experiment,
-            cls_cells,
-            staged.path(),
-            &figures,
-        )?);
-        md.push('\n');
-    }
-
-    // Cost.
-    let _ = writeln!(md, "## Cost\n");
+/// Wall time, memory and throughput of every run.
+fn cost_section(
+    experiment: &ExperimentConfig,
+    cells: &[CellResult],
+    cls_cells: &[crate::report_cls::ClsCellResult],
+    command: &str,
+    wall_seconds_this_invocation: f64,
+) -> String {
+    let p = &experiment.pretrain;
+    let mut md = String::from("## Cost\n\n");
     let _ = writeln!(
         md,
         "| run | wall time (train + eval) | peak RSS of the process so far | mean training throughput | per training step (batch {}) |\n|---|---:|---:|---:|---:|",
@@ -517,16 +636,14 @@ pub fn write_report(
             1000.0 * p.train.batch_size as f64 / ips
         );
     }
-    for cell in cls_cells {
-        let wall = cell_wall(&cell.dir);
-        total += wall;
-    }
+    let cls_wall: f64 = cls_cells.iter().map(|c| cell_wall(&c.dir)).sum();
+    total += cls_wall;
     if !cls_cells.is_empty() {
         let _ = writeln!(
             md,
             "| {} classification runs | {:.0} s | | | |",
             cls_cells.len(),
-            cls_cells.iter().map(|c| cell_wall(&c.dir)).sum::<f64>()
+            cls_wall
         );
     }
     let _ = writeln!(
@@ -540,8 +657,7 @@ pub fn write_report(
          `lus eval-seg` columns). Run folders: `{}`.",
         experiment.runs_root().display()
     );
-    lus_data::io::write_atomic(&staged.path().join(REPORT_FILE), md.as_bytes())?;
-    Ok(staged.commit(true)?)
+    md
 }
 
 /// Wall time recorded in a run folder's manifest (NaN when unknown).
@@ -553,21 +669,16 @@ fn cell_wall(dir: &Path) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Draws image | dense truth | sparse truth | prediction per arm for the first test images,
-/// with the first seed's models. Returns false when there is nothing to draw.
-fn overlay_figure(
-    experiment: &ExperimentConfig,
-    data: &Dataset,
-    cells: &[CellResult],
-    path: &Path,
-) -> anyhow::Result<bool> {
+/// Draws image | each truth | prediction per arm for the first test images, with the first
+/// seed's models. Returns false when there is nothing to draw.
+fn overlay_figure(context: &SegContext<'_>, path: &Path) -> anyhow::Result<bool> {
+    let (experiment, data) = (context.experiment, context.data);
     let count = experiment.evaluation.overlay_examples.min(data.test.len());
     let seed = experiment.grid.seeds[0];
-    let models: Vec<&CellResult> = experiment
-        .grid
-        .pretrain_modes()
-        .into_iter()
-        .filter_map(|a| cells.iter().find(|c| c.arm == a && c.seed == seed))
+    let models: Vec<&CellResult> = context
+        .arms
+        .iter()
+        .filter_map(|a| context.cells.iter().find(|c| c.arm == *a && c.seed == seed))
         .collect();
     if count == 0 || models.is_empty() {
         return Ok(false);
@@ -581,9 +692,9 @@ fn overlay_figure(
     let mut loader_config = p.loader_config(false);
     loader_config.batch_size = count;
     loader_config.prefetch = 0;
-    let first_batch = |mode| -> anyhow::Result<lus_data::loader::SegBatch> {
+    let first_batch = |recipe: &LabelRecipe| -> anyhow::Result<lus_data::loader::SegBatch> {
         let loader = SegmentationLoader::new(
-            data.test.labels(mode),
+            data.test.labels(recipe)?,
             loader_config.clone(),
             0,
             device.clone(),
@@ -594,8 +705,6 @@ fn overlay_figure(
             .context("the overlay loader yielded no batch")?
             .map_err(Into::into)
     };
-    let dense = first_batch(LabelMode::Dense)?;
-    let sparse = first_batch(LabelMode::Sparse)?;
     let to_u8 = |t: &candle_core::Tensor| -> anyhow::Result<Vec<u8>> {
         Ok(t.flatten_all()?
             .to_vec1::<u32>()?
@@ -603,17 +712,33 @@ fn overlay_figure(
             .map(|v| v.min(255) as u8)
             .collect())
     };
-    let dense_masks = to_u8(&dense.masks)?;
-    let sparse_masks = to_u8(&sparse.masks)?;
+    let mut images_batch = None;
+    let mut truth_masks = Vec::with_capacity(context.truths.len());
+    for truth in &context.truths {
+        let batch = first_batch(truth)?;
+        truth_masks.push(to_u8(&batch.masks)?);
+        images_batch.get_or_insert(batch.images);
+    }
+    let images_batch = images_batch.context("no truth to draw")?;
     let mut predictions = Vec::new();
     for cell in &models {
-        let model = SegModel::load(&p.unet, &best_checkpoint(&cell.dir), &device)?;
-        predictions.push(model.predict(&dense.images)?);
+        // Each arm's own network (a pretraining arm may override the U-Net).
+        let unet = &experiment
+            .with_arm_overrides(
+                experiment
+                    .grid
+                    .pretrain_arm(&cell.arm)
+                    .context("a cell of no pretraining arm")?,
+            )?
+            .pretrain
+            .unet;
+        let model = SegModel::load(unet, &best_checkpoint(&cell.dir), &device)?;
+        predictions.push(model.predict(&images_batch)?);
     }
     // Display images: the stored image resized to the model's input size.
     let mut images = Vec::with_capacity(count);
     for i in 0..count {
-        let (image, _, _) = data.test.example(i)?;
+        let (image, _) = data.test.example(i)?;
         let image = if image.dimensions() == (size, size) {
             image
         } else {
@@ -623,28 +748,20 @@ fn overlay_figure(
     }
     let n = (size * size) as usize;
     let rows: Vec<OverlayRow> = (0..count)
-        .map(|i| {
-            let mut masks = vec![
-                &dense_masks[i * n..(i + 1) * n],
-                &sparse_masks[i * n..(i + 1) * n],
-            ];
-            for pred in &predictions {
-                masks.push(&pred[i * n..(i + 1) * n]);
-            }
-            OverlayRow {
-                width: size as usize,
-                height: size as usize,
-                image: &images[i],
-                masks,
-            }
+        .map(|i| OverlayRow {
+            width: size as usize,
+            height: size as usize,
+            image: &images[i],
+            masks: truth_masks
+                .iter()
+                .chain(&predictions)
+                .map(|m| &m[i * n..(i + 1) * n])
+                .collect(),
         })
         .collect();
     let palette: Vec<[u8; 3]> = data.schema.palette().iter().map(|c| c.0).collect();
-    let mut titles = vec![
-        "image".to_string(),
-        "dense truth".to_string(),
-        "sparse truth".to_string(),
-    ];
+    let mut titles = vec!["image".to_string()];
+    titles.extend(context.truths.iter().map(|t| format!("{} truth", t.name)));
     titles.extend(models.iter().map(|c| format!("pred. ({})", c.arm)));
     let title_refs: Vec<&str> = titles.iter().map(String::as_str).collect();
     overlay_grid(path, &rows, &palette, &title_refs)?;

@@ -15,10 +15,12 @@ use lus_metrics::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::cls_cell::{TEST_DIR, cls_cell_config, cls_cell_dir};
+use crate::cls_cell::{PREDICTIONS_FILE, TEST_DIR};
 use crate::config::ExperimentConfig;
-use crate::report::float;
-use crate::seg_cell::is_complete;
+use crate::plan::{CellKind, Plan};
+use crate::predictions::read_predictions;
+use crate::report::{float, mean_std};
+use lus_data::Probe;
 
 /// The headline metrics of the tables, plots and comparisons.
 const HEADLINE: [&str; 5] = [
@@ -44,7 +46,7 @@ pub struct ClsCellResult {
     pub probabilities: Vec<Vec<f64>>,
     /// The clip and probe of each test example.
     pub clips: Vec<String>,
-    pub probes: Vec<String>,
+    pub probes: Vec<Probe>,
 }
 
 impl ClsCellResult {
@@ -61,46 +63,14 @@ impl ClsCellResult {
         };
         let metrics = table(dir.join(TEST_DIR).join("metrics.parquet"))?;
         let history = table(dir.join(lus_train::trainer::METRICS_PARQUET))?;
-        let path = dir.join(TEST_DIR).join("predictions.csv");
-        let text = lus_data::io::read_text(&path)?;
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-        let truth_col = header.iter().position(|h| *h == "truth");
-        let clip_col = header.iter().position(|h| *h == "clip");
-        let probe_col = header.iter().position(|h| *h == "probe");
-        let prob_cols: Vec<Option<usize>> = names
+        let rows = read_predictions(&dir.join(TEST_DIR).join(PREDICTIONS_FILE), names)?;
+        let truth = rows.iter().map(|r| r.truth).collect();
+        let probabilities = rows
             .iter()
-            .map(|n| header.iter().position(|h| *h == format!("p_{n}")))
+            .map(|r| r.probabilities.iter().map(|&p| f64::from(p)).collect())
             .collect();
-        let (Some(truth_col), Some(clip_col), Some(probe_col), true) = (
-            truth_col,
-            clip_col,
-            probe_col,
-            prob_cols.iter().all(Option::is_some),
-        ) else {
-            anyhow::bail!("{}: unexpected header {header:?}", path.display());
-        };
-        let mut truth = Vec::new();
-        let mut probabilities = Vec::new();
-        let (mut clips, mut probes) = (Vec::new(), Vec::new());
-        for (i, line) in lines.enumerate() {
-            let cells: Vec<&str> = line.split(',').collect();
-            let bad = || anyhow::anyhow!("{}: line {}: malformed row", path.display(), i + 2);
-            clips.push(cells.get(clip_col).ok_or_else(bad)?.to_string());
-            probes.push(cells.get(probe_col).ok_or_else(bad)?.to_string());
-            let t = cells.get(truth_col).ok_or_else(bad)?;
-            truth.push(names.iter().position(|n| n == t).ok_or_else(bad)?);
-            let row = prob_cols
-                .iter()
-                .map(|c| {
-                    cells
-                        .get(c.unwrap_or(0))
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .ok_or_else(bad)
-                })
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            probabilities.push(row);
-        }
+        let clips = rows.iter().map(|r| r.clip.clone()).collect();
+        let probes = rows.iter().map(|r| r.probe).collect();
         Ok(ClsCellResult {
             arm: arm.to_string(),
             seed,
@@ -120,30 +90,25 @@ impl ClsCellResult {
     }
 }
 
-/// Every complete classification cell of `experiment`.
-pub fn load_cls_cells(experiment: &ExperimentConfig) -> anyhow::Result<Vec<ClsCellResult>> {
+/// Every complete classification cell of `plan` (a cell of another configuration is not one).
+pub fn load_cls_cells(
+    experiment: &ExperimentConfig,
+    plan: &Plan,
+) -> anyhow::Result<Vec<ClsCellResult>> {
     let mut cells = Vec::new();
     let names = experiment.class_names();
-    for &seed in &experiment.grid.seeds {
-        for fold in 0..experiment.grid.folds {
-            for arm in &experiment.grid.arms {
-                let dir = cls_cell_dir(experiment, &arm.name, seed, fold);
-                if is_complete(&dir, &cls_cell_config(experiment, arm, seed, fold))? {
-                    cells.push(ClsCellResult::load(&arm.name, seed, fold, &dir, &names)?);
-                }
-            }
+    for cell in plan.classify() {
+        let CellKind::Classify {
+            arm, seed, fold, ..
+        } = &cell.kind
+        else {
+            continue;
+        };
+        if crate::cell::is_complete(&cell.dir, &cell.config)? {
+            cells.push(ClsCellResult::load(arm, *seed, *fold, &cell.dir, &names)?);
         }
     }
     Ok(cells)
-}
-
-fn pm(values: &[f64]) -> String {
-    let s = summarize(values);
-    match s.n {
-        0 => "-".into(),
-        1 => format!("{:.3}", s.mean),
-        _ => format!("{:.3} ± {:.3}", s.mean, s.std),
-    }
 }
 
 fn p_value(p: f64) -> String {
@@ -180,15 +145,7 @@ pub fn classification_section<'a>(
         "## Reverse transfer: diagnosis ({})\n",
         names.join(" / ")
     );
-    let pool = match experiment.dataset.classify_from {
-        crate::config::ClassifyFrom::Dataset => {
-            format!("{} scanner images", experiment.dataset.classify_samples)
-        }
-        crate::config::ClassifyFrom::Pocus => format!(
-            "real POCUS frames (`{}`, folds grouped by patient, else clip)",
-            experiment.dataset.pocus.frames.display()
-        ),
-    };
+    let pool = crate::dataset::pool_description(experiment);
     let classify = experiment.classify.as_ref();
     if let Some(c) = classify {
         let _ = writeln!(
@@ -205,7 +162,8 @@ pub fn classification_section<'a>(
             c.train.epochs,
             c.train.batch_size,
             c.train.lr,
-            c.train.best_metric,
+            c.train
+                .best_metric_or(lus_train::CLASSIFICATION_BEST_METRIC),
             pool,
             experiment.grid.folds,
             experiment.grid.inner_folds,
@@ -216,10 +174,9 @@ pub fn classification_section<'a>(
                 .map(|a| format!(
                     "**{}** ({}{})",
                     a.name,
-                    match a.pretrain {
-                        crate::config::Pretrain::Dense => "U-Net pretrained on dense labels",
-                        crate::config::Pretrain::Sparse => "U-Net pretrained on sparse labels",
-                        crate::config::Pretrain::None => "U-Net freshly initialised",
+                    match a.pretrain_arm() {
+                        Some(p) => format!("the U-Net of pretraining arm {p}"),
+                        None => "a freshly initialised U-Net".to_string(),
                     },
                     if a.classifier.is_empty() {
                         String::new()
@@ -274,7 +231,7 @@ pub fn classification_section<'a>(
         let mut line = format!("| {metric} |");
         for arm in &arms {
             let values: Vec<f64> = cells_of(arm).map(|c| c.metric(metric)).collect();
-            let _ = write!(line, " {} |", pm(&values));
+            let _ = write!(line, " {} |", mean_std(&values));
         }
         let _ = writeln!(md, "{line}");
     }
@@ -501,7 +458,7 @@ fn pooled_predictions(
     let mut clip_index = std::collections::HashMap::new();
     for cell in cells {
         for i in 0..cell.truth.len() {
-            if probe.is_some_and(|p| cell.probes[i] != p) {
+            if probe.is_some_and(|p| cell.probes[i].as_str() != p) {
                 continue;
             }
             if !clip_level {
@@ -566,7 +523,7 @@ fn levels_section(
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut probes: Vec<&str> = cells
         .iter()
-        .flat_map(|c| c.probes.iter().map(String::as_str))
+        .flat_map(|c| c.probes.iter().map(|p| p.as_str()))
         .collect();
     probes.sort_unstable();
     probes.dedup();
@@ -675,12 +632,7 @@ fn levels_section(
         let mut line = format!("| {arm} | {level} | {subset} | {examples} |");
         for k in 0..columns.len() {
             let values: Vec<f64> = per_seed.iter().map(|(_, v)| v[k]).collect();
-            let cell = if values.iter().any(|v| v.is_nan()) {
-                "-".to_string()
-            } else {
-                pm(&values)
-            };
-            let _ = write!(line, " {cell} |");
+            let _ = write!(line, " {} |", mean_std(&values));
         }
         let _ = writeln!(md, "{line}");
     }

@@ -1,109 +1,120 @@
-//! One segmentation cell: a U-Net trained on one label mode with one seed, then evaluated on
-//! the test split against both label modes. Used by `lus train-seg` (one cell) and `lus run`
-//! (every cell of the grid).
+//! One segmentation (pretraining) cell: a U-Net trained on one pretraining arm's labels with
+//! one seed, then evaluated on the test split against every truth of `evaluation.truths`. Used
+//! by `lus train-seg` (one cell) and `lus run` (every cell of the plan).
 //!
-//! # Cell folder
+//! # Cell folder (`<runs>/<name>/pretrain/<arm>-seed<seed>/`)
 //!
 //! | file | |
 //! |---|---|
-//! | `config.resolved.toml` | the experiment config reduced to this cell (one arm, one seed): itself a valid experiment file |
+//! | `config.resolved.toml` | the experiment reduced to this cell (one pretraining arm with its recipe written out, one seed, no classification): itself a valid experiment file |
 //! | `best.safetensors`, `best.json`, `last/`, `metrics.{csv,parquet}` | the trainer's (see lus-train) |
 //! | `curves-loss.png`, `curves-val.png` | training and validation loss; validation mIoU and mDice per epoch |
-//! | `eval/test-dense.{csv,parquet}`, `eval/test-sparse.{csv,parquet}` | the best checkpoint on the test split, against dense and against sparse truth: one row per class |
+//! | `eval/test-<truth>.{csv,parquet}` | the best checkpoint on the test split against each truth recipe: one row per class |
 //! | `run.json` | the run manifest; written last, so its presence marks the cell complete |
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use lus_data::{LabelMode, LabelSchema};
+use lus_data::{LabelRecipe, LabelSchema};
 use lus_metrics::{MetricsTable, plot_curves, read_table_parquet};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
 use lus_train::{
-    SegEvalOptions, SegEvalReport, SegModel, StopRequest, device_name, evaluate_segmentation,
+    SegEvalOptions, SegEvalReport, SegModel, device_name, evaluate_segmentation,
     train_segmentation_with,
 };
 
-use crate::config::{
-    ArmConfig, DatasetConfig, ExperimentConfig, GridConfig, Pretrain, RESOLVED_CONFIG_FILE,
-};
+use crate::cell::{CellStart, Runner};
+use crate::config::{DatasetConfig, ExperimentConfig, GridConfig, PretrainArm, RecipeRef};
 use crate::dataset::Dataset;
-use crate::provenance::{RUN_MANIFEST_FILE, RunClock, write_run_manifest};
+use crate::provenance::write_run_manifest;
 
 /// Sub-folder of the test evaluations.
 pub const EVAL_DIR: &str = "eval";
 
-/// The per-class evaluation table of a cell against `truth` labels.
-pub fn eval_table_path(cell_dir: &Path, truth: LabelMode) -> PathBuf {
+/// The per-class evaluation table of a cell against the truth recipe `truth`.
+pub fn eval_table_path(cell_dir: &Path, truth: &str) -> PathBuf {
     cell_dir
         .join(EVAL_DIR)
         .join(format!("test-{truth}.parquet"))
 }
 
-/// `experiment` reduced to one segmentation cell: the arm of `labels`, one seed, the
-/// pretraining seed set to it, and what does not concern the pretraining (the classification
-/// section, folds, the size of the diagnostic pool) at its defaults, so changing those keeps
-/// finished pretraining runs valid.
+/// `experiment` reduced to the pretraining cell of `arm` and `seed`: the arm's overrides
+/// applied, its recipe and the evaluation truths written out as complete recipes, the
+/// pretraining seed set, and what does not concern the pretraining (the classification, the
+/// classifier arms, folds, the diagnostic pool) at its defaults, so changing those keeps
+/// finished pretraining cells valid.
 pub fn cell_config(
     experiment: &ExperimentConfig,
-    labels: LabelMode,
+    arm: &PretrainArm,
     seed: u64,
-) -> ExperimentConfig {
-    let mut cell = experiment.clone();
-    let pretrain = match labels {
-        LabelMode::Dense => Pretrain::Dense,
-        LabelMode::Sparse => Pretrain::Sparse,
-    };
+) -> anyhow::Result<ExperimentConfig> {
+    let mut cell = experiment.with_arm_overrides(arm)?;
+    let recipe = cell
+        .recipe(&arm.recipe)
+        .with_context(|| format!("pretraining arm {}", arm.name))?;
+    // The truths are the experiment's, not the arm's (an arm's `dataset.sparse_width` changes
+    // what it learns from, not what every arm is measured against).
+    let truths = experiment
+        .evaluation
+        .truths
+        .iter()
+        .map(|t| Ok(RecipeRef::resolved(&experiment.recipe(t)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let defaults = DatasetConfig::default();
     cell.classify = None;
-    cell.dataset.classify_samples = DatasetConfig::default().classify_samples;
+    cell.dataset.classify_samples = defaults.classify_samples;
+    cell.dataset.classify_from = defaults.classify_from;
+    cell.dataset.pocus = defaults.pocus;
+    // Every recipe is written out below, so the default width no longer matters.
+    cell.dataset.sparse_width = defaults.sparse_width;
+    cell.recipes.clear();
+    cell.evaluation.truths = truths;
     cell.grid = GridConfig {
-        arms: vec![ArmConfig::plain(pretrain)],
+        pretrain: vec![PretrainArm {
+            name: arm.name.clone(),
+            recipe: RecipeRef::resolved(&recipe),
+            overrides: toml::Table::new(),
+        }],
+        arms: Vec::new(),
         seeds: vec![seed],
         ..GridConfig::default()
     };
     cell.pretrain.train.seed = seed;
-    cell
+    Ok(cell)
 }
 
-/// Whether `dir` holds a complete cell of exactly `cell` (same resolved configuration).
-pub fn is_complete(dir: &Path, cell: &ExperimentConfig) -> anyhow::Result<bool> {
-    if !dir.join(RUN_MANIFEST_FILE).is_file() {
-        return Ok(false);
+/// The pretraining arm, its recipe and the seed of a pretraining cell config.
+pub fn cell_arm(cell: &ExperimentConfig) -> anyhow::Result<(&PretrainArm, LabelRecipe, u64)> {
+    match (cell.grid.pretrain.as_slice(), cell.grid.seeds.as_slice()) {
+        ([arm], [seed]) => Ok((arm, cell.recipe(&arm.recipe)?, *seed)),
+        _ => bail!("a pretraining cell config has exactly one pretraining arm and one seed"),
     }
-    check_same_config(dir, cell)?;
-    Ok(true)
 }
 
-/// Errors if `dir` holds a resolved configuration other than `cell`'s.
-pub fn check_same_config(dir: &Path, cell: &ExperimentConfig) -> anyhow::Result<()> {
-    let path = dir.join(RESOLVED_CONFIG_FILE);
-    if !path.is_file() {
-        return Ok(());
-    }
-    let mut existing = ExperimentConfig::load(&path, &[])?;
-    // Where runs and reports are kept and what the experiment is called do not change what a
-    // cell computes: a moved or renamed experiment keeps its finished cells.
-    existing.name.clone_from(&cell.name);
-    existing.runs_dir.clone_from(&cell.runs_dir);
-    existing.reports_dir.clone_from(&cell.reports_dir);
-    if &existing != cell {
-        bail!(
-            "{} belongs to a run with another configuration (compare it with the requested one); \
-             choose another output folder, or remove it (--force) to start over",
-            path.display()
-        );
-    }
-    Ok(())
+/// The truth recipes of a cell config, in order.
+pub fn truths(cell: &ExperimentConfig) -> anyhow::Result<Vec<LabelRecipe>> {
+    cell.evaluation
+        .truths
+        .iter()
+        .map(|t| cell.recipe(t))
+        .collect()
 }
 
-/// The single label mode and seed of a segmentation cell config.
-pub fn cell_arm(cell: &ExperimentConfig) -> anyhow::Result<(LabelMode, u64)> {
-    match (cell.grid.arms.as_slice(), cell.grid.seeds.as_slice()) {
-        ([arm], [seed]) => match arm.pretrain.label_mode() {
-            Some(mode) => Ok((mode, *seed)),
-            None => bail!("a segmentation cell pretrains on dense or sparse labels, not none"),
-        },
-        _ => bail!("a cell config has exactly one arm and one seed"),
+/// Every recipe `data` must draw for `cells` (pretraining cell configs): their training
+/// recipes and truths, each once.
+pub fn recipes_of<'a>(
+    cells: impl IntoIterator<Item = &'a ExperimentConfig>,
+) -> anyhow::Result<Vec<LabelRecipe>> {
+    let mut out: Vec<LabelRecipe> = Vec::new();
+    for cell in cells {
+        let (_, recipe, _) = cell_arm(cell)?;
+        for r in std::iter::once(recipe).chain(truths(cell)?) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
     }
+    Ok(out)
 }
 
 /// Trains (or resumes, or skips when complete) the cell `cell` into `dir`, then evaluates it.
@@ -112,34 +123,29 @@ pub fn run_cell(
     cell: &ExperimentConfig,
     data: &Dataset,
     dir: &Path,
-    quiet: bool,
-    stop: &StopRequest,
+    runner: &Runner<'_>,
 ) -> anyhow::Result<()> {
-    let (labels, seed) = cell_arm(cell)?;
-    if is_complete(dir, cell)? {
-        if !quiet {
-            eprintln!("{}: complete, skipped", dir.display());
-        }
+    let (arm, recipe, seed) = cell_arm(cell)?;
+    let (quiet, stop) = (runner.quiet, runner.stop);
+    let Some(CellStart { clock }) = crate::cell::start(
+        dir,
+        cell,
+        &[EVAL_DIR],
+        &runner.on_change,
+        "train-seg",
+        seed,
+        quiet,
+    )?
+    else {
         return Ok(());
-    }
-    check_same_config(dir, cell)?;
-    // Temporary files of a killed earlier attempt (the trainer cleans its own).
-    lus_data::io::remove_stale_temp_files(dir)?;
-    lus_data::io::remove_stale_temp_files(&dir.join(EVAL_DIR))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    lus_data::io::write_atomic(
-        &dir.join(RESOLVED_CONFIG_FILE),
-        cell.to_toml_string()?.as_bytes(),
-    )?;
-
+    };
     let run_config = &cell.pretrain;
-    let clock = RunClock::start("train-seg", seed, &run_config.train.device);
     let class_names = class_names(&data.schema);
-    let label = format!("{labels}/seed {seed}");
+    let label = format!("{}/seed {seed}", arm.name);
     let summary = train_segmentation_with(
         run_config,
-        data.train.labels(labels),
-        data.val.labels(labels),
+        data.train.labels(&recipe)?,
+        data.val.labels(&recipe)?,
         class_names.clone(),
         dir,
         Resume::IfPresent,
@@ -163,21 +169,21 @@ pub fn run_cell(
     )?;
     plot_history(dir, &label, &summary.history)?;
 
-    let device = lus_train::parse_device(&run_config.train.device)?;
+    let device = run_config.train.device.open()?;
     let model = SegModel::load(&run_config.unet, &summary.best_checkpoint(), &device)?;
     let eval_dir = dir.join(EVAL_DIR);
     std::fs::create_dir_all(&eval_dir)
         .with_context(|| format!("creating {}", eval_dir.display()))?;
     let options = eval_options(cell, &data.schema);
-    for truth in [LabelMode::Dense, LabelMode::Sparse] {
+    for truth in truths(cell)? {
         let report = evaluate_segmentation(
             &model,
-            data.test.labels(truth),
+            data.test.labels(&truth)?,
             run_config,
             &options,
             &device,
         )?;
-        write_eval(dir, truth, &report)?;
+        write_eval(dir, &truth.name, &report)?;
     }
     let mut manifest = clock.finish();
     manifest.device = device_name(&device);
@@ -202,15 +208,15 @@ pub fn eval_options(experiment: &ExperimentConfig, schema: &LabelSchema) -> SegE
     }
 }
 
-pub fn write_eval(dir: &Path, truth: LabelMode, report: &SegEvalReport) -> anyhow::Result<()> {
+pub fn write_eval(dir: &Path, truth: &str, report: &SegEvalReport) -> anyhow::Result<()> {
     let parquet = eval_table_path(dir, truth);
     let csv = parquet.with_extension("csv");
     report.per_class_table()?.write(&csv, &parquet)?;
     Ok(())
 }
 
-/// Reads a cell's evaluation table against `truth`.
-pub fn read_eval(dir: &Path, truth: LabelMode) -> anyhow::Result<MetricsTable> {
+/// Reads a cell's evaluation table against the truth recipe `truth`.
+pub fn read_eval(dir: &Path, truth: &str) -> anyhow::Result<MetricsTable> {
     let path = eval_table_path(dir, truth);
     let df = read_table_parquet(&path)?;
     MetricsTable::from_dataframe(&df).with_context(|| path.display().to_string())

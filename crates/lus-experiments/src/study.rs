@@ -1,25 +1,28 @@
-//! `lus run FILE`: every cell of an experiment's grid (arm x seed), then the report;
-//! `lus report FILE`: the report from whatever cells are complete.
+//! `lus run FILE`: every cell of an experiment's plan (pretraining arm x seed, then classifier
+//! arm x seed x fold), then the report; `lus report FILE`: the report from whatever cells are
+//! complete.
 //!
-//! Cells live in `<runs_dir>/<name>/pretrain/<arm>-seed<seed>/` (see [`crate::seg_cell`]).
-//! A complete cell is skipped, an interrupted one resumes from its last epoch, so a killed
-//! `lus run` continues where it stopped when run again.
+//! Cells live in `<runs_dir>/<name>/pretrain/<arm>-seed<seed>/` and
+//! `<runs_dir>/<name>/classify/<arm>-seed<seed>-fold<fold>/` (see [`crate::seg_cell`],
+//! [`crate::cls_cell`], [`crate::plan`]). A complete cell is skipped, an interrupted one resumes
+//! from its last checkpoint, so a killed `lus run` continues where it stopped when run again; a
+//! cell whose configuration changed is moved aside and runs again (see [`crate::cell`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use lus_data::LabelMode;
 use lus_train::StopRequest;
 
-use crate::cls_cell::{cls_cell_config, cls_cell_dir, run_cls_cell};
+use crate::cell::{OnChange, Runner};
+use crate::cls_cell::run_cls_cell;
 use crate::config::ExperimentConfig;
-use crate::dataset::ClassifyPool;
-use crate::dataset::Dataset;
+use crate::dataset::{ClassifyPool, Dataset};
+use crate::plan::{Cell, CellKind, Plan};
 use crate::report::{CellResult, write_report};
 use crate::report_cls::load_cls_cells;
-use crate::seg_cell::{best_checkpoint, cell_config, is_complete, run_cell};
+use crate::seg_cell::{best_checkpoint, recipes_of, run_cell};
 use lus_data::splits::stratified_group_kfold;
 
 #[derive(Args, Debug)]
@@ -66,22 +69,9 @@ fn parse_shard(text: &str) -> Result<(usize, usize), String> {
     Ok((k, n))
 }
 
-/// The folder of one pretraining cell.
-pub fn cell_dir(experiment: &ExperimentConfig, arm: LabelMode, seed: u64) -> PathBuf {
-    experiment
-        .runs_root()
-        .join("pretrain")
-        .join(format!("{arm}-seed{seed}"))
-}
-
-fn cells(experiment: &ExperimentConfig) -> Vec<(LabelMode, u64)> {
-    let mut cells = Vec::new();
-    for &seed in &experiment.grid.seeds {
-        for arm in experiment.grid.pretrain_modes() {
-            cells.push((arm, seed));
-        }
-    }
-    cells
+/// Where `lus run` keeps cells that a changed configuration superseded.
+pub fn superseded_root(experiment: &ExperimentConfig) -> PathBuf {
+    experiment.runs_root().join("superseded")
 }
 
 /// Runs the cells, then writes the report. A raised `stop` ends the cell under way with its
@@ -89,41 +79,52 @@ fn cells(experiment: &ExperimentConfig) -> Vec<(LabelMode, u64)> {
 pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
     let started = Instant::now();
     let experiment = ExperimentConfig::load(&args.file, &args.overrides)?;
-    lus_train::parse_device(&experiment.pretrain.train.device)?;
+    // Fail on the devices before drawing any data.
+    experiment.pretrain.train.device.open()?;
     if let Some(c) = &experiment.classify {
-        lus_train::parse_device(&c.train.device)?;
+        c.train.device.open()?;
     }
-    let data = Dataset::load(&experiment.dataset)?;
-    let in_shard = |i: usize| args.shard.is_none_or(|(k, n)| i % n == k);
-    let seg_cells = cells(&experiment);
-    let mut index = 0;
-    if args.stage != Stage::Classify {
-        for &(arm, seed) in &seg_cells {
-            if in_shard(index) {
-                if !args.quiet {
-                    eprintln!(
-                        "pretraining cell {}/{}: {arm} labels, seed {seed}",
-                        index + 1,
-                        seg_cells.len()
-                    );
-                }
-                check_stop(stop)?;
-                let cell = cell_config(&experiment, arm, seed);
-                run_cell(
-                    &cell,
-                    &data,
-                    &cell_dir(&experiment, arm, seed),
-                    args.quiet,
-                    stop,
-                )?;
-            }
-            index += 1;
+    let plan = Plan::new(&experiment)?;
+    let runner = Runner {
+        on_change: OnChange::Supersede(superseded_root(&experiment)),
+        quiet: args.quiet,
+        stop,
+    };
+    let selected: Vec<&Cell> = plan
+        .shard(args.shard)
+        .filter(|c| {
+            !matches!(
+                (&c.kind, args.stage),
+                (CellKind::Pretrain { .. }, Stage::Classify)
+                    | (CellKind::Classify { .. }, Stage::Pretrain)
+            )
+        })
+        .collect();
+    let (pretrain, classify): (Vec<&Cell>, Vec<&Cell>) = selected
+        .into_iter()
+        .partition(|c| matches!(c.kind, CellKind::Pretrain { .. }));
+    let data = Dataset::load(
+        &experiment.dataset,
+        &recipes_of(plan.pretrain().iter().map(|c| &c.config))?,
+        experiment.pretrain.train.loss.ignore_id,
+    )?;
+    let announce = |cell: &Cell| {
+        if !args.quiet {
+            eprintln!(
+                "cell {}/{}: {}",
+                cell.index + 1,
+                plan.cells().len(),
+                cell.label()
+            );
         }
-    } else {
-        index += seg_cells.len();
+    };
+    for cell in &pretrain {
+        announce(cell);
+        check_stop(stop)?;
+        run_cell(&cell.config, &data, &cell.dir, &runner)?;
     }
-    if experiment.classify.is_some() && args.stage != Stage::Pretrain {
-        check_backbones(&experiment, index, &in_shard)?;
+    if !classify.is_empty() {
+        check_backbones(&plan, &classify)?;
         let pool = ClassifyPool::for_experiment(&experiment)?;
         let folds = stratified_group_kfold(
             &pool.labels,
@@ -131,50 +132,18 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
             experiment.grid.folds,
             experiment.dataset.seed,
         )?;
-        let total =
-            experiment.grid.seeds.len() * experiment.grid.folds * experiment.grid.arms.len();
-        let mut n = 0;
-        for &seed in &experiment.grid.seeds {
-            for fold in 0..experiment.grid.folds {
-                for arm in &experiment.grid.arms {
-                    n += 1;
-                    if in_shard(index) {
-                        check_stop(stop)?;
-                        if !args.quiet {
-                            eprintln!(
-                                "classification cell {n}/{total}: {}, seed {seed}, fold {fold}",
-                                arm.name
-                            );
-                        }
-                        let backbone = match arm.pretrain.label_mode() {
-                            Some(mode) => {
-                                let dir = cell_dir(&experiment, mode, seed);
-                                if !is_complete(&dir, &cell_config(&experiment, mode, seed))? {
-                                    bail!(
-                                        "arm {} needs the {mode} pretraining of seed {seed} ({}), which is not complete; \
-                                         run the pretraining stage first",
-                                        arm.name,
-                                        dir.display()
-                                    );
-                                }
-                                Some(best_checkpoint(&dir))
-                            }
-                            None => None,
-                        };
-                        let cell = cls_cell_config(&experiment, arm, seed, fold);
-                        run_cls_cell(
-                            &cell,
-                            &pool,
-                            &folds,
-                            backbone.as_deref(),
-                            &cls_cell_dir(&experiment, &arm.name, seed, fold),
-                            args.quiet,
-                            stop,
-                        )?;
-                    }
-                    index += 1;
-                }
-            }
+        for cell in &classify {
+            check_stop(stop)?;
+            announce(cell);
+            let backbone = plan.backbone_of(cell).map(|b| best_checkpoint(&b.dir));
+            run_cls_cell(
+                &cell.config,
+                &pool,
+                &folds,
+                backbone.as_deref(),
+                &cell.dir,
+                &runner,
+            )?;
         }
     }
     if args.shard.is_some() {
@@ -184,8 +153,7 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let results = load_complete(&experiment)?;
-    write_report_from(&experiment, &data, results, "lus run", started)
+    write_report_from(&experiment, &plan, &data, "lus run", started)
 }
 
 /// An error once `stop` is raised: checked before each cell, so a stop that arrives between
@@ -202,62 +170,51 @@ fn check_stop(stop: &StopRequest) -> anyhow::Result<()> {
 }
 
 /// Checks, before the first classification cell writes anything, that every pretrained
-/// backbone the classification cells of this shard need is complete and that its weights load
-/// into the experiment's U-Net (every tensor present, with its shape and dtype). Without this a
-/// truncated or mismatched `best.safetensors` would be found only after a cell had written its
-/// resolved config and split, and after the cells before it had run. `first_index` is the
-/// number of the first classification cell (cells are numbered pretraining first).
-fn check_backbones(
-    experiment: &ExperimentConfig,
-    first_index: usize,
-    in_shard: &dyn Fn(usize) -> bool,
-) -> anyhow::Result<()> {
-    let mut needed: Vec<(String, LabelMode, u64)> = Vec::new();
-    let mut index = first_index;
-    for &seed in &experiment.grid.seeds {
-        for _fold in 0..experiment.grid.folds {
-            for arm in &experiment.grid.arms {
-                if let Some(mode) = arm.pretrain.label_mode()
-                    && in_shard(index)
-                    && !needed.iter().any(|(_, m, s)| (*m, *s) == (mode, seed))
-                {
-                    needed.push((arm.name.clone(), mode, seed));
-                }
-                index += 1;
-            }
+/// backbone the classification cells `cells` need is complete and that its weights load into
+/// its U-Net (every tensor present, with its shape and dtype). Without this a truncated or
+/// mismatched `best.safetensors` would be found only after a cell had written its resolved
+/// config and split, and after the cells before it had run.
+fn check_backbones(plan: &Plan, cells: &[&Cell]) -> anyhow::Result<()> {
+    let mut checked: Vec<usize> = Vec::new();
+    for cell in cells {
+        let Some(backbone) = plan.backbone_of(cell) else {
+            continue;
+        };
+        if checked.contains(&backbone.index) {
+            continue;
         }
-    }
-    for (arm, mode, seed) in needed {
-        let dir = cell_dir(experiment, mode, seed);
-        if !is_complete(&dir, &cell_config(experiment, mode, seed))? {
+        checked.push(backbone.index);
+        if !crate::cell::is_complete(&backbone.dir, &backbone.config)? {
             bail!(
-                "arm {arm} needs the {mode} pretraining of seed {seed} ({}), which is not complete; \
-                 run the pretraining stage first",
-                dir.display()
+                "{} needs the {} ({}), which is not complete; run the pretraining stage first",
+                cell.label(),
+                backbone.label(),
+                backbone.dir.display()
             );
         }
         lus_train::SegModel::load(
-            &experiment.pretrain.unet,
-            &best_checkpoint(&dir),
+            &backbone.config.pretrain.unet,
+            &best_checkpoint(&backbone.dir),
             &candle_core::Device::Cpu,
         )
-        .with_context(|| format!("the backbone of arm {arm}, seed {seed}"))?;
+        .with_context(|| format!("the backbone of {}", cell.label()))?;
     }
     Ok(())
 }
 
-/// Writes the report of `experiment` from its finished pretraining cells `results` and its
-/// finished classification cells (loaded here), and says where it is.
+/// Writes the report of `experiment` from its finished cells, and says where it is.
 fn write_report_from(
     experiment: &ExperimentConfig,
+    plan: &Plan,
     data: &Dataset,
-    results: Vec<CellResult>,
     command: &str,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let cls_results = load_cls_cells(experiment)?;
+    let results = load_complete(plan)?;
+    let cls_results = load_cls_cells(experiment, plan)?;
     let path = write_report(
         experiment,
+        plan,
         data,
         &results,
         &cls_results,
@@ -265,10 +222,11 @@ fn write_report_from(
         started.elapsed().as_secs_f64(),
     )?;
     eprintln!(
-        "report of {} of {} pretraining cells and {} classification cells: {}",
+        "report of {} of {} pretraining cells and {} of {} classification cells: {}",
         results.len(),
-        cells(experiment).len(),
+        plan.pretrain().len(),
         cls_results.len(),
+        plan.classify().len(),
         path.join(crate::report::REPORT_FILE).display()
     );
     Ok(())
@@ -285,24 +243,44 @@ pub struct ReportArgs {
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let experiment = ExperimentConfig::load(&args.file, &args.overrides)?;
-    let results = load_complete(&experiment)?;
-    if results.is_empty() {
+    let plan = Plan::new(&experiment)?;
+    let any_complete = plan
+        .cells()
+        .iter()
+        .map(|c| crate::cell::is_complete(&c.dir, &c.config))
+        .collect::<anyhow::Result<Vec<bool>>>()?
+        .into_iter()
+        .any(|done| done);
+    if !any_complete {
         bail!(
             "{}: no complete cell yet under {}",
             args.file.display(),
             experiment.runs_root().display()
         );
     }
-    let data = Dataset::load(&experiment.dataset)?;
-    write_report_from(&experiment, &data, results, "lus report", started)
+    let data = Dataset::load(
+        &experiment.dataset,
+        &recipes_of(plan.pretrain().iter().map(|c| &c.config))?,
+        experiment.pretrain.train.loss.ignore_id,
+    )?;
+    write_report_from(&experiment, &plan, &data, "lus report", started)
 }
 
-fn load_complete(experiment: &ExperimentConfig) -> anyhow::Result<Vec<CellResult>> {
+/// The finished pretraining cells of `plan` (a cell of another configuration is not one; it
+/// is named on stderr).
+fn load_complete(plan: &Plan) -> anyhow::Result<Vec<CellResult>> {
     let mut results = Vec::new();
-    for (arm, seed) in cells(experiment) {
-        let dir = cell_dir(experiment, arm, seed);
-        if is_complete(&dir, &cell_config(experiment, arm, seed))? {
-            results.push(CellResult::load(arm, seed, &dir)?);
+    for cell in plan.pretrain() {
+        match crate::cell::inspect(&cell.dir, &cell.config)? {
+            crate::cell::Found::Complete => results.push(CellResult::load(cell)?),
+            crate::cell::Found::Changed(keys) | crate::cell::Found::EvaluationChanged(keys) => {
+                eprintln!(
+                    "{}: left out of the report, its configuration differs ({}); `lus run` runs it again",
+                    cell.dir.display(),
+                    keys.join("; ")
+                )
+            }
+            _ => {}
         }
     }
     Ok(results)

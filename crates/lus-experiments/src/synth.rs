@@ -6,8 +6,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use lus_data::io::{StagedDir, write_atomic};
 use lus_data::manifest::{MANIFEST_FILE, ManifestRow, write_manifest};
-use lus_data::raster::{LabelMode, RasterOptions, rasterize};
+use lus_data::raster::{RasterOptions, rasterize};
 use lus_data::scanner::{Sample, Scanner, ScannerConfig};
+use lus_data::{LabelRecipe, StrokeWidth};
 use lus_data::{LabelSchema, image_io};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -35,8 +36,9 @@ pub struct SynthArgs {
     /// Label schema (TOML); the embedded default otherwise.
     #[arg(long)]
     schema: Option<PathBuf>,
-    /// Stroke width (px) of the sparse labels.
-    #[arg(long, default_value_t = RasterOptions::default().sparse_width)]
+    /// Stroke width of the sparse labels in pixels of a 128-px-wide image (scaled with the
+    /// image size; strokes are never wider than their objects).
+    #[arg(long, default_value_t = lus_data::recipe::DEFAULT_STROKE_PX_AT_128)]
     sparse_width: f32,
     /// Replace an existing output folder.
     #[arg(long)]
@@ -81,15 +83,9 @@ fn resolve(args: &SynthArgs) -> anyhow::Result<SynthRecord> {
         scanner.size = size;
     }
     scanner.validate()?;
-    let dense = RasterOptions {
-        mode: LabelMode::Dense,
-        ..RasterOptions::default()
-    };
-    let sparse = RasterOptions {
-        mode: LabelMode::Sparse,
-        sparse_width: args.sparse_width,
-        ..RasterOptions::default()
-    };
+    let dense = RasterOptions::dense();
+    let sparse =
+        RasterOptions::recipe(LabelRecipe::sparse(StrokeWidth::PxAt128(args.sparse_width)));
     dense.validate(&schema)?;
     sparse.validate(&schema)?;
     Ok(SynthRecord {

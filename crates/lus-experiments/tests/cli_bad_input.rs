@@ -228,24 +228,6 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
-fn png_bytes(image: image::DynamicImage) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-    bytes
-}
-
-/// A 64 x 64 mask of background with one pixel of `value` at (5, 7).
-fn mask_with_value(value: u8) -> Vec<u8> {
-    let mut mask = image::GrayImage::new(64, 64);
-    mask.put_pixel(5, 7, image::Luma([value]));
-    png_bytes(image::DynamicImage::ImageLuma8(mask))
-}
-
 /// The first half of a file.
 fn truncate_half(path: &Path) {
     let bytes = fs::read(path).unwrap();
@@ -319,6 +301,13 @@ fn train_on_folder(fx: &Fixtures, dir: &Path, spoil: impl FnOnce(&Path)) -> Vec<
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// Replaces `from` (which must occur) by `to` in the text file `path`.
+fn replace_in(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{}: no {from:?}", path.display());
+    fs::write(path, text.replace(from, to)).unwrap();
 }
 
 /// `lus eval-seg` of the grid fixture's pretrained weights (copied to `dir/weights`) on a copy
@@ -586,71 +575,43 @@ fn images_and_masks() {
             file: "data/images/000000.png",
             fault: &["cannot decode image", "CRC"],
         },
+        // A folder's masks are drawn from its annotations by the experiment's recipes (its
+        // stored masks are for viewing), so the annotations are what can be broken.
         Case {
-            name: "mask value outside the schema",
+            name: "annotation with an unknown class",
             build: |fx, dir| {
                 train_on_folder(fx, dir, |d| {
-                    fs::write(d.join("masks/dense/000001.png"), mask_with_value(200)).unwrap()
-                })
-            },
-            file: "data/masks/dense/000001.png",
-            fault: &["pixel (5, 7) has value 200", "0..9"],
-        },
-        Case {
-            name: "mask of another size than its image",
-            build: |fx, dir| {
-                train_on_folder(fx, dir, |d| {
-                    fs::write(
-                        d.join("masks/dense/000005.png"),
-                        png_bytes(image::DynamicImage::ImageLuma8(image::GrayImage::new(
-                            32, 48,
-                        ))),
+                    replace_in(
+                        &d.join("annotations/000001.json"),
+                        "\"chest-wall\"",
+                        "\"chest-wal\"",
                     )
-                    .unwrap()
                 })
             },
-            file: "data/masks/dense/000005.png",
-            fault: &["mask is 32x48", "is 64x64"],
+            file: "data/annotations/000001.json",
+            fault: &["unknown class \"chest-wal\"", "did you mean \"chest-wall\""],
         },
         Case {
-            name: "RGB mask",
+            name: "annotation of another size than its image",
             build: |fx, dir| {
                 train_on_folder(fx, dir, |d| {
-                    fs::write(
-                        d.join("masks/dense/000002.png"),
-                        png_bytes(image::DynamicImage::ImageRgb8(image::RgbImage::new(64, 64))),
-                    )
-                    .unwrap()
+                    let path = d.join("annotations/000005.json");
+                    replace_in(&path, "\"width\": 64", "\"width\": 128");
+                    replace_in(&path, "\"height\": 64", "\"height\": 128");
                 })
             },
-            file: "data/masks/dense/000002.png",
-            fault: &["8-bit single-channel", "Rgb8"],
+            file: "data/annotations/000005.json",
+            fault: &["annotation is 128x128", "is 64x64"],
         },
         Case {
-            name: "16-bit mask",
+            name: "truncated annotation",
             build: |fx, dir| {
                 train_on_folder(fx, dir, |d| {
-                    fs::write(
-                        d.join("masks/dense/000003.png"),
-                        png_bytes(image::DynamicImage::ImageLuma16(image::ImageBuffer::new(
-                            64, 64,
-                        ))),
-                    )
-                    .unwrap()
+                    truncate_half(&d.join("annotations/000004.json"))
                 })
             },
-            file: "data/masks/dense/000003.png",
-            fault: &["8-bit single-channel", "L16"],
-        },
-        Case {
-            name: "truncated mask",
-            build: |fx, dir| {
-                train_on_folder(fx, dir, |d| {
-                    truncate_half(&d.join("masks/dense/000004.png"))
-                })
-            },
-            file: "data/masks/dense/000004.png",
-            fault: &["cannot decode image"],
+            file: "data/annotations/000004.json",
+            fault: &["invalid JSON"],
         },
         Case {
             name: "eval-seg: truncated image",
@@ -659,16 +620,16 @@ fn images_and_masks() {
             fault: &["cannot decode image"],
         },
         Case {
-            name: "eval-seg: sparse mask value outside the schema",
+            name: "eval-seg: annotation with an unknown class",
             build: |fx, dir| {
                 let mut args = eval_seg(fx, dir, |_, d| {
-                    fs::write(d.join("masks/sparse/000000.png"), mask_with_value(9)).unwrap()
+                    replace_in(&d.join("annotations/000000.json"), "\"lung\"", "\"lunk\"")
                 });
                 args.extend(["--labels", "sparse"].map(String::from));
                 args
             },
-            file: "data/masks/sparse/000000.png",
-            fault: &["pixel (5, 7) has value 9"],
+            file: "data/annotations/000000.json",
+            fault: &["unknown class \"lunk\""],
         },
     ]);
 }

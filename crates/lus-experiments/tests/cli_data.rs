@@ -92,14 +92,10 @@ fn synth_masks_agree_with_the_annotations() {
     let schema = lus_data::LabelSchema::default();
     for row in lus_data::manifest::read_manifest(&out.join("manifest.csv")).unwrap() {
         let annotation = lus_data::Annotation::load(&out.join(&row.annotation), &schema).unwrap();
-        for (rel, mode) in [
-            (&row.dense_mask, lus_data::raster::LabelMode::Dense),
-            (&row.sparse_mask, lus_data::raster::LabelMode::Sparse),
-        ] {
-            let options = lus_data::raster::RasterOptions {
-                mode,
-                ..Default::default()
-            };
+        for (rel, recipe) in [(&row.dense_mask, "dense"), (&row.sparse_mask, "sparse")] {
+            let options = lus_data::raster::RasterOptions::recipe(
+                lus_data::LabelRecipe::builtin(recipe).unwrap(),
+            );
             let expected = lus_data::raster::rasterize(&annotation, &schema, &options).unwrap();
             let on_disk = lus_data::Mask::load_png(&out.join(rel), &schema, None).unwrap();
             assert_eq!(on_disk, expected, "{rel}");

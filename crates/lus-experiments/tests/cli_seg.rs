@@ -126,7 +126,7 @@ fn two_runs_with_the_same_seed_give_identical_tables_and_finished_cells_are_skip
     for needle in [
         "FP / image",
         "dense truth",
-        "What each arm is trained on",
+        "Pretraining arms",
         "pleural-line",
     ] {
         assert!(report.contains(needle), "REPORT.md lacks {needle:?}");
@@ -155,13 +155,38 @@ fn two_runs_with_the_same_seed_give_identical_tables_and_finished_cells_are_skip
         fs::read(report_b.join("seg_results.csv")).unwrap()
     );
 
-    // A changed configuration does not silently reuse the cells.
-    let changed = lus(&["run", config, "--set", "pretrain.train.lr=0.01"]);
-    assert!(!changed.status.success());
-    assert!(
-        stderr(&changed).contains("another configuration"),
+    // A changed configuration does not silently reuse the cells: they are moved aside, named
+    // with what changed, and run again.
+    let changed = lus(&["run", config, "--quiet", "--set", "pretrain.train.lr=0.01"]);
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    assert_eq!(
+        stderr(&changed)
+            .matches("its configuration changed (pretrain.train.lr: ")
+            .count(),
+        2,
         "{}",
         stderr(&changed)
+    );
+    let superseded = dir.path().join("runs/tiny/superseded");
+    assert_eq!(fs::read_dir(&superseded).unwrap().count(), 2);
+    // `lus train-seg` never moves a folder it was given: another configuration is an error.
+    let cell = dir.path().join("runs/tiny/pretrain/dense-seed0");
+    let refused = lus(&[
+        "train-seg",
+        "--config",
+        config,
+        "--labels",
+        "dense",
+        "--seed",
+        "0",
+        "--out",
+        cell.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("another configuration"),
+        "{}",
+        stderr(&refused)
     );
 }
 
@@ -196,7 +221,7 @@ fn train_seg_writes_a_run_folder_and_eval_seg_scores_a_synth_folder() {
         assert!(run.join(file).is_file(), "{file} missing");
     }
     let resolved = fs::read_to_string(run.join("config.resolved.toml")).unwrap();
-    assert!(resolved.contains("pretrain = \"sparse\""), "{resolved}");
+    assert!(resolved.contains("name = \"sparse\""), "{resolved}");
     assert!(resolved.contains("seeds = [5]"), "{resolved}");
     let manifest: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
@@ -285,7 +310,7 @@ fn bad_requests_fail_with_a_clear_message_and_write_nothing() {
     ]);
     assert!(!labels.status.success());
     assert!(
-        stderr(&labels).contains("dense or sparse"),
+        stderr(&labels).contains("did you mean \"dense\""),
         "{}",
         stderr(&labels)
     );

@@ -7,8 +7,10 @@
 
 use crate::error::{MetricsError, Result};
 
-/// Which neighbours touch: edge neighbours only, or edges and corners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which neighbours touch: edge neighbours only, or edges and corners. In config files the
+/// number of neighbours: `4` or `8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
 pub enum Connectivity {
     /// Up, down, left, right.
     Four,
@@ -16,6 +18,39 @@ pub enum Connectivity {
     /// rasterised one pixel wide) stays one object.
     #[default]
     Eight,
+}
+
+impl Connectivity {
+    /// The number of neighbours: 4 or 8.
+    pub fn neighbours(self) -> u8 {
+        match self {
+            Connectivity::Four => 4,
+            Connectivity::Eight => 8,
+        }
+    }
+}
+
+impl TryFrom<u8> for Connectivity {
+    type Error = String;
+    fn try_from(neighbours: u8) -> std::result::Result<Self, String> {
+        match neighbours {
+            4 => Ok(Connectivity::Four),
+            8 => Ok(Connectivity::Eight),
+            other => Err(format!("connectivity must be 4 or 8, is {other}")),
+        }
+    }
+}
+
+impl From<Connectivity> for u8 {
+    fn from(connectivity: Connectivity) -> u8 {
+        connectivity.neighbours()
+    }
+}
+
+impl std::fmt::Display for Connectivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-connected", self.neighbours())
+    }
 }
 
 /// The result of labelling one binary image.

@@ -239,7 +239,14 @@ impl Task for ClassificationTask {
     fn metric_names(&self) -> Vec<String> {
         classification_metric_names(&self.class_names)
     }
+
+    fn default_best_metric(&self) -> &'static str {
+        CLASSIFICATION_BEST_METRIC
+    }
 }
+
+/// The column that picks a classification run's best checkpoint when the config names none.
+pub const CLASSIFICATION_BEST_METRIC: &str = "val_balanced_accuracy";
 
 /// The validation metrics of a classifier over `class_names` (what `best_metric = "val_<name>"`
 /// may pick), known before training so configs can be checked up front.
@@ -325,10 +332,7 @@ pub struct ClsRunConfig {
 impl Default for ClsRunConfig {
     fn default() -> Self {
         ClsRunConfig {
-            train: TrainConfig {
-                best_metric: "val_balanced_accuracy".into(),
-                ..TrainConfig::default()
-            },
+            train: TrainConfig::default(),
             classifier: ClassifierConfig::default(),
             data: ImageDataConfig::default(),
             class_weights: ClassWeighting::None,

@@ -63,11 +63,15 @@ pub struct TrainConfig {
     pub grad_clip_norm: Option<f64>,
     /// Seed of every random draw of the run: initialisation, order, augmentation, dropout.
     pub seed: u64,
-    /// `cpu`, `cuda`, `cuda:N` or `auto` (see [`crate::parse_device`]).
-    pub device: String,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (see [`DeviceSpec`]); parsed when the config is read,
+    /// so a typo fails there.
+    pub device: DeviceSpec,
     /// Column of the metrics table that selects `best.safetensors`: `val_loss`, `train_loss`
-    /// or `val_<metric>` of the task (e.g. `val_miou`).
-    pub best_metric: String,
+    /// or `val_<metric>` of the task (e.g. `val_miou`). Unset: the task's own default
+    /// ([`crate::Task::default_best_metric`]: `val_miou` for segmentation,
+    /// `val_balanced_accuracy` for classification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_metric: Option<String>,
     /// Whether larger or smaller values of `best_metric` are better; by default inferred from
     /// the name (`...loss` is minimised, anything else maximised).
     pub best_direction: Option<Direction>,
@@ -94,8 +98,8 @@ impl Default for TrainConfig {
             loss: LossConfig::default(),
             grad_clip_norm: None,
             seed: 0,
-            device: "auto".to_string(),
-            best_metric: "val_miou".to_string(),
+            device: DeviceSpec::Auto,
+            best_metric: None,
             best_direction: None,
             log_every: 10,
             checkpoint_every_steps: 0,
@@ -135,20 +139,29 @@ impl TrainConfig {
                 format!("must be finite and > 0, is {max}"),
             ));
         }
-        if self.best_metric.trim().is_empty() {
+        if self
+            .best_metric
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
             return Err(TrainError::config("best_metric", "is empty"));
         }
         self.optimizer.validate()?;
         self.schedule.validate()?;
         self.loss.validate(None)?;
-        DeviceSpec::parse(&self.device).map_err(|e| TrainError::config("device", e.to_string()))?;
         Ok(())
     }
 
-    /// The direction of `best_metric` (configured or inferred).
-    pub fn best_direction(&self) -> Direction {
+    /// The best metric: the configured one, else `task_default`.
+    pub fn best_metric_or<'a>(&'a self, task_default: &'a str) -> &'a str {
+        self.best_metric.as_deref().unwrap_or(task_default)
+    }
+
+    /// The direction of `best_metric` (configured or inferred), `task_default` standing in for
+    /// an unset metric.
+    pub fn best_direction(&self, task_default: &str) -> Direction {
         self.best_direction
-            .unwrap_or_else(|| Direction::infer(&self.best_metric))
+            .unwrap_or_else(|| Direction::infer(self.best_metric_or(task_default)))
     }
 
     /// Parses a TOML document (unknown keys are errors), then validates it.
@@ -198,7 +211,23 @@ mod tests {
         );
         assert_eq!(config.loss.ce_weight, 1.0);
         assert_eq!(config.loss.ignore_id, Some(255));
-        assert_eq!(config.best_direction(), Direction::Min);
+        assert_eq!(config.best_direction("val_miou"), Direction::Min);
+        assert_eq!(config.device, DeviceSpec::Cpu);
+        let unset = TrainConfig::from_toml_str("epochs = 1").unwrap();
+        assert_eq!(unset.best_metric_or("val_miou"), "val_miou");
+        assert_eq!(unset.best_direction("val_loss"), Direction::Min);
+        // A device typo fails when the config is read, naming the value.
+        let err = TrainConfig::from_toml_str("device = \"tpu\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tpu"), "{err}");
+        let text = toml::to_string(&TrainConfig {
+            device: DeviceSpec::Cuda(2),
+            ..TrainConfig::default()
+        })
+        .unwrap();
+        assert!(text.contains("device = \"cuda:2\""), "{text}");
+        assert!(!text.contains("best_metric"), "{text}");
         assert_eq!(config.batch_size, TrainConfig::default().batch_size);
 
         for typo in [
@@ -235,13 +264,6 @@ mod tests {
                     ..Default::default()
                 },
                 "log_every",
-            ),
-            (
-                TrainConfig {
-                    device: "tpu".into(),
-                    ..Default::default()
-                },
-                "device",
             ),
             (
                 TrainConfig {

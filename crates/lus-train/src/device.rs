@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
-/// A parsed device specification.
+/// A parsed device specification; in TOML and JSON the text `cpu`, `cuda`, `cuda:N` or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
     /// The CPU.
     Cpu,
@@ -54,6 +55,50 @@ impl DeviceSpec {
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(ordinal) => open_cuda(ordinal),
             Self::Auto => Ok(open_cuda(0).unwrap_or(Device::Cpu)),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(0) => f.write_str("cuda"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        DeviceSpec::parse(&text).map_err(|e| e.to_string())
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(spec: DeviceSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl DeviceSpec {
+    /// What kind of device a run on this specification computes on: `cpu` or `cuda` (`auto`
+    /// resolved the way [`DeviceSpec::open`] would resolve it in this process). Two runs of
+    /// the same configuration on the same kind give the same numbers, whichever CUDA ordinal
+    /// or thread count they used; the CPU and CUDA kernels differ in the last digits.
+    pub fn result_kind(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda(_) => "cuda",
+            Self::Auto => {
+                if CUDA_COMPILED && open_cuda(0).is_ok() {
+                    "cuda"
+                } else {
+                    "cpu"
+                }
+            }
         }
     }
 }

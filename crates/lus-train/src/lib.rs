@@ -28,8 +28,8 @@ pub mod task;
 pub mod trainer;
 
 pub use cls::{
-    Backbone, ClassWeighting, ClassificationTask, ClsEvaluation, ClsRunConfig,
-    classification_metric_names, train_classifier,
+    Backbone, CLASSIFICATION_BEST_METRIC, ClassWeighting, ClassificationTask, ClsEvaluation,
+    ClsRunConfig, classification_metric_names, train_classifier,
 };
 pub use config::{Direction, TrainConfig};
 pub use device::{DeviceSpec, device_memory_used_mib, device_name, parse_device};
@@ -38,8 +38,8 @@ pub use loss::{LossConfig, SegLoss, cross_entropy, soft_dice};
 pub use optim::{Optimizer, OptimizerConfig, ParamGroup};
 pub use schedule::LrSchedule;
 pub use seg::{
-    ImageDataConfig, SegEvaluation, SegRunConfig, SegmentationTask, segmentation_metric_names,
-    train_segmentation, train_segmentation_with,
+    ImageDataConfig, SEGMENTATION_BEST_METRIC, SegEvaluation, SegRunConfig, SegmentationTask,
+    segmentation_metric_names, train_segmentation, train_segmentation_with,
 };
 pub use seg_eval::{SegEvalOptions, SegEvalReport, SegModel, evaluate_segmentation};
 pub use task::{BatchSource, Task, TaskBatch};

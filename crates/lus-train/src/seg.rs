@@ -236,7 +236,14 @@ impl Task for SegmentationTask {
     fn metric_names(&self) -> Vec<String> {
         segmentation_metric_names(&self.class_names)
     }
+
+    fn default_best_metric(&self) -> &'static str {
+        SEGMENTATION_BEST_METRIC
+    }
 }
+
+/// The column that picks a segmentation run's best checkpoint when the config names none.
+pub const SEGMENTATION_BEST_METRIC: &str = "val_miou";
 
 /// The validation metrics of a segmentation net over `class_names` (what
 /// `best_metric = "val_<name>"` may pick), known before training so configs can be checked up

@@ -110,4 +110,9 @@ pub trait Task {
     /// Names of the metrics [`Task::finish_evaluation`] reports, known before training so a
     /// configured best metric can be checked up front.
     fn metric_names(&self) -> Vec<String>;
+    /// The column that selects the best checkpoint when the config names none; the validation
+    /// loss unless the task knows a better one.
+    fn default_best_metric(&self) -> &'static str {
+        "val_loss"
+    }
 }

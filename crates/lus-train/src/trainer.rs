@@ -59,7 +59,7 @@ use lus_unet::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::device::{DeviceSpec, device_name};
+use crate::device::device_name;
 use crate::error::{Interrupted, NonFiniteGradient, NonFiniteLoss, Result, TrainError};
 use crate::optim::Optimizer;
 use crate::rng::{Stream, stream_rng};
@@ -257,7 +257,7 @@ impl Trainer {
     /// the `cuda` feature). Nothing is written until [`Trainer::fit`].
     pub fn new(config: TrainConfig, out_dir: impl Into<PathBuf>) -> Result<Self> {
         config.validate()?;
-        let device = DeviceSpec::parse(&config.device)?.open()?;
+        let device = config.device.open()?;
         Ok(Trainer {
             config,
             device,
@@ -324,7 +324,10 @@ impl Trainer {
     {
         let config = self.config.clone();
         self.check_best_metric(task)?;
-        let direction = config.best_direction();
+        let best_metric = config
+            .best_metric_or(task.default_best_metric())
+            .to_string();
+        let direction = config.best_direction(task.default_best_metric());
         let steps_per_epoch = train.batches_per_epoch() as u64;
         if steps_per_epoch == 0 {
             return Err(TrainError::config(
@@ -508,13 +511,12 @@ impl Trainer {
                 images_per_s: progress.train_examples as f64 / train_seconds.max(1e-9),
                 seconds: progress.seconds_before + epoch_start.elapsed().as_secs_f64(),
             };
-            let value = record.get(&config.best_metric).ok_or_else(|| {
+            let value = record.get(&best_metric).ok_or_else(|| {
                 TrainError::config(
                     "best_metric",
                     format!(
-                        "{:?} is not a column of epoch {epoch}'s row (the task reported other \
-                         metrics than it announced)",
-                        config.best_metric
+                        "{best_metric:?} is not a column of epoch {epoch}'s row (the task \
+                         reported other metrics than it announced)"
                     ),
                 )
             })?;
@@ -526,7 +528,7 @@ impl Trainer {
             if improved {
                 let best = BestEpoch {
                     epoch,
-                    metric: config.best_metric.clone(),
+                    metric: best_metric.clone(),
                     value,
                 };
                 lus_unet::save_weights(task.varmap(), self.out_dir.join(BEST_CHECKPOINT))?;
@@ -592,12 +594,12 @@ impl Trainer {
             .iter()
             .filter(|c| c.as_str() == "train_loss" || c.starts_with("val_"))
             .collect();
-        if !selectable.iter().any(|c| **c == self.config.best_metric) {
+        let best_metric = self.config.best_metric_or(task.default_best_metric());
+        if !selectable.iter().any(|c| *c == best_metric) {
             return Err(TrainError::config(
                 "best_metric",
                 format!(
-                    "{:?} is not a metric of this task; choose one of {}",
-                    self.config.best_metric,
+                    "{best_metric:?} is not a metric of this task; choose one of {}",
                     selectable
                         .iter()
                         .map(|s| s.as_str())

@@ -50,7 +50,7 @@ fn config() -> ClsRunConfig {
     config.train.epochs = 12;
     config.train.batch_size = 6;
     config.train.lr = 0.01;
-    config.train.device = "cpu".into();
+    config.train.device = lus_train::DeviceSpec::Cpu;
     config.train.seed = 3;
     config.classifier.head_channels = 8;
     config.data.size = SIDE;

@@ -14,8 +14,8 @@ use lus_train::{
 use lus_unet::{Kernels, Precision, test_device};
 
 /// `spec` as the trainer's device setting (`cpu`, `cuda:0`).
-fn device_spec(device: &Device) -> String {
-    device_name(device)
+fn device_spec(device: &Device) -> lus_train::DeviceSpec {
+    lus_train::DeviceSpec::parse(&device_name(device)).expect("a device name is a device spec")
 }
 
 /// Four epochs of the tiny problem (cosine schedule, clipping) on `device` with the given

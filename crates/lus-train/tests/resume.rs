@@ -426,9 +426,9 @@ fn a_classification_run_stopped_inside_epochs_resumes_bit_identical() {
             final_factor: 0.0,
         },
         grad_clip_norm: Some(1.0),
-        device: "cpu".into(),
+        device: lus_train::DeviceSpec::Cpu,
         seed: 5,
-        best_metric: "val_balanced_accuracy".into(),
+        best_metric: Some("val_balanced_accuracy".into()),
         log_every: 2,
         ..TrainConfig::default()
     };

@@ -144,7 +144,7 @@ fn best_checkpoint_is_the_best_epoch() {
         // A learning rate that grows 3x every epoch: the net first learns, then Adam's steps
         // become so large that it unlearns, so the best epoch lies inside the run.
         let config = TrainConfig {
-            best_metric: metric.to_string(),
+            best_metric: Some(metric.to_string()),
             lr: 5e-3,
             schedule: LrSchedule::Step {
                 every_epochs: 1,
@@ -369,7 +369,7 @@ fn resumed_run_equals_uninterrupted_run() {
 fn configuration_errors_are_reported_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let cuda = TrainConfig {
-        device: "cuda".to_string(),
+        device: lus_train::DeviceSpec::Cuda(0),
         ..train_config(1, 0)
     };
     if !lus_train::device::CUDA_COMPILED {
@@ -377,7 +377,7 @@ fn configuration_errors_are_reported_before_training() {
         assert!(err.contains("`cuda` feature"), "{err}");
     }
     let typo = TrainConfig {
-        best_metric: "val_mIoU".to_string(),
+        best_metric: Some("val_mIoU".to_string()),
         ..train_config(1, 0)
     };
     let err = run(&typo, dir.path(), Resume::Never)
