@@ -70,7 +70,7 @@ fn dense_frame() {
     // pleura (7).
     assert_mask(
         &frame(),
-        &RasterOptions::dense(),
+        RasterOptions::dense(),
         "
         666666666222
         333333333333
@@ -101,9 +101,9 @@ fn dense_lines_draws_line_classes_at_full_extent_only() {
         ...555555...
         ...555555...
         ...555555...";
-    assert_mask(&frame(), &RasterOptions::recipe(recipe.clone()), want);
+    assert_mask(&frame(), RasterOptions::recipe(recipe.clone()), want);
     // Unlabelled pixels are background: an ignore id changes nothing.
-    assert_mask(&frame(), &with_ignore(recipe), want);
+    assert_mask(&frame(), with_ignore(recipe), want);
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn sparse_pathology_strokes_lines_and_fills_consolidation_and_effusion() {
     // lung and rib not drawn.
     assert_mask(
         &frame(),
-        &RasterOptions::recipe(recipe),
+        RasterOptions::recipe(recipe),
         "
         ............
         333333333333
@@ -148,7 +148,7 @@ fn off_ignore_paints_off_objects_with_the_ignore_id_in_layer_order() {
     // B-line stroke (5) over the consolidation (3); the pleura (7) over the rib.
     assert_mask(
         &frame(),
-        &with_ignore(recipe.clone()),
+        with_ignore(recipe.clone()),
         "
         xxxxxxxxxxxx
         333333333333
@@ -186,7 +186,7 @@ fn unlabelled_ignore_marks_pixels_no_drawn_object_covers() {
     a.shapes.push(rect("background", 0.0, 8.0, 12.0, 10.0));
     assert_mask(
         &a,
-        &with_ignore(recipe.clone()),
+        with_ignore(recipe.clone()),
         "
         xxxxxxxxxxxx
         333333333333
@@ -202,7 +202,7 @@ fn unlabelled_ignore_marks_pixels_no_drawn_object_covers() {
     // Without an ignore id unlabelled pixels stay background.
     assert_mask(
         &a,
-        &RasterOptions::recipe(recipe),
+        RasterOptions::recipe(recipe),
         "
         ............
         333333333333
@@ -234,7 +234,7 @@ fn unlabelled_ignore_stays_inside_the_field_of_view() {
     };
     assert_mask(
         &a,
-        &with_ignore(recipe),
+        with_ignore(recipe),
         "
         ....xxxx....
         ...xxxxxx...
@@ -266,7 +266,7 @@ fn stroking_a_polygon_class_follows_its_derived_centre_line() {
     );
     assert_mask(
         &a,
-        &RasterOptions::recipe(recipe.clone()),
+        RasterOptions::recipe(recipe.clone()),
         "
         .........2..
         .........2..
@@ -285,7 +285,7 @@ fn stroking_a_polygon_class_follows_its_derived_centre_line() {
     };
     assert_mask(
         &a,
-        &RasterOptions::recipe(unclipped),
+        RasterOptions::recipe(unclipped),
         "
         ........22..
         ........22..
@@ -335,7 +335,7 @@ fn a_stroke_wider_than_a_thin_band_is_cut_to_the_band() {
     // (columns 4-8), inside its 8 px band: it keeps its width.
     assert_mask(
         &bands(),
-        &five_px_strokes(true),
+        five_px_strokes(true),
         "
         ............
         ............
@@ -352,7 +352,7 @@ fn a_stroke_wider_than_a_thin_band_is_cut_to_the_band() {
     // first row (layer 7 over 5).
     assert_mask(
         &bands(),
-        &five_px_strokes(false),
+        five_px_strokes(false),
         "
         333333333333
         333333333333
@@ -368,7 +368,7 @@ fn a_stroke_wider_than_a_thin_band_is_cut_to_the_band() {
     // Dense, for comparison: the bands' full extents.
     assert_mask(
         &bands(),
-        &RasterOptions::dense(),
+        RasterOptions::dense(),
         "
         ............
         ............

@@ -9,7 +9,7 @@
 //! | `config.resolved.toml` | the experiment reduced to this cell (one arm, its pretraining arm written out, one seed, `grid.fold` set) |
 //! | `split.csv` | every example of the diagnostic pool with its clip, fold group (patient, else clip), probe, label and role (train / val / test) |
 //! | `best.safetensors`, `last/`, `metrics.{csv,parquet}` | the trainer's |
-//! | `test/predictions.csv` | per test example: index, id, clip, probe, truth, predicted, probability of each class |
+//! | `test/predictions.csv` | per test example: index, id, clip, fold group, probe, truth, predicted, probability of each class |
 //! | `test/metrics.{csv,parquet}` | one row: the test metrics (accuracy, balanced accuracy, macro/weighted F1, macro AUC, per-class precision/recall/specificity/F1/AUC) |
 //! | `run.json` | the run manifest, written last (its presence marks the cell complete) |
 
@@ -82,7 +82,8 @@ pub fn cls_cell_config(
 
 /// Roles of the pool's examples in cell `fold`: the examples of outer fold `fold` test; the
 /// others are split again, the same stratified group way, into `inner_folds` parts (seeded by
-/// `seed` and the fold), of which part 0 validates and the rest train.
+/// `seed`, the split seed of the cell's grid seed, and the fold), of which part 0 validates and
+/// the rest train.
 pub fn roles(
     pool: &ClassifyPool,
     folds: &[usize],
@@ -141,7 +142,13 @@ pub fn run_cls_cell(
         return Ok(());
     };
 
-    let (train, val, test) = roles(pool, folds, fold, cell.grid.inner_folds, cell.dataset.seed)?;
+    let (train, val, test) = roles(
+        pool,
+        folds,
+        fold,
+        cell.grid.inner_folds,
+        cell.split_seed(*seed),
+    )?;
     write_split(
         &dir.join("split.csv"),
         pool,
@@ -230,6 +237,7 @@ pub fn run_cls_cell(
             index: *i,
             id: pool.ids[*i].clone(),
             clip: pool.clips[*i].clone(),
+            group: pool.groups[*i].clone(),
             probe: pool.probes[*i],
             truth: label,
             predicted,

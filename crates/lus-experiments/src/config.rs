@@ -346,6 +346,20 @@ impl ArmConfig {
     }
 }
 
+/// Where the outer folds of the diagnostic task come from across the grid's seeds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FoldSeed {
+    /// Each seed draws its own outer (and inner) folds: repeated k-fold, so seeds are
+    /// independent replicates of the split as well as of the training, and the corrected
+    /// resampled t-test's repetitions are what it assumes.
+    #[default]
+    PerSeed,
+    /// One split for every seed, from `dataset.seed` (lus before repeated k-fold): seeds
+    /// replicate the training only, and every seed tests on the same folds.
+    Fixed,
+}
+
 /// The cells of the study.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -364,6 +378,9 @@ pub struct GridConfig {
     /// The examples outside the test fold are split the same way into this many parts: one
     /// validates (picks the best epoch), the others train. 5 = a fifth for validation.
     pub inner_folds: usize,
+    /// `per-seed` (each seed its own folds: repeated k-fold) or `fixed` (one split from
+    /// `dataset.seed` for every seed).
+    pub fold_seed: FoldSeed,
     /// In the resolved config of a classification cell: its fold. Not set in experiment files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fold: Option<usize>,
@@ -380,6 +397,7 @@ impl Default for GridConfig {
             seeds: vec![0],
             folds: 5,
             inner_folds: 5,
+            fold_seed: FoldSeed::PerSeed,
             fold: None,
         }
     }
@@ -839,6 +857,24 @@ impl ExperimentConfig {
         Ok(run)
     }
 
+    /// The seed of the outer folds (and, mixed with the fold, of the inner split) of grid seed
+    /// `seed`: `dataset.seed` itself with `fold_seed = "fixed"`, else a mix of the two
+    /// (SplitMix64 finaliser), so nearby seeds give unrelated splits.
+    pub fn split_seed(&self, seed: u64) -> u64 {
+        match self.grid.fold_seed {
+            FoldSeed::Fixed => self.dataset.seed,
+            FoldSeed::PerSeed => {
+                let mut z = self
+                    .dataset
+                    .seed
+                    .wrapping_add(seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            }
+        }
+    }
+
     /// Folder of this experiment's runs.
     pub fn runs_root(&self) -> PathBuf {
         self.runs_dir.join(&self.name)
@@ -1032,6 +1068,35 @@ mod tests {
             let err = ExperimentConfig::from_toml_str(text, &[]).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod split_seeds {
+    use super::*;
+
+    #[test]
+    fn each_seed_draws_its_own_split_unless_the_split_is_fixed() {
+        let per_seed = ExperimentConfig::from_toml_str("[dataset]\nseed = 7\n", &[]).unwrap();
+        assert_eq!(per_seed.grid.fold_seed, FoldSeed::PerSeed);
+        let seeds: Vec<u64> = (0..50).map(|s| per_seed.split_seed(s)).collect();
+        let mut unique = seeds.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), seeds.len(), "every seed its own split");
+        assert!(!seeds.contains(&7));
+        // The data set's seed takes part: another data seed, other splits.
+        let other = ExperimentConfig::from_toml_str("[dataset]\nseed = 8\n", &[]).unwrap();
+        assert_ne!(other.split_seed(0), per_seed.split_seed(0));
+        let fixed = ExperimentConfig::from_toml_str(
+            "[dataset]\nseed = 7\n[grid]\nfold_seed = \"fixed\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!((0..5).all(|s| fixed.split_seed(s) == 7));
+        let err =
+            ExperimentConfig::from_toml_str("[grid]\nfold_seed = \"per_seed\"\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("per-seed"), "{err:#}");
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod contact_sheet;
 pub mod dataset;
 pub mod eval_seg;
+pub mod findings;
 pub mod ingest;
 pub mod plan;
 pub mod pocus_pool;

@@ -39,6 +39,13 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// The grid seed of the cell.
+    pub fn seed(&self) -> u64 {
+        match &self.kind {
+            CellKind::Pretrain { seed, .. } | CellKind::Classify { seed, .. } => *seed,
+        }
+    }
+
     /// A short name for logs: `pretrain dense seed 0`, `classify none seed 1 fold 2`.
     pub fn label(&self) -> String {
         match &self.kind {

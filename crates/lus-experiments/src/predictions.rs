@@ -1,5 +1,6 @@
 //! `test/predictions.csv` of a classification cell: one row per test example with its pool
-//! index, id, clip, probe, true and predicted class and the probability of each class
+//! index, id, clip, fold group (patient, else clip: the unit a bootstrap resamples), probe,
+//! true and predicted class and the probability of each class
 //! (`p_<class>` columns, as the model gave them in f32). Written and read with the `csv`
 //! crate, so ids and clip names with commas or quotes survive.
 
@@ -15,6 +16,8 @@ pub struct TestPrediction {
     pub index: usize,
     pub id: String,
     pub clip: String,
+    /// The fold group: the patient, else the clip (a scanner image is its own).
+    pub group: String,
     pub probe: Probe,
     /// Class indices.
     pub truth: usize,
@@ -23,10 +26,18 @@ pub struct TestPrediction {
 }
 
 fn header(class_names: &[String]) -> Vec<String> {
-    let mut header: Vec<String> = ["index", "id", "clip", "probe", "truth", "predicted"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut header: Vec<String> = [
+        "index",
+        "id",
+        "clip",
+        "group",
+        "probe",
+        "truth",
+        "predicted",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     header.extend(class_names.iter().map(|n| format!("p_{n}")));
     header
 }
@@ -47,6 +58,7 @@ pub fn write_predictions(
                 row.index.to_string(),
                 row.id.clone(),
                 row.clip.clone(),
+                row.group.clone(),
                 row.probe.to_string(),
                 class_names[row.truth].clone(),
                 class_names[row.predicted].clone(),
@@ -95,8 +107,8 @@ pub fn read_predictions(
         let index = record[0]
             .parse()
             .map_err(|_| bad("index is not a number"))?;
-        let probe: Probe = record[3].parse().map_err(|e: String| bad(&e))?;
-        let probabilities = (6..record.len())
+        let probe: Probe = record[4].parse().map_err(|e: String| bad(&e))?;
+        let probabilities = (7..record.len())
             .map(|k| {
                 record[k]
                     .parse::<f32>()
@@ -109,9 +121,10 @@ pub fn read_predictions(
             index,
             id: record[1].to_string(),
             clip: record[2].to_string(),
+            group: record[3].to_string(),
             probe,
-            truth: class_of(&record[4], line)?,
-            predicted: class_of(&record[5], line)?,
+            truth: class_of(&record[5], line)?,
+            predicted: class_of(&record[6], line)?,
             probabilities,
         });
     }
@@ -132,6 +145,7 @@ mod tests {
                 index: 3,
                 id: "Cov-Atlas+(45).gif#frame,2".into(),
                 clip: "clip \"a\"".into(),
+                group: "patient 7".into(),
                 probe: Probe::Convex,
                 truth: 0,
                 predicted: 2,
@@ -141,6 +155,7 @@ mod tests {
                 index: 9,
                 id: "b".into(),
                 clip: "b".into(),
+                group: "b".into(),
                 probe: Probe::Linear,
                 truth: 1,
                 predicted: 1,
@@ -157,7 +172,7 @@ mod tests {
         );
         std::fs::write(
             &path,
-            "index,id,clip,probe,truth,predicted,p_covid,p_pneumonia,p_healthy\n1,a,a,convex,covid,flu,0.1,0.2,0.7\n",
+            "index,id,clip,group,probe,truth,predicted,p_covid,p_pneumonia,p_healthy\n1,a,a,a,convex,covid,flu,0.1,0.2,0.7\n",
         )
         .unwrap();
         let err = read_predictions(&path, &names).unwrap_err().to_string();

@@ -18,6 +18,7 @@ use lus_train::SegModel;
 
 use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::dataset::Dataset;
+use crate::findings::{self, ClsSummary, Completeness, Facts, LineFp, SegScore};
 use crate::plan::{Cell, CellKind, Plan};
 use crate::provenance::{RUN_MANIFEST_FILE, RunManifest};
 use crate::seg_cell::{best_checkpoint, cell_arm, read_eval, truths};
@@ -274,6 +275,13 @@ pub fn write_report(
         first.map_or(0, |m| m.host_cpus),
     );
     md.push_str(&setup_section(&context, plan)?);
+    let cls_summary = match experiment.classify {
+        Some(_) => Some(crate::report_cls::summarize_arms(experiment, cls_cells)?),
+        None => None,
+    };
+    let facts = report_facts(&context, plan, cls_cells, cls_summary.clone())?;
+    md.push_str(&findings::warnings_section(&facts));
+    md.push_str(&findings::findings_section(&facts));
     for (k, truth) in context.truths.iter().enumerate() {
         md.push_str(&truth_section(&context, truth, k == 0));
     }
@@ -298,10 +306,11 @@ pub fn write_report(
                 .join(" | ")
         );
     }
-    if experiment.classify.is_some() {
+    if let Some(summary) = &cls_summary {
         md.push_str(&crate::report_cls::classification_section(
             experiment,
             cls_cells,
+            summary,
             staged.path(),
             &figures,
         )?);
@@ -458,16 +467,109 @@ fn setup_section(context: &SegContext<'_>, plan: &Plan) -> anyhow::Result<String
     Ok(md)
 }
 
+/// What the warnings and the findings are computed from: every cell's classes against the
+/// comparison truth, the line classes' false positives per image, the classification
+/// comparisons and the cells the plan has that are not complete.
+fn report_facts(
+    context: &SegContext<'_>,
+    plan: &Plan,
+    cls_cells: &[crate::report_cls::ClsCellResult],
+    classification: Option<ClsSummary>,
+) -> anyhow::Result<Facts> {
+    let schema = &context.data.schema;
+    let truth = &context.truths[0];
+    let mut seg_scores = Vec::new();
+    for cell in context.cells {
+        let Some(table) = cell.eval(&truth.name) else {
+            continue;
+        };
+        // The classes the arm's own labels draw (a class it was never taught is no collapse).
+        let renders = match plan.pretrain_cell(&cell.arm, cell.seed) {
+            Some(c) => cell_arm(&c.config)?.1.renders(schema),
+            None => continue,
+        };
+        for row in 0..table.len() {
+            let id = float(table, row, "class_id");
+            let id = if id.is_finite() { id as usize } else { row };
+            if id == 0 {
+                continue;
+            }
+            seg_scores.push(SegScore {
+                arm: cell.arm.clone(),
+                seed: cell.seed,
+                class: text(table, row, "class"),
+                trained: renders.get(id).is_some_and(|r| *r != ClassRender::Off),
+                truth_pixels: float(table, row, "truth_pixels"),
+                dice: float(table, row, "dice"),
+            });
+        }
+    }
+    let line_fp = drawn_line_classes(schema, truth)
+        .into_iter()
+        .map(|class| LineFp {
+            class: schema.classes()[class].name.clone(),
+            per_arm: context
+                .arms
+                .iter()
+                .map(|&arm| {
+                    (
+                        arm.to_string(),
+                        context.column(arm, &truth.name, class, "fp_per_image"),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let missing = |cells: &[Cell], done: &dyn Fn(&CellKind) -> bool| Completeness {
+        stage: match cells.first().map(|c| &c.kind) {
+            Some(CellKind::Classify { .. }) => "classification".to_string(),
+            _ => "pretraining".to_string(),
+        },
+        planned: cells.len(),
+        missing: cells
+            .iter()
+            .filter(|c| !done(&c.kind))
+            .map(Cell::label)
+            .collect(),
+    };
+    let pretrain_done = |kind: &CellKind| {
+        matches!(kind, CellKind::Pretrain { arm, seed }
+            if context.cells.iter().any(|c| &c.arm == arm && c.seed == *seed))
+    };
+    let classify_done = |kind: &CellKind| {
+        matches!(kind, CellKind::Classify { arm, seed, fold, .. }
+            if cls_cells.iter().any(|c| &c.arm == arm && c.seed == *seed && c.fold == *fold))
+    };
+    Ok(Facts {
+        truth: truth.name.clone(),
+        seeds: context.experiment.grid.seeds.len(),
+        seg_scores,
+        seg_arms: context.arms.iter().map(|a| a.to_string()).collect(),
+        line_fp,
+        classification,
+        completeness: vec![
+            missing(plan.pretrain(), &pretrain_done),
+            missing(plan.classify(), &classify_done),
+        ],
+    })
+}
+
+/// The line classes a truth recipe draws, by id.
+fn drawn_line_classes(schema: &lus_data::LabelSchema, truth: &LabelRecipe) -> Vec<usize> {
+    let renders = truth.renders(schema);
+    schema
+        .line_classes()
+        .map(|c| usize::from(c.id))
+        .filter(|&id| renders[id] != ClassRender::Off)
+        .collect()
+}
+
 /// Object- and pixel-level tables of every arm against one truth recipe.
 fn truth_section(context: &SegContext<'_>, truth: &LabelRecipe, comparison: bool) -> String {
     let schema = &context.data.schema;
     let renders = truth.renders(schema);
     let drawn = |id: usize| renders[id] != ClassRender::Off;
-    let line_classes: Vec<usize> = schema
-        .line_classes()
-        .map(|c| usize::from(c.id))
-        .filter(|&id| drawn(id))
-        .collect();
+    let line_classes = drawn_line_classes(schema, truth);
     let foreground: Vec<usize> = (1..schema.num_classes()).filter(|&id| drawn(id)).collect();
     let mut md = String::new();
     let _ = writeln!(

@@ -126,20 +126,30 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
     if !classify.is_empty() {
         check_backbones(&plan, &classify)?;
         let pool = ClassifyPool::for_experiment(&experiment)?;
-        let folds = stratified_group_kfold(
-            &pool.labels,
-            &pool.groups,
-            experiment.grid.folds,
-            experiment.dataset.seed,
-        )?;
+        // The outer folds of each grid seed (one split for all with `fold_seed = "fixed"`).
+        let mut folds_of_seed: Vec<(u64, Vec<usize>)> = Vec::new();
+        for &seed in &experiment.grid.seeds {
+            let folds = stratified_group_kfold(
+                &pool.labels,
+                &pool.groups,
+                experiment.grid.folds,
+                experiment.split_seed(seed),
+            )?;
+            folds_of_seed.push((seed, folds));
+        }
         for cell in &classify {
             check_stop(stop)?;
             announce(cell);
             let backbone = plan.backbone_of(cell).map(|b| best_checkpoint(&b.dir));
+            let folds = folds_of_seed
+                .iter()
+                .find(|(s, _)| *s == cell.seed())
+                .map(|(_, f)| f.as_slice())
+                .context("a cell of a seed outside the grid")?;
             run_cls_cell(
                 &cell.config,
                 &pool,
-                &folds,
+                folds,
                 backbone.as_deref(),
                 &cell.dir,
                 &runner,

@@ -1,6 +1,9 @@
 //! Example-level classification metrics (COVID / pneumonia / healthy, or any `K >= 2`
 //! classes) from true class ids and per-example class probabilities, ROC curves, and
-//! bootstrap confidence intervals.
+//! bootstrap confidence intervals: over examples ([`Predictions::bootstrap`]) or over
+//! clusters of correlated examples such as the frames of a clip or the clips of a patient
+//! ([`Predictions::cluster_bootstrap`]); and the macro AUC averaged over folds
+//! ([`fold_averaged_auc`]) rather than pooled.
 //!
 //! # Conventions
 //!
@@ -36,6 +39,9 @@
 //!   `sklearn.metrics.roc_auc_score`. It is computed from integer counts, so it does not
 //!   depend on the order of the examples. With two classes whose probabilities sum exactly to
 //!   1, both per-class AUCs and the macro AUC equal the binary AUC.
+
+use std::collections::HashMap;
+use std::hash::Hash;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -104,7 +110,9 @@ pub struct ClassificationMetrics {
     pub macro_f1: f64,
     /// Per-class F1 weighted by support.
     pub weighted_f1: f64,
-    /// Nan-mean of the per-class one-vs-rest AUCs.
+    /// Nan-mean of the per-class one-vs-rest AUCs, over the examples given. On predictions
+    /// concatenated from several folds (models) this is a **pooled** AUC; see
+    /// [`fold_averaged_auc`] for the mean of the per-fold AUCs.
     pub macro_auc: f64,
     /// Per-class scores, in class order.
     pub per_class: Vec<ClassMetrics>,
@@ -276,7 +284,11 @@ impl Predictions {
             .collect()
     }
 
-    /// Every metric on these examples.
+    /// Every metric on these examples, all of them together. When these predictions are
+    /// the test predictions of several folds (several trained models) concatenated, the AUCs
+    /// are **pooled**: one ranking mixes the scores of different models, which is only fair
+    /// if their probabilities are calibrated alike. [`fold_averaged_auc`] averages the
+    /// per-fold AUCs instead.
     pub fn metrics(&self) -> ClassificationMetrics {
         let auc = self
             .rankings()
@@ -324,25 +336,143 @@ impl Predictions {
         settings: &BootstrapSettings,
         rng: &mut impl Rng,
     ) -> Result<Vec<ConfidenceInterval>> {
-        if settings.resamples == 0 {
-            return Err(MetricsError::InvalidInput(
-                "bootstrap with zero resamples".into(),
-            ));
-        }
-        if !(settings.confidence > 0.0 && settings.confidence < 1.0) {
-            return Err(MetricsError::InvalidInput(format!(
-                "bootstrap confidence {} is not in (0, 1)",
-                settings.confidence
-            )));
-        }
+        check_bootstrap_settings(settings)?;
         let point = self.metrics().named_values(class_names, false)?;
         let seeds: Vec<u64> = (0..settings.resamples).map(|_| rng.next_u64()).collect();
+        let n = self.num_examples();
+        Ok(
+            self.percentile_intervals(class_names, settings.confidence, point, seeds.len(), |b| {
+                resample_counts(n, seeds[b])
+            }),
+        )
+    }
+
+    /// Percentile bootstrap intervals that resample whole **clusters** (clips, patients) with
+    /// replacement instead of examples: the same metrics, percentiles and NaN rule as
+    /// [`Predictions::bootstrap`].
+    ///
+    /// Why: frames of one clip (or clips of one patient) are strongly correlated, so the
+    /// example bootstrap treats them as independent evidence and gives intervals that are far
+    /// too narrow. Resampling the clusters keeps the within-cluster correlation in every
+    /// resample.
+    ///
+    /// `clusters[i]` is the cluster id of example `i` (any hashable id: `String`, `&str`,
+    /// `usize`, ...). Cluster `g` is the `g`-th distinct id in order of first appearance in
+    /// `clusters` ([`cluster_indices`]); a cluster's examples need not be contiguous.
+    ///
+    /// Draws, exactly (so that [`cluster_bootstrap_draws`] and a reference implementation can
+    /// reproduce them): `rng` gives one `u64` per resample, in order; resample `b` seeds a
+    /// `ChaCha8Rng` (`rand_chacha`, `seed_from_u64`) with that value and draws `G` cluster
+    /// indices (`G` = number of clusters) one after the other, each uniform in `0..G` by
+    /// Lemire's multiply-and-reject on `next_u64` (a draw `w` is accepted when the low 64
+    /// bits of `w * G` are `>= (2^64 - G) mod G`, and gives the high 64 bits). The resample
+    /// holds every example of every drawn cluster, once per draw, so its size varies with the
+    /// sizes of the drawn clusters. `rng` has advanced by exactly `resamples` words
+    /// afterwards, and the result does not depend on the rayon thread count. With one example
+    /// per cluster (in example order) this is exactly [`Predictions::bootstrap`] with the same
+    /// `rng`.
+    ///
+    /// A resample that lacks a class (no example of it drawn) leaves the metrics that need
+    /// that class undefined (NaN, e.g. its recall or AUC); such a resample is skipped for
+    /// those metrics only, and [`ConfidenceInterval::resamples_used`] says how many were used
+    /// (the rule of [`Predictions::bootstrap`]).
+    ///
+    /// Errors: `clusters.len()` differs from the number of examples, zero resamples, a
+    /// confidence outside `(0, 1)`, bad class names.
+    pub fn cluster_bootstrap<C: Eq + Hash>(
+        &self,
+        clusters: &[C],
+        class_names: &[&str],
+        settings: &BootstrapSettings,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<ConfidenceInterval>> {
+        let index = self.cluster_index(clusters)?;
+        check_bootstrap_settings(settings)?;
+        let point = self.metrics().named_values(class_names, false)?;
+        let seeds: Vec<u64> = (0..settings.resamples).map(|_| rng.next_u64()).collect();
+        let g = index.num_clusters();
+        Ok(
+            self.percentile_intervals(class_names, settings.confidence, point, seeds.len(), |b| {
+                index.counts(&cluster_draw(g, seeds[b]))
+            }),
+        )
+    }
+
+    /// The intervals of [`Predictions::cluster_bootstrap`] from explicit resamples:
+    /// `draws[b]` lists the cluster indices (as in [`cluster_indices`], repeats allowed) of
+    /// resample `b`. For checks against a reference implementation, and for resampling
+    /// schemes other than the default (e.g. fewer draws than clusters).
+    /// [`cluster_bootstrap_draws`] gives the draws of [`Predictions::cluster_bootstrap`].
+    ///
+    /// Errors: as [`Predictions::cluster_bootstrap`], plus no resample, an empty resample or a
+    /// cluster index out of range (naming the resample).
+    pub fn cluster_bootstrap_from_draws<C: Eq + Hash>(
+        &self,
+        clusters: &[C],
+        class_names: &[&str],
+        confidence: f64,
+        draws: &[Vec<usize>],
+    ) -> Result<Vec<ConfidenceInterval>> {
+        let index = self.cluster_index(clusters)?;
+        check_bootstrap_settings(&BootstrapSettings {
+            resamples: draws.len(),
+            confidence,
+        })?;
+        for (b, draw) in draws.iter().enumerate() {
+            index
+                .check_draw(draw)
+                .map_err(|e| MetricsError::InvalidInput(format!("resample {b}: {e}")))?;
+        }
+        let point = self.metrics().named_values(class_names, false)?;
+        Ok(
+            self.percentile_intervals(class_names, confidence, point, draws.len(), |b| {
+                index.counts(&draws[b])
+            }),
+        )
+    }
+
+    /// Every metric of one cluster resample: the sample made of all examples of the clusters
+    /// in `draw` (cluster indices as in [`cluster_indices`]; a cluster drawn twice counts
+    /// twice). Errors on a length mismatch of `clusters`, an empty draw or an index out of
+    /// range.
+    pub fn cluster_resample_metrics<C: Eq + Hash>(
+        &self,
+        clusters: &[C],
+        draw: &[usize],
+    ) -> Result<ClassificationMetrics> {
+        let index = self.cluster_index(clusters)?;
+        index.check_draw(draw).map_err(MetricsError::InvalidInput)?;
+        Ok(self.weighted_metrics(&self.rankings(), &index.counts(draw)))
+    }
+
+    fn cluster_index<C: Eq + Hash>(&self, clusters: &[C]) -> Result<ClusterIndex> {
+        if clusters.len() != self.num_examples() {
+            return Err(MetricsError::LengthMismatch {
+                what: "cluster bootstrap",
+                left_name: "cluster ids",
+                left: clusters.len(),
+                right_name: "examples",
+                right: self.num_examples(),
+            });
+        }
+        Ok(ClusterIndex::new(clusters))
+    }
+
+    /// Point estimates `point` and the percentile intervals over `resamples` resamples, the
+    /// `b`-th holding example `i` `counts_of(b)[i]` times (computed in parallel).
+    fn percentile_intervals(
+        &self,
+        class_names: &[&str],
+        confidence: f64,
+        point: Vec<(String, f64)>,
+        resamples: usize,
+        counts_of: impl Fn(usize) -> Vec<u64> + Sync,
+    ) -> Vec<ConfidenceInterval> {
         let rankings = self.rankings();
-        let resampled: Vec<Vec<f64>> = seeds
-            .par_iter()
-            .map(|&seed| {
-                let counts = resample_counts(self.num_examples(), seed);
-                self.weighted_metrics(&rankings, &counts)
+        let resampled: Vec<Vec<f64>> = (0..resamples)
+            .into_par_iter()
+            .map(|b| {
+                self.weighted_metrics(&rankings, &counts_of(b))
                     .named_values(class_names, false)
                     .expect("class names were validated for the point estimate")
                     .into_iter()
@@ -350,8 +480,8 @@ impl Predictions {
                     .collect()
             })
             .collect();
-        let alpha = 1.0 - settings.confidence;
-        Ok(point
+        let alpha = 1.0 - confidence;
+        point
             .into_iter()
             .enumerate()
             .map(|(m, (metric, estimate))| {
@@ -369,7 +499,7 @@ impl Predictions {
                     resamples_used: values.len(),
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// One ranking of the examples per class, by decreasing probability of that class.
@@ -705,6 +835,168 @@ fn below(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
             return (product >> 64) as u64;
         }
     }
+}
+
+fn check_bootstrap_settings(settings: &BootstrapSettings) -> Result<()> {
+    if settings.resamples == 0 {
+        return Err(MetricsError::InvalidInput(
+            "bootstrap with zero resamples".into(),
+        ));
+    }
+    if !(settings.confidence > 0.0 && settings.confidence < 1.0) {
+        return Err(MetricsError::InvalidInput(format!(
+            "bootstrap confidence {} is not in (0, 1)",
+            settings.confidence
+        )));
+    }
+    Ok(())
+}
+
+/// Cluster index (`0..G`, in order of first appearance) of each of `ids`, the cluster ids of
+/// the examples in order: the numbering the cluster bootstrap's draws refer to. E.g.
+/// `["p7", "p2", "p7", "p9"]` gives `[0, 1, 0, 2]`.
+pub fn cluster_indices<C: Eq + Hash>(ids: &[C]) -> Vec<usize> {
+    let mut seen: HashMap<&C, usize> = HashMap::with_capacity(ids.len());
+    ids.iter()
+        .map(|id| {
+            let next = seen.len();
+            *seen.entry(id).or_insert(next)
+        })
+        .collect()
+}
+
+/// The draws of [`Predictions::cluster_bootstrap`] with `num_clusters` clusters and
+/// `resamples` resamples from `rng` (same state as given there): `draws[b]` holds the
+/// `num_clusters` cluster indices of resample `b`, in draw order (see that method for the
+/// exact recipe). `rng` advances by `resamples` words, as in the bootstrap. With zero
+/// clusters every draw is empty.
+pub fn cluster_bootstrap_draws(
+    num_clusters: usize,
+    resamples: usize,
+    rng: &mut impl Rng,
+) -> Vec<Vec<usize>> {
+    (0..resamples)
+        .map(|_| rng.next_u64())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|seed| cluster_draw(num_clusters, seed))
+        .collect()
+}
+
+/// `g` cluster indices drawn uniformly with replacement from a `ChaCha8Rng` seeded with
+/// `seed` (the recipe of [`resample_counts`], which counts instead of listing).
+fn cluster_draw(g: usize, seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..g).map(|_| below(&mut rng, g as u64) as usize).collect()
+}
+
+/// Examples grouped by cluster, clusters numbered as in [`cluster_indices`].
+struct ClusterIndex {
+    /// Cluster of each example.
+    of_example: Vec<usize>,
+    /// Number of clusters `G`.
+    num_clusters: usize,
+}
+
+impl ClusterIndex {
+    fn new<C: Eq + Hash>(ids: &[C]) -> Self {
+        let of_example = cluster_indices(ids);
+        let num_clusters = of_example.iter().max().map_or(0, |m| m + 1);
+        Self {
+            of_example,
+            num_clusters,
+        }
+    }
+
+    fn num_clusters(&self) -> usize {
+        self.num_clusters
+    }
+
+    /// A draw must be non-empty and name existing clusters.
+    fn check_draw(&self, draw: &[usize]) -> std::result::Result<(), String> {
+        if draw.is_empty() {
+            return Err("a cluster resample draws no cluster".into());
+        }
+        if let Some((j, c)) = draw
+            .iter()
+            .enumerate()
+            .find(|(_, c)| **c >= self.num_clusters)
+        {
+            return Err(format!(
+                "draw {j} is cluster {c}, but there are only {} clusters (indices 0..={})",
+                self.num_clusters,
+                self.num_clusters - 1
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many times each example is in the resample made of the clusters `draw`.
+    fn counts(&self, draw: &[usize]) -> Vec<u64> {
+        let mut times = vec![0u64; self.num_clusters];
+        for &c in draw {
+            times[c] += 1;
+        }
+        self.of_example.iter().map(|&c| times[c]).collect()
+    }
+}
+
+/// Macro AUC averaged over folds: see [`fold_averaged_auc`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldAuc {
+    /// Macro AUC ([`ClassificationMetrics::macro_auc`]) of each fold, in input order; NaN
+    /// where undefined (fewer than two classes in that fold's truth).
+    pub per_fold: Vec<f64>,
+    /// Mean over the folds with a defined AUC; NaN when none has one.
+    pub mean: f64,
+    /// Sample standard deviation (`ddof = 1`) over the folds with a defined AUC; NaN for
+    /// fewer than two.
+    pub std: f64,
+    /// Folds whose AUC entered the mean.
+    pub folds_used: usize,
+    /// Folds skipped because their AUC is NaN.
+    pub folds_skipped: usize,
+}
+
+/// Mean and standard deviation over folds of the per-fold macro AUC, each fold's AUC
+/// computed on that fold's own test predictions.
+///
+/// Why: concatenating the test predictions of all folds and computing one AUC (a *pooled*
+/// AUC, what [`Predictions::metrics`] gives on concatenated predictions) ranks together
+/// scores of different models, whose probabilities need not be calibrated alike, so a pooled
+/// AUC can be lower (or higher) than every fold's own. The per-fold mean measures what each
+/// trained model achieves.
+///
+/// Folds with an undefined (NaN) macro AUC are skipped and counted in
+/// [`FoldAuc::folds_skipped`]. Errors on no fold, or on folds with different class counts
+/// (naming the first one that differs).
+pub fn fold_averaged_auc(folds: &[Predictions]) -> Result<FoldAuc> {
+    let Some(first) = folds.first() else {
+        return Err(MetricsError::InvalidInput(
+            "fold-averaged AUC of zero folds".into(),
+        ));
+    };
+    if let Some((f, p)) = folds
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.num_classes() != first.num_classes())
+    {
+        return Err(MetricsError::InvalidInput(format!(
+            "fold-averaged AUC: fold {f} has {} classes, fold 0 has {}",
+            p.num_classes(),
+            first.num_classes()
+        )));
+    }
+    let per_fold: Vec<f64> = folds.iter().map(|p| p.metrics().macro_auc).collect();
+    let defined: Vec<f64> = per_fold.iter().copied().filter(|v| !v.is_nan()).collect();
+    let summary = crate::stats::summarize(&defined);
+    Ok(FoldAuc {
+        mean: summary.mean,
+        std: summary.std,
+        folds_used: defined.len(),
+        folds_skipped: per_fold.len() - defined.len(),
+        per_fold,
+    })
 }
 
 /// The `q`-quantile (`0 <= q <= 1`) of sorted values with linear interpolation between order

@@ -10,9 +10,10 @@
 //! - [`objects`]: object-level TP / FP / FN for the line classes.
 //! - [`table`]: result tables (polars) written as CSV + Parquet.
 //! - [`plot`]: training curves and image/mask overlay grids as PNG.
-//! - [`classification`]: example-level classification metrics, ROC curves and bootstrap
-//!   confidence intervals.
-//! - [`stats`]: mean / std and paired tests (Wilcoxon signed-rank, paired t) across arms.
+//! - [`classification`]: example-level classification metrics, ROC curves, example and
+//!   cluster bootstrap confidence intervals, fold-averaged AUC.
+//! - [`stats`]: mean / std, paired tests (Wilcoxon signed-rank, paired t), the corrected
+//!   resampled t-test for cross-validation cells and Holm-Bonferroni adjustment.
 //! - [`plot_cls`]: ROC curves, confusion-matrix heatmaps and bar charts with error bars.
 
 pub mod classification;
@@ -27,8 +28,8 @@ pub mod stats;
 pub mod table;
 
 pub use classification::{
-    BootstrapSettings, ClassMetrics, ClassificationMetrics, ConfidenceInterval, Predictions,
-    RocCurve,
+    BootstrapSettings, ClassMetrics, ClassificationMetrics, ConfidenceInterval, FoldAuc,
+    Predictions, RocCurve, cluster_bootstrap_draws, cluster_indices, fold_averaged_auc,
 };
 pub use components::{Components, Connectivity, label_binary, label_class};
 pub use confusion::{ClassScores, ConfusionMatrix, MeanScores, nan_mean};
@@ -38,8 +39,9 @@ pub use objects::{ObjectConfig, ObjectCounts, object_counts};
 pub use plot::{OverlayLayout, OverlayRow, overlay_grid, plot_curves};
 pub use plot_cls::{BarSeries, plot_bars, plot_confusion_matrix, plot_roc_curves};
 pub use stats::{
-    PairedComparison, TTestResult, WilcoxonMethod, WilcoxonResult, compare_paired, paired_t_test,
-    wilcoxon_signed_rank,
+    CorrectedTTestResult, CvCell, CvComparison, PairedComparison, TTestResult, WilcoxonMethod,
+    WilcoxonResult, compare_cv_cells, compare_paired, corrected_resampled_t_test,
+    corrected_resampled_t_test_paired, holm_adjust, paired_t_test, wilcoxon_signed_rank,
 };
 pub use table::{MetricsTable, Row, Value, read_table_csv, read_table_parquet, write_table};
 

@@ -1,6 +1,15 @@
 //! Summary statistics and paired tests for comparing arms (dense-pretrained,
 //! sparse-pretrained, not pretrained) over the same seeds x folds.
 //!
+//! # Which test for cross-validation cells
+//!
+//! The cells of a repeated k-fold cross-validation are not independent (their training sets
+//! overlap), so [`paired_t_test`] and [`wilcoxon_signed_rank`] over cells are anti-
+//! conservative. For those comparisons use [`corrected_resampled_t_test`] (or
+//! [`compare_cv_cells`] on a report's cell records), which inflates the variance by the
+//! Nadeau-Bengio correction, and adjust a family of such p-values with [`holm_adjust`].
+//! The plain tests stay for independent samples and for backwards compatibility.
+//!
 //! The two paired tests reproduce scipy 1.17 with its default arguments:
 //!
 //! - [`paired_t_test`] = `scipy.stats.ttest_rel(x, y)`: `t = mean(d) / (std(d, ddof=1) /
@@ -287,6 +296,255 @@ pub fn compare_paired(x: &[f64], y: &[f64]) -> Result<PairedComparison> {
         t_test: paired_t_test(x, y)?,
         wilcoxon: wilcoxon_signed_rank(x, y)?,
     })
+}
+
+/// Reason of a NaN p-value of [`corrected_resampled_t_test`]: every cell's difference is
+/// zero (0 / 0, as `scipy.stats.ttest_rel` gives for all-zero differences).
+pub const ALL_CELL_DIFFERENCES_ZERO: &str = "all cell differences are zero";
+
+/// Result of [`corrected_resampled_t_test`] (and of the helpers built on it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CorrectedTTestResult {
+    /// Number of cells `n` (repetitions x folds, after any pairwise dropping).
+    pub cells: usize,
+    /// Mean of the per-cell differences `x - y`.
+    pub mean_difference: f64,
+    /// Sample standard deviation (`ddof = 1`) of the per-cell differences.
+    pub std_difference: f64,
+    /// The `n_test / n_train` ratio the caller passed.
+    pub test_train_ratio: f64,
+    /// The variance factor used in place of the plain t-test's `1 / n`:
+    /// `1 / n + n_test / n_train`.
+    pub correction: f64,
+    /// `mean / sqrt(correction * var)` (positive when `x` is larger on average).
+    pub statistic: f64,
+    /// Degrees of freedom, `n - 1`.
+    pub df: f64,
+    /// Two-sided p-value from Student's t with `df` degrees of freedom.
+    pub p_value: f64,
+    /// Why the p-value is NaN ([`ALL_CELL_DIFFERENCES_ZERO`]), if it is.
+    pub undefined: Option<&'static str>,
+}
+
+/// Corrected resampled t-test (Nadeau & Bengio 2003, "Inference for the generalization
+/// error"; in the corrected repeated k-fold form of Bouckaert & Frank 2004, "Evaluating the
+/// replicability of significance tests for comparing learning algorithms") on the per-cell
+/// differences `d = x - y` of `n = r x k` cross-validation cells (r repetitions / seeds of
+/// k folds).
+///
+/// Why: the cells of a cross-validation share training data, so their differences are
+/// positively correlated and the plain paired t-test ([`paired_t_test`]), which treats them
+/// as independent, underestimates the variance of the mean and rejects far too often. The
+/// correction replaces the `1 / n` of the variance of the mean by `1 / n + n_test / n_train`:
+///
+/// `t = mean(d) / sqrt((1 / n + n_test / n_train) * var(d))`, `var` with `ddof = 1`,
+/// `df = n - 1`, two-sided `p = P(|T_df| >= |t|)`.
+///
+/// `test_train_ratio` is `n_test / n_train` of one cell; for k-fold cross-validation it is
+/// `1 / (k - 1)`. With a ratio of 0 the statistic would be `scipy.stats.ttest_rel`'s.
+///
+/// Zero variance follows [`paired_t_test`] (and scipy's `ttest_rel`): all differences zero
+/// gives `t = NaN`, `p = NaN` with [`CorrectedTTestResult::undefined`] set; differences that
+/// are all equal but not zero give `t = ±inf`, `p = 0`.
+///
+/// Errors: fewer than 2 cells, a non-finite difference (named by its index), a ratio that
+/// is not positive and finite.
+pub fn corrected_resampled_t_test(
+    differences: &[f64],
+    test_train_ratio: f64,
+) -> Result<CorrectedTTestResult> {
+    let n = differences.len();
+    if n < 2 {
+        return Err(MetricsError::InvalidInput(format!(
+            "corrected resampled t-test: needs at least 2 cells (repetitions x folds), got {n}"
+        )));
+    }
+    if !(test_train_ratio > 0.0 && test_train_ratio.is_finite()) {
+        return Err(MetricsError::InvalidInput(format!(
+            "corrected resampled t-test: test/train size ratio {test_train_ratio} is not a \
+             positive finite number (for k-fold cross-validation it is 1 / (k - 1))"
+        )));
+    }
+    if let Some((i, d)) = differences.iter().enumerate().find(|(_, d)| !d.is_finite()) {
+        return Err(MetricsError::InvalidInput(format!(
+            "corrected resampled t-test: difference {d} of cell {i} is not finite; drop \
+             undefined cells from both arms first"
+        )));
+    }
+    let mean_difference = mean(differences);
+    let variance = differences
+        .iter()
+        .map(|v| (v - mean_difference) * (v - mean_difference))
+        .sum::<f64>()
+        / (n - 1) as f64;
+    let correction = 1.0 / n as f64 + test_train_ratio;
+    let df = (n - 1) as f64;
+    let undefined = differences
+        .iter()
+        .all(|&v| v == 0.0)
+        .then_some(ALL_CELL_DIFFERENCES_ZERO);
+    let (statistic, p_value) = match undefined {
+        Some(_) => (f64::NAN, f64::NAN),
+        None => {
+            // Constant non-zero differences: variance 0, t = ±inf, p = 0 (as scipy).
+            let t = mean_difference / (correction * variance).sqrt();
+            (t, student_t_two_sided_p(t, df))
+        }
+    };
+    Ok(CorrectedTTestResult {
+        cells: n,
+        mean_difference,
+        std_difference: variance.sqrt(),
+        test_train_ratio,
+        correction,
+        statistic,
+        df,
+        p_value,
+        undefined,
+    })
+}
+
+/// [`corrected_resampled_t_test`] of the per-cell scores `x` and `y` of two arms (cell `i`
+/// of both is the same repetition and fold), on `x - y`. Errors also on a length mismatch or
+/// a non-finite score (naming the cell).
+pub fn corrected_resampled_t_test_paired(
+    x: &[f64],
+    y: &[f64],
+    test_train_ratio: f64,
+) -> Result<CorrectedTTestResult> {
+    let d = paired_differences(x, y)?;
+    corrected_resampled_t_test(&d, test_train_ratio)
+}
+
+/// One cross-validation cell of a comparison of two arms: repetition (seed) and fold, and
+/// each arm's score there, `None` where that arm has no result for the cell (not run yet,
+/// failed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CvCell {
+    /// Repetition of the k-fold split (the seed, in lus).
+    pub repetition: u64,
+    /// Fold index within the repetition.
+    pub fold: usize,
+    /// Score of the first arm.
+    pub x: Option<f64>,
+    /// Score of the second arm.
+    pub y: Option<f64>,
+}
+
+/// Result of [`compare_cv_cells`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CvComparison {
+    /// The corrected resampled t-test over the cells both arms have.
+    pub test: CorrectedTTestResult,
+    /// `(repetition, fold)` of the cells used, in increasing order.
+    pub used: Vec<(u64, usize)>,
+    /// `(repetition, fold)` of the cells dropped because one arm (or both) had no score, in
+    /// increasing order.
+    pub dropped: Vec<(u64, usize)>,
+}
+
+/// [`corrected_resampled_t_test`] straight from a report's cell records.
+///
+/// Cells where either arm's score is `None` are dropped pairwise (from both arms) and listed
+/// in [`CvComparison::dropped`]; the test then runs on the remaining `n` cells with
+/// `correction = 1 / n + test_train_ratio` and `df = n - 1` (with dropped cells the design
+/// is no longer a full r x k grid, and the correction is an approximation). The differences
+/// are taken in increasing `(repetition, fold)` order, so the result does not depend on the
+/// order of `cells`.
+///
+/// Errors: a `(repetition, fold)` given twice, a present score that is not finite (named by
+/// its cell: pass `None` for a cell without a result), and the errors of
+/// [`corrected_resampled_t_test`] (fewer than 2 cells left, bad ratio).
+pub fn compare_cv_cells(cells: &[CvCell], test_train_ratio: f64) -> Result<CvComparison> {
+    let mut sorted: Vec<&CvCell> = cells.iter().collect();
+    sorted.sort_by_key(|c| (c.repetition, c.fold));
+    let mut used = Vec::new();
+    let mut dropped = Vec::new();
+    let mut differences = Vec::new();
+    for (i, c) in sorted.iter().enumerate() {
+        let key = (c.repetition, c.fold);
+        if i > 0 && (sorted[i - 1].repetition, sorted[i - 1].fold) == key {
+            return Err(MetricsError::InvalidInput(format!(
+                "cross-validation cell (repetition {}, fold {}) is given twice",
+                key.0, key.1
+            )));
+        }
+        for (arm, v) in [("x", c.x), ("y", c.y)] {
+            if let Some(v) = v.filter(|v| !v.is_finite()) {
+                return Err(MetricsError::InvalidInput(format!(
+                    "cross-validation cell (repetition {}, fold {}): score {arm} = {v} is not \
+                     finite; pass None for a cell without a result",
+                    key.0, key.1
+                )));
+            }
+        }
+        match (c.x, c.y) {
+            (Some(x), Some(y)) => {
+                used.push(key);
+                differences.push(x - y);
+            }
+            _ => dropped.push(key),
+        }
+    }
+    let test = corrected_resampled_t_test(&differences, test_train_ratio).map_err(|e| {
+        if dropped.is_empty() {
+            e
+        } else {
+            MetricsError::InvalidInput(format!(
+                "{e} ({} of {} cells dropped because an arm has no score there)",
+                dropped.len(),
+                cells.len()
+            ))
+        }
+    })?;
+    Ok(CvComparison {
+        test,
+        used,
+        dropped,
+    })
+}
+
+/// Holm-Bonferroni adjusted p-values of a family of comparisons (Holm 1979), equal to
+/// `statsmodels.stats.multitest.multipletests(p, method="holm")[1]`.
+///
+/// Why: a report tests several pairs of arms and several metrics; each raw p-value alone
+/// overstates the evidence. Holm controls the family-wise error rate like Bonferroni but is
+/// uniformly more powerful.
+///
+/// Step-down: with the `m` p-values sorted increasingly `p(1) <= ... <= p(m)`, the adjusted
+/// value of `p(i)` is `min(1, max_{j <= i} (m - j + 1) p(j))`, so adjusted values are
+/// monotone in the raw ones, never below them, and capped at 1. The result is in the input
+/// order.
+///
+/// NaN p-values (a test that could not be run, e.g. [`ALL_DIFFERENCES_ZERO`]) stay NaN and
+/// are **not counted** in the family size `m`: an undefined test cannot produce a false
+/// rejection. (statsmodels has no NaN rule: it would sort them last and count them.) With no
+/// NaN the values equal statsmodels' exactly.
+///
+/// Errors on a p-value that is not NaN and not in `[0, 1]` (naming its index).
+pub fn holm_adjust(p_values: &[f64]) -> Result<Vec<f64>> {
+    if let Some((i, p)) = p_values
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !p.is_nan() && !(0.0..=1.0).contains(*p))
+    {
+        return Err(MetricsError::InvalidInput(format!(
+            "Holm adjustment: p-value {p} (index {i}) is not in [0, 1]"
+        )));
+    }
+    let mut order: Vec<usize> = (0..p_values.len())
+        .filter(|&i| !p_values[i].is_nan())
+        .collect();
+    // Stable: tied p-values keep input order (their adjusted values are equal either way).
+    order.sort_by(|&a, &b| p_values[a].total_cmp(&p_values[b]));
+    let m = order.len();
+    let mut adjusted = vec![f64::NAN; p_values.len()];
+    let mut running_max = 0.0f64;
+    for (j, &i) in order.iter().enumerate() {
+        running_max = running_max.max(p_values[i] * (m - j) as f64);
+        adjusted[i] = running_max.min(1.0);
+    }
+    Ok(adjusted)
 }
 
 /// Average ranks (1-based, ties share their mean rank, as `scipy.stats.rankdata`) of finite

@@ -12,6 +12,7 @@ use lus_metrics::ConfusionMatrix;
 use lus_unet::{Mode, UNet, UNetConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::cls::ClassWeighting;
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::loss::{LossConfig, SegLoss};
@@ -328,6 +329,11 @@ pub struct SegRunConfig {
     pub data: ImageDataConfig,
     /// Average `miou`/`mdice` over the background class too.
     pub background_in_means: bool,
+    /// Class weights of the cross-entropy from the training masks' pixel counts: `none`,
+    /// `balanced`, `sqrt-balanced` (see [`ClassWeighting`]) or `{ explicit = [...] }`. Computed
+    /// per run from its own labels, so every label recipe is balanced on what it draws. Not
+    /// together with `train.loss.class_weights`.
+    pub class_weights: ClassWeighting,
 }
 
 impl SegRunConfig {
@@ -339,6 +345,21 @@ impl SegRunConfig {
         self.train.loss.validate(Some(self.unet.num_classes))?;
         self.data.validate_for(&self.unet)?;
         self.loader_config(true).validate()?;
+        if self.class_weights != ClassWeighting::None && self.train.loss.class_weights.is_some() {
+            return Err(TrainError::config(
+                "class_weights",
+                "set either class_weights (from the training masks) or train.loss.class_weights \
+                 (given), not both",
+            ));
+        }
+        if let ClassWeighting::Explicit(w) = &self.class_weights {
+            LossConfig {
+                class_weights: Some(w.clone()),
+                ..self.train.loss.clone()
+            }
+            .validate(Some(self.unet.num_classes))
+            .map_err(|e| TrainError::config("class_weights", e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -354,6 +375,33 @@ impl SegRunConfig {
     pub fn loader_config(&self, train: bool) -> LoaderConfig {
         self.data.loader_config(self.train.batch_size, train)
     }
+}
+
+/// Pixels of each class id `0..classes` over every mask of `source` (ignored and out-of-range
+/// ids not counted), read in parallel.
+pub fn pixel_counts(source: &dyn SegmentationSource, classes: usize) -> Result<Vec<u64>> {
+    use rayon::prelude::*;
+    (0..source.len())
+        .into_par_iter()
+        .map(|i| -> Result<Vec<u64>> {
+            let (_, mask) = source.load(i)?;
+            let mut counts = vec![0u64; classes];
+            for &id in mask.data() {
+                if let Some(c) = counts.get_mut(usize::from(id)) {
+                    *c += 1;
+                }
+            }
+            Ok(counts)
+        })
+        .try_reduce(
+            || vec![0u64; classes],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                Ok(a)
+            },
+        )
 }
 
 /// Trains a U-Net on `train`, validating on `val`, writing into `out_dir` (see
@@ -384,14 +432,14 @@ pub fn train_segmentation_with(
     config.validate()?;
     let mut trainer = configure(Trainer::new(config.train.clone(), out_dir)?);
     let device = trainer.device().clone();
-    let mut task = SegmentationTask::new(
-        &config.unet,
-        &config.train.loss,
-        class_names,
-        &device,
-        config.train.seed,
-    )?
-    .with_background_in_means(config.background_in_means);
+    let mut loss = config.train.loss.clone();
+    if config.class_weights != ClassWeighting::None {
+        let counts = pixel_counts(train.as_ref(), config.unet.num_classes)?;
+        loss.class_weights = config.class_weights.weights_from_counts(&counts);
+    }
+    let mut task =
+        SegmentationTask::new(&config.unet, &loss, class_names, &device, config.train.seed)?
+            .with_background_in_means(config.background_in_means);
     let seed = config.train.seed;
     let train_loader =
         SegmentationLoader::new(train, config.loader_config(true), seed, device.clone())?;

@@ -108,3 +108,52 @@ fn run_config_parts_must_agree() {
     .to_string();
     assert!(err.contains("2 names for a U-Net with 3 classes"), "{err}");
 }
+
+/// `class_weights = "sqrt-balanced"` weighs the cross-entropy by the training masks' pixel
+/// counts: the same run as one given those weights by hand, bit for bit.
+#[test]
+fn weights_from_the_training_masks_are_the_hand_computed_ones() {
+    let examples = synthetic_examples(8, 9);
+    let train = source(&examples[..6]);
+    let counts = lus_train::seg::pixel_counts(train.as_ref(), 3).unwrap();
+    let total: u64 = counts.iter().sum();
+    // Every pixel of every training mask is counted once (these masks have no ignore id).
+    let side = u64::from(examples[0].1.width());
+    assert_eq!(total, 6 * side * side);
+    let by_hand: Vec<f32> = counts
+        .iter()
+        .map(|&c| ((total as f64 / (3.0 * c as f64)).sqrt()) as f32)
+        .collect();
+    assert!(
+        by_hand[0] < by_hand[1],
+        "{counts:?}: the rare class weighs more"
+    );
+
+    let mut auto = SegRunConfig::from_toml_str(RUN).unwrap();
+    auto.train.loss.class_weights = None;
+    auto.class_weights = lus_train::ClassWeighting::SqrtBalanced;
+    let mut given = auto.clone();
+    given.class_weights = lus_train::ClassWeighting::None;
+    given.train.loss.class_weights = Some(by_hand);
+    let run = |config: &SegRunConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        train_segmentation(
+            config,
+            source(&examples[..6]),
+            source(&examples[6..]),
+            class_names(),
+            dir.path(),
+            Resume::Never,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        deterministic_columns(&run(&auto).history),
+        deterministic_columns(&run(&given).history)
+    );
+    // Both at once is a configuration error.
+    let mut both = auto.clone();
+    both.train.loss.class_weights = Some(vec![1.0; 3]);
+    let err = both.validate().unwrap_err().to_string();
+    assert!(err.contains("not both"), "{err}");
+}
