@@ -536,18 +536,22 @@ pub fn findings_section(facts: &Facts) -> String {
     md
 }
 
+/// What to say instead of comparisons when fewer than two arms have results (`None` when
+/// there are two or more).
+pub fn no_comparison(arms: &[String]) -> Option<String> {
+    match arms {
+        [] => Some("No classifier arm has a complete cell: no comparison between arms.".into()),
+        [one] => Some(format!(
+            "One classifier arm has results ({one}): no comparison between arms."
+        )),
+        _ => None,
+    }
+}
+
 fn classification_findings(cls: &ClsSummary) -> String {
     let mut md = String::from("**Diagnosis** (balanced accuracy, first arm minus second):\n\n");
-    if cls.arms.len() < 2 {
-        let _ = writeln!(
-            md,
-            "{}: no comparison between arms.\n",
-            match cls.arms.as_slice() {
-                [] => "No classification cell is complete".to_string(),
-                [one] => format!("One classifier arm with results ({one})"),
-                _ => unreachable!(),
-            }
-        );
+    if let Some(text) = no_comparison(&cls.arms) {
+        let _ = writeln!(md, "{text}\n");
         return md;
     }
     for c in cls
@@ -892,7 +896,7 @@ mod tests {
         };
         let md = findings_section(&facts);
         assert!(
-            md.contains("One classifier arm with results (dense): no comparison"),
+            md.contains("One classifier arm has results (dense): no comparison"),
             "{md}"
         );
     }

@@ -357,16 +357,8 @@ pub const COMPARISON_HEADER: &str = "| comparison | metric | cells | mean differ
 /// raw and Holm-adjusted p.
 fn comparisons_table(experiment: &ExperimentConfig, summary: &ClsSummary) -> String {
     let mut md = String::from("### Comparisons over cross-validation cells\n\n");
-    if summary.arms.len() < 2 {
-        let _ = writeln!(
-            md,
-            "{}: no comparison between arms.\n",
-            match summary.arms.as_slice() {
-                [] => "No arm has a complete cell".to_string(),
-                [one] => format!("One arm has results ({one})"),
-                _ => unreachable!(),
-            }
-        );
+    if let Some(text) = crate::findings::no_comparison(&summary.arms) {
+        let _ = writeln!(md, "{text}\n");
         return md;
     }
     let k = experiment.grid.folds;

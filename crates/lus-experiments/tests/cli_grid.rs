@@ -10,46 +10,12 @@ use std::fs;
 use std::path::Path;
 
 fn experiment(dir: &Path, runs: &str) -> String {
-    let text = format!(
-        r#"name = "grid"
-runs_dir = "{runs}"
-reports_dir = "{reports}"
-[dataset]
-train = 8
-val = 4
-test = 4
-classify_samples = 24
-[dataset.scanner]
-size = 64
-[pretrain.train]
-epochs = 1
-batch_size = 4
-device = "cpu"
-[pretrain.unet]
-depth = 2
-base_channels = 4
-[pretrain.data]
-size = 32
-[evaluation]
-overlay_examples = 1
-[classify.train]
-epochs = 2
-batch_size = 4
-lr = 0.003
-device = "cpu"
-best_metric = "val_balanced_accuracy"
-[classify.classifier]
-head_channels = 4
-[classify.data]
-size = 32
-[grid]
-seeds = [0]
-folds = 3
-inner_folds = 4
-arms = ["dense", "none"]
-"#,
-        runs = dir.join(runs).display(),
-        reports = dir.join(format!("reports-{runs}")).display()
+    let text = common::tiny_grid_toml(
+        "grid",
+        &dir.join(runs),
+        &dir.join(format!("reports-{runs}")),
+        2,
+        "seeds = [0]\nfolds = 3\ninner_folds = 4\narms = [\"dense\", \"none\"]",
     );
     let path = dir.join(format!("{runs}.toml"));
     fs::write(&path, text).unwrap();

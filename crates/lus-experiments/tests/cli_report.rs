@@ -13,46 +13,12 @@ use std::path::Path;
 use lus_experiments::report_cls::COMPARISON_HEADER;
 
 fn experiment(dir: &Path) -> String {
-    let text = format!(
-        r#"name = "rep"
-runs_dir = "{runs}"
-reports_dir = "{reports}"
-[dataset]
-train = 8
-val = 4
-test = 4
-classify_samples = 24
-[dataset.scanner]
-size = 64
-[pretrain.train]
-epochs = 1
-batch_size = 4
-device = "cpu"
-[pretrain.unet]
-depth = 2
-base_channels = 4
-[pretrain.data]
-size = 32
-[evaluation]
-overlay_examples = 1
-[classify.train]
-epochs = 1
-batch_size = 4
-lr = 0.003
-device = "cpu"
-best_metric = "val_balanced_accuracy"
-[classify.classifier]
-head_channels = 4
-[classify.data]
-size = 32
-[grid]
-seeds = [0, 1]
-folds = 3
-inner_folds = 4
-arms = ["dense", "sparse", "none"]
-"#,
-        runs = dir.join("runs").display(),
-        reports = dir.join("reports").display()
+    let text = common::tiny_grid_toml(
+        "rep",
+        &dir.join("runs"),
+        &dir.join("reports"),
+        1,
+        "seeds = [0, 1]\nfolds = 3\ninner_folds = 4\narms = [\"dense\", \"sparse\", \"none\"]",
     );
     let path = dir.join("rep.toml");
     fs::write(&path, text).unwrap();
@@ -160,8 +126,8 @@ fn the_report_corrects_comparisons_warns_and_states_findings() {
     assert!(one.status.success(), "{}", stderr(&one));
     let report = fs::read_to_string(report_dir.join("REPORT.md")).unwrap();
     for needle in [
-        "One classifier arm with results (dense): no comparison",
-        "One arm has results (dense): no comparison",
+        "One classifier arm has results (dense): no comparison",
+        "Comparisons over cross-validation cells\n\nOne classifier arm has results (dense)",
         "## Warnings",
         "pooled macro AUC",
     ] {

@@ -15,3 +15,52 @@ pub fn lus(args: &[&str]) -> Output {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A tiny experiment (scanner at 64 px, a depth-2 U-Net at 32 px, one epoch of pretraining)
+/// with classification and the given `[grid]` lines, runs and reports in the given folders.
+pub fn tiny_grid_toml(
+    name: &str,
+    runs: &std::path::Path,
+    reports: &std::path::Path,
+    classify_epochs: usize,
+    grid: &str,
+) -> String {
+    format!(
+        r#"name = "{name}"
+runs_dir = "{runs}"
+reports_dir = "{reports}"
+[dataset]
+train = 8
+val = 4
+test = 4
+classify_samples = 24
+[dataset.scanner]
+size = 64
+[pretrain.train]
+epochs = 1
+batch_size = 4
+device = "cpu"
+[pretrain.unet]
+depth = 2
+base_channels = 4
+[pretrain.data]
+size = 32
+[evaluation]
+overlay_examples = 1
+[classify.train]
+epochs = {classify_epochs}
+batch_size = 4
+lr = 0.003
+device = "cpu"
+best_metric = "val_balanced_accuracy"
+[classify.classifier]
+head_channels = 4
+[classify.data]
+size = 32
+[grid]
+{grid}
+"#,
+        runs = runs.display(),
+        reports = reports.display()
+    )
+}
