@@ -86,9 +86,6 @@ use crate::schema::LabelSchema;
 /// Smallest width (px) a line object gets at full extent (see the module documentation).
 pub const DENSE_MIN_LINE_WIDTH_PX: f32 = 1.0;
 
-/// Default sparse stroke width in pixels of a 128-px-wide image (see [`crate::recipe`]).
-pub const DEFAULT_SPARSE_WIDTH_PX: f32 = crate::recipe::DEFAULT_STROKE_PX_AT_128;
-
 /// Distance between stations along the principal axis when a centre line is derived from a
 /// polygon (pixels). One pixel follows any curvature a mask can show.
 pub const CENTERLINE_STATION_SPACING_PX: f32 = 1.0;
@@ -983,7 +980,7 @@ mod tests {
         assert_eq!(parsed.recipe.lines, Some(ClassRender::Stroke));
         assert_eq!(
             parsed.recipe.stroke_width,
-            crate::recipe::StrokeWidth::PxAt128(DEFAULT_SPARSE_WIDTH_PX)
+            crate::recipe::StrokeWidth::PxAt128(crate::recipe::DEFAULT_STROKE_PX_AT_128)
         );
         assert!(toml::from_str::<RasterOptions>("sparse_widht = 2.0\n").is_err());
         let ignore_off = RasterOptions::recipe(LabelRecipe {

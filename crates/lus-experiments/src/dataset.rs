@@ -186,16 +186,10 @@ impl Split {
             })
     }
 
-    /// Image and masks (one per recipe, in load order) of example `index`.
-    pub fn example(&self, index: usize) -> anyhow::Result<(GrayImage, Vec<Mask>)> {
-        let mut image = None;
-        let mut masks = Vec::with_capacity(self.sources.len());
-        for (_, source) in &self.sources {
-            let (i, mask) = source.load(index)?;
-            image.get_or_insert(i);
-            masks.push(mask);
-        }
-        Ok((image.context("a data set with no recipe")?, masks))
+    /// The image of example `index` (the same under every recipe).
+    pub fn image(&self, index: usize) -> anyhow::Result<GrayImage> {
+        let (_, source) = self.sources.first().context("a data set with no recipe")?;
+        Ok(source.load(index)?.0)
     }
 }
 

@@ -840,7 +840,7 @@ fn overlay_figure(context: &SegContext<'_>, path: &Path) -> anyhow::Result<bool>
     // Display images: the stored image resized to the model's input size.
     let mut images = Vec::with_capacity(count);
     for i in 0..count {
-        let (image, _) = data.test.example(i)?;
+        let image = data.test.image(i)?;
         let image = if image.dimensions() == (size, size) {
             image
         } else {
