@@ -212,11 +212,12 @@ pub fn start(
     dir: &Path,
     config: &ExperimentConfig,
     subdirs: &[&str],
-    on_change: &OnChange,
+    runner: &Runner<'_>,
     kind: &str,
     seed: u64,
-    quiet: bool,
+    device: lus_train::DeviceSpec,
 ) -> anyhow::Result<Option<CellStart>> {
+    let quiet = runner.quiet;
     match inspect(dir, config)? {
         Found::Complete => {
             if !quiet {
@@ -236,7 +237,7 @@ pub fn start(
             // The manifest marks a cell complete: without it the cell is evaluated again.
             remove_if_present(&dir.join(RUN_MANIFEST_FILE))?;
         }
-        Found::Changed(keys) => match on_change {
+        Found::Changed(keys) => match &runner.on_change {
             OnChange::Error => bail!(
                 "{} belongs to a run with another configuration ({}); choose another output \
                  folder, or remove it (--force) to start over",
@@ -264,16 +265,8 @@ pub fn start(
         &dir.join(RESOLVED_CONFIG_FILE),
         config.to_toml_string()?.as_bytes(),
     )?;
-    let clock = RunClock::start(kind, seed, &device_of(config));
+    let clock = RunClock::start(kind, seed, &device.to_string());
     Ok(Some(CellStart { clock }))
-}
-
-/// The device a cell trains on, as written in its config.
-fn device_of(config: &ExperimentConfig) -> String {
-    match &config.classify {
-        Some(classify) if config.grid.fold.is_some() => classify.train.device.to_string(),
-        _ => config.pretrain.train.device.to_string(),
-    }
 }
 
 fn remove_if_present(path: &Path) -> anyhow::Result<()> {
@@ -288,9 +281,7 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
 /// where it went.
 fn supersede(dir: &Path, root: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let stamp = crate::provenance::unix_now();
     let part = |p: Option<&std::ffi::OsStr>| {
         p.map_or_else(String::new, |s| s.to_string_lossy().into_owned())
     };

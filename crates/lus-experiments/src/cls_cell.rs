@@ -37,26 +37,23 @@ pub const TEST_DIR: &str = "test";
 /// The test predictions inside [`TEST_DIR`] (see [`crate::predictions`]).
 pub const PREDICTIONS_FILE: &str = "predictions.csv";
 
-/// `experiment` reduced to one classification cell: the arm, its backbone's pretraining as the
-/// pretraining cell of the same seed has it (so a change there is a change here), the seeds
-/// set; the segmentation evaluation (no classification number depends on it) and, for a
-/// `none` arm, the pretraining's training settings (nothing is pretrained) at their defaults.
+/// `experiment` reduced to one classification cell: the arm, its backbone's pretraining as
+/// `backbone` (the config of the pretraining cell of the same arm and seed; `None` for a `none`
+/// arm) has it, so a change there is a change here; the seeds set; the segmentation
+/// evaluation (no classification number depends on it) and, for a `none` arm, the pretraining's
+/// training settings (nothing is pretrained) at their defaults.
 pub fn cls_cell_config(
     experiment: &ExperimentConfig,
     arm: &ArmConfig,
+    backbone: Option<&ExperimentConfig>,
     seed: u64,
     fold: usize,
-) -> anyhow::Result<ExperimentConfig> {
+) -> ExperimentConfig {
     let mut cell = experiment.clone();
-    match arm.pretrain_arm() {
-        Some(name) => {
-            let pretrain_arm = experiment
-                .grid
-                .pretrain_arm(name)
-                .with_context(|| format!("arm {}: no pretraining arm {name:?}", arm.name))?;
-            let backbone = crate::seg_cell::cell_config(experiment, pretrain_arm, seed)?;
-            cell.pretrain = backbone.pretrain;
-            cell.grid.pretrain = backbone.grid.pretrain;
+    match backbone {
+        Some(backbone) => {
+            cell.pretrain = backbone.pretrain.clone();
+            cell.grid.pretrain = backbone.grid.pretrain.clone();
         }
         None => {
             cell.pretrain = SegRunConfig {
@@ -77,7 +74,7 @@ pub fn cls_cell_config(
     if let Some(classify) = cell.classify.as_mut() {
         classify.train.seed = seed;
     }
-    Ok(cell)
+    cell
 }
 
 /// Roles of the pool's examples in cell `fold`: the examples of outer fold `fold` test; the
@@ -133,10 +130,10 @@ pub fn run_cls_cell(
         dir,
         cell,
         &[TEST_DIR],
-        &runner.on_change,
+        runner,
         "train-cls",
         *seed,
-        quiet,
+        run.train.device,
     )?
     else {
         return Ok(());

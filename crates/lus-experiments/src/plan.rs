@@ -90,6 +90,19 @@ impl Plan {
             for &seed in &experiment.grid.seeds {
                 for fold in 0..experiment.grid.folds {
                     for arm in &experiment.grid.arms {
+                        // The backbone's config as its pretraining cell above has it.
+                        let backbone = match arm.pretrain_arm() {
+                            Some(name) => Some(
+                                &find_pretrain_cell(&cells[..pretrain_count], name, seed)
+                                    .with_context(|| {
+                                        format!("arm {}: no pretraining arm {name:?}", arm.name)
+                                    })?
+                                    .config,
+                            ),
+                            None => None,
+                        };
+                        let config =
+                            crate::cls_cell::cls_cell_config(experiment, arm, backbone, seed, fold);
                         cells.push(Cell {
                             index: cells.len(),
                             kind: CellKind::Classify {
@@ -101,8 +114,7 @@ impl Plan {
                             dir: root
                                 .join("classify")
                                 .join(format!("{}-seed{seed}-fold{fold}", arm.name)),
-                            config: crate::cls_cell::cls_cell_config(experiment, arm, seed, fold)
-                                .with_context(|| format!("classifier arm {}", arm.name))?,
+                            config,
                         });
                     }
                 }
@@ -154,6 +166,13 @@ impl Plan {
             .iter()
             .filter(move |c| shard.is_none_or(|(k, n)| c.index % n == k))
     }
+}
+
+/// The pretraining cell of `arm` and `seed` among `cells`.
+fn find_pretrain_cell<'a>(cells: &'a [Cell], arm: &str, seed: u64) -> Option<&'a Cell> {
+    cells.iter().find(
+        |c| matches!(&c.kind, CellKind::Pretrain { arm: a, seed: s } if a == arm && *s == seed),
+    )
 }
 
 #[cfg(test)]

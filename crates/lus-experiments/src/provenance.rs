@@ -97,7 +97,8 @@ pub fn write_run_manifest(dir: &Path, manifest: &RunManifest) -> anyhow::Result<
     Ok(())
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

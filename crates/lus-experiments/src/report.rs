@@ -37,6 +37,8 @@ pub struct CellResult {
     pub evals: Vec<(String, MetricsTable)>,
     /// The cell's per-epoch table.
     pub history: MetricsTable,
+    /// The U-Net it trained (a pretraining arm may override the experiment's).
+    pub unet: lus_unet::UNetConfig,
 }
 
 impl CellResult {
@@ -63,6 +65,7 @@ impl CellResult {
             manifest,
             evals,
             history,
+            unet: cell.config.pretrain.unet.clone(),
         })
     }
 
@@ -824,17 +827,7 @@ fn overlay_figure(context: &SegContext<'_>, path: &Path) -> anyhow::Result<bool>
     let images_batch = images_batch.context("no truth to draw")?;
     let mut predictions = Vec::new();
     for cell in &models {
-        // Each arm's own network (a pretraining arm may override the U-Net).
-        let unet = &experiment
-            .with_arm_overrides(
-                experiment
-                    .grid
-                    .pretrain_arm(&cell.arm)
-                    .context("a cell of no pretraining arm")?,
-            )?
-            .pretrain
-            .unet;
-        let model = SegModel::load(unet, &best_checkpoint(&cell.dir), &device)?;
+        let model = SegModel::load(&cell.unet, &best_checkpoint(&cell.dir), &device)?;
         predictions.push(model.predict(&images_batch)?);
     }
     // Display images: the stored image resized to the model's input size.

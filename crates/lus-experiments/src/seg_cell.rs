@@ -131,10 +131,10 @@ pub fn run_cell(
         dir,
         cell,
         &[EVAL_DIR],
-        &runner.on_change,
+        runner,
         "train-seg",
         seed,
-        quiet,
+        cell.pretrain.train.device,
     )?
     else {
         return Ok(());

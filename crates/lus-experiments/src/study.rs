@@ -21,7 +21,7 @@ use crate::config::ExperimentConfig;
 use crate::dataset::{ClassifyPool, Dataset};
 use crate::plan::{Cell, CellKind, Plan};
 use crate::report::{CellResult, write_report};
-use crate::report_cls::load_cls_cells;
+use crate::report_cls::{ClsCellResult, load_cls_cells};
 use crate::seg_cell::{best_checkpoint, recipes_of, run_cell};
 use lus_data::splits::stratified_group_kfold;
 
@@ -163,7 +163,15 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    write_report_from(&experiment, &plan, &data, "lus run", started)
+    let (results, cls_results) = load_finished(&experiment, &plan)?;
+    write_loaded_report(
+        &experiment,
+        &plan,
+        &data,
+        (&results, &cls_results),
+        "lus run",
+        started,
+    )
 }
 
 /// An error once `stop` is raised: checked before each cell, so a stop that arrives between
@@ -212,22 +220,29 @@ fn check_backbones(plan: &Plan, cells: &[&Cell]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the report of `experiment` from its finished cells, and says where it is.
-fn write_report_from(
+/// The finished pretraining and classification cells of `plan`.
+fn load_finished(
+    experiment: &ExperimentConfig,
+    plan: &Plan,
+) -> anyhow::Result<(Vec<CellResult>, Vec<ClsCellResult>)> {
+    Ok((load_complete(plan)?, load_cls_cells(experiment, plan)?))
+}
+
+/// Writes the report from cells loaded already, and says where it is.
+fn write_loaded_report(
     experiment: &ExperimentConfig,
     plan: &Plan,
     data: &Dataset,
+    (results, cls_results): (&[CellResult], &[ClsCellResult]),
     command: &str,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let results = load_complete(plan)?;
-    let cls_results = load_cls_cells(experiment, plan)?;
     let path = write_report(
         experiment,
         plan,
         data,
-        &results,
-        &cls_results,
+        results,
+        cls_results,
         command,
         started.elapsed().as_secs_f64(),
     )?;
@@ -254,14 +269,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let experiment = ExperimentConfig::load(&args.file, &args.overrides)?;
     let plan = Plan::new(&experiment)?;
-    let any_complete = plan
-        .cells()
-        .iter()
-        .map(|c| crate::cell::is_complete(&c.dir, &c.config))
-        .collect::<anyhow::Result<Vec<bool>>>()?
-        .into_iter()
-        .any(|done| done);
-    if !any_complete {
+    // Loaded before the data set is drawn: with no finished cell there is nothing to report.
+    let (results, cls_results) = load_finished(&experiment, &plan)?;
+    if results.is_empty() && cls_results.is_empty() {
         bail!(
             "{}: no complete cell yet under {}",
             args.file.display(),
@@ -273,7 +283,14 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         &recipes_of(plan.pretrain().iter().map(|c| &c.config))?,
         experiment.pretrain.train.loss.ignore_id,
     )?;
-    write_report_from(&experiment, &plan, &data, "lus report", started)
+    write_loaded_report(
+        &experiment,
+        &plan,
+        &data,
+        (&results, &cls_results),
+        "lus report",
+        started,
+    )
 }
 
 /// The finished pretraining cells of `plan` (a cell of another configuration is not one; it
