@@ -20,7 +20,10 @@
 
 use std::fmt::Write as _;
 
-use lus_metrics::stats::{CvCell, compare_cv_cells, holm_adjust, student_t_cdf};
+use lus_metrics::stats::{
+    CvCell, compare_cv_cells, corrected_t_test_detectable_difference, corrected_t_test_power,
+    holm_adjust, student_t_quantile,
+};
 
 use crate::report::mean_std;
 
@@ -34,6 +37,11 @@ pub const COLLAPSE_DICE: f64 = 0.05;
 pub const COMPARED_METRICS: [&str; 3] = ["balanced_accuracy", "macro_f1", "macro_auc"];
 /// The metric of the spread warning and of the findings sentences.
 pub const PRIMARY_METRIC: &str = "balanced_accuracy";
+/// The power at which a design's detectable difference is stated.
+pub const TARGET_POWER: f64 = 0.8;
+/// The difference of the primary metric whose power the findings state: the smallest
+/// balanced-accuracy difference we would call relevant between two pretrainings.
+pub const REFERENCE_DIFFERENCE: f64 = 0.05;
 
 /// The cells of one comparison: `first − second` on `metric`, one [`CvCell`] per (seed,
 /// fold) both arms finished, `None` where the metric is undefined (NaN) in an arm.
@@ -67,6 +75,12 @@ pub struct Comparison {
     /// Two-sided raw p-value, and Holm-adjusted over every comparison of the table.
     pub p_value: f64,
     pub holm_p: f64,
+    /// The smallest true difference the corrected test detects with probability
+    /// [`TARGET_POWER`] at level [`ALPHA`] (before Holm), given these cells and the observed
+    /// std of their differences; NaN without a test or with zero spread.
+    pub detectable_difference: f64,
+    /// The test's power against a true difference of [`REFERENCE_DIFFERENCE`] (same model).
+    pub power_at_reference: f64,
     /// Why there is no p-value, if there is none.
     pub no_test: Option<String>,
 }
@@ -75,39 +89,6 @@ impl Comparison {
     /// `first − second`.
     pub fn label(&self) -> String {
         format!("{} − {}", self.first, self.second)
-    }
-}
-
-/// The `q`-quantile of Student's t with `df` degrees of freedom, by bisection on
-/// [`student_t_cdf`] (to the last bit of f64). NaN for `q` outside (0, 1) or a bad `df`.
-pub fn t_quantile(q: f64, df: f64) -> f64 {
-    if !(q > 0.0 && q < 1.0 && df > 0.0 && df.is_finite()) {
-        return f64::NAN;
-    }
-    if q < 0.5 {
-        return -t_quantile(1.0 - q, df);
-    }
-    if q == 0.5 {
-        return 0.0;
-    }
-    let mut hi = 1.0f64;
-    while student_t_cdf(hi, df) < q {
-        hi *= 2.0;
-        if !hi.is_finite() {
-            return f64::INFINITY;
-        }
-    }
-    let mut lo = 0.0f64;
-    loop {
-        let mid = 0.5 * (lo + hi);
-        if mid <= lo || mid >= hi {
-            return mid;
-        }
-        if student_t_cdf(mid, df) < q {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
     }
 }
 
@@ -140,6 +121,8 @@ pub fn compare(
             df: f64::NAN,
             p_value: f64::NAN,
             holm_p: f64::NAN,
+            detectable_difference: f64::NAN,
+            power_at_reference: f64::NAN,
             no_test: None,
         };
         if used.len() < 2 {
@@ -156,7 +139,7 @@ pub fn compare(
         let test = compare_cv_cells(&input.cells, test_train_ratio)
             .map_err(|e| anyhow::anyhow!("{} on {}: {e}", row.label(), input.metric))?
             .test;
-        let half = t_quantile(0.5 + CONFIDENCE / 2.0, test.df)
+        let half = student_t_quantile(0.5 + CONFIDENCE / 2.0, test.df)
             * (test.correction * test.std_difference * test.std_difference).sqrt();
         row.mean_difference = test.mean_difference;
         row.std_difference = test.std_difference;
@@ -166,6 +149,24 @@ pub fn compare(
         row.df = test.df;
         row.p_value = test.p_value;
         row.no_test = test.undefined.map(str::to_string);
+        if test.std_difference > 0.0 {
+            // Observed spread taken as the true one: a post-hoc figure of what this design
+            // can resolve, not a claim about the effect.
+            row.detectable_difference = corrected_t_test_detectable_difference(
+                test.std_difference,
+                test.cells,
+                test_train_ratio,
+                ALPHA,
+                TARGET_POWER,
+            )?;
+            row.power_at_reference = corrected_t_test_power(
+                REFERENCE_DIFFERENCE,
+                test.std_difference,
+                test.cells,
+                test_train_ratio,
+                ALPHA,
+            )?;
+        }
         out.push(row);
     }
     let raw: Vec<f64> = out.iter().map(|c| c.p_value).collect();
@@ -573,6 +574,59 @@ fn classification_findings(cls: &ClsSummary) -> String {
          pair of arms on {}).\n",
         COMPARED_METRICS.join(", ")
     );
+    md.push_str(&power_paragraph(&cls.comparisons));
+    md
+}
+
+/// What the design could have detected: per comparison on [`PRIMARY_METRIC`], the difference
+/// detectable with [`TARGET_POWER`] and the power against [`REFERENCE_DIFFERENCE`], from the
+/// observed spread of the cell differences.
+pub fn power_paragraph(comparisons: &[Comparison]) -> String {
+    let rows: Vec<&Comparison> = comparisons
+        .iter()
+        .filter(|c| c.metric == PRIMARY_METRIC && c.detectable_difference.is_finite())
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "**Power** of these comparisons (corrected resampled t-test, level {ALPHA}, before \
+         Holm; the observed std of the per-cell differences taken as the true one, so these \
+         are estimates from the study itself): the difference each would detect with {:.0} % \
+         probability, and its probability of detecting a true difference of {}.\n\n\
+         | comparison | cells | std of cell differences | detectable at {:.0} % power | power at {} |\n\
+         |---|---:|---:|---:|---:|\n",
+        TARGET_POWER * 100.0,
+        signed(REFERENCE_DIFFERENCE),
+        TARGET_POWER * 100.0,
+        signed(REFERENCE_DIFFERENCE),
+    );
+    for c in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.2} |",
+            c.label(),
+            c.cells,
+            c.std_difference,
+            c.detectable_difference,
+            c.power_at_reference
+        );
+    }
+    let underpowered = rows
+        .iter()
+        .filter(|c| c.detectable_difference > REFERENCE_DIFFERENCE)
+        .count();
+    if underpowered > 0 {
+        let _ = writeln!(
+            md,
+            "\n{underpowered} of {} comparison(s) cannot resolve a difference of {} with {:.0} % \
+             power: a non-significant result there is not evidence of no difference.",
+            rows.len(),
+            signed(REFERENCE_DIFFERENCE),
+            TARGET_POWER * 100.0
+        );
+    }
+    md.push('\n');
     md
 }
 
@@ -634,25 +688,32 @@ mod tests {
             df: 5.0,
             p_value: p,
             holm_p: holm,
+            detectable_difference: 0.165,
+            power_at_reference: 0.12,
             no_test: None,
         }
     }
 
     #[test]
-    fn t_quantiles_match_tables() {
-        // scipy.stats.t.ppf(0.975, df).
-        for (df, t) in [
-            (1.0, 12.706_204_736_174_7),
-            (2.0, 4.302_652_729_749_464),
-            (5.0, 2.570_581_835_636_314),
-            (30.0, 2.042_272_456_301_238),
-        ] {
-            let q = t_quantile(0.975, df);
-            assert!((q - t).abs() < 1e-9 * t, "df {df}: {q} vs {t}");
-            assert!((t_quantile(0.025, df) + t).abs() < 1e-9 * t);
-        }
-        assert_eq!(t_quantile(0.5, 3.0), 0.0);
-        assert!(t_quantile(1.0, 3.0).is_nan() && t_quantile(0.9, 0.0).is_nan());
+    fn the_power_paragraph_says_what_the_design_cannot_resolve() {
+        let weak = row(0.2, 0.4);
+        let mut strong = row(0.001, 0.003);
+        strong.second = "none".into();
+        strong.detectable_difference = 0.04;
+        strong.power_at_reference = 0.93;
+        let mut other_metric = row(0.2, 0.4);
+        other_metric.metric = "macro_f1".into();
+        let md = power_paragraph(&[weak, strong, other_metric]);
+        assert!(md.contains("| 6 | 0.050 | 0.165 | 0.12 |"), "{md}");
+        assert!(md.contains("| 6 | 0.050 | 0.040 | 0.93 |"), "{md}");
+        assert_eq!(md.matches("\n| ").count(), 3, "header + 2 rows: {md}");
+        assert!(
+            md.contains("1 of 2 comparison(s) cannot resolve a difference of +0.050"),
+            "{md}"
+        );
+        let mut untested = row(f64::NAN, f64::NAN);
+        untested.detectable_difference = f64::NAN;
+        assert_eq!(power_paragraph(&[untested]), "");
     }
 
     #[test]
@@ -676,7 +737,7 @@ mod tests {
         let t = mean / ((1.0 / 6.0 + 0.5) * var).sqrt();
         let r = &rows[0];
         assert!((r.statistic - t).abs() < 1e-12 && r.df == 5.0 && r.dropped == 0);
-        let half = t_quantile(0.975, 5.0) * ((1.0 / 6.0 + 0.5) * var).sqrt();
+        let half = student_t_quantile(0.975, 5.0) * ((1.0 / 6.0 + 0.5) * var).sqrt();
         assert!((r.lower - (mean - half)).abs() < 1e-12);
         assert!((r.upper - (mean + half)).abs() < 1e-12);
         // The interval excludes 0 exactly when p < 0.05.
@@ -690,6 +751,13 @@ mod tests {
         for r in &rows[..2] {
             assert!(r.holm_p >= r.p_value);
         }
+        // Power from the observed spread: the detectable difference has the target power.
+        let sd = var.sqrt();
+        let power = corrected_t_test_power(r.detectable_difference, sd, 6, 0.5, ALPHA).unwrap();
+        assert!((power - TARGET_POWER).abs() < 1e-8, "{power}");
+        let at_reference = corrected_t_test_power(REFERENCE_DIFFERENCE, sd, 6, 0.5, ALPHA).unwrap();
+        assert!((r.power_at_reference - at_reference).abs() < 1e-15);
+        assert!(rows[2].detectable_difference.is_nan() && rows[2].power_at_reference.is_nan());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod findings;
 pub mod ingest;
 pub mod plan;
 pub mod pocus_pool;
+pub mod power;
 pub mod predict;
 pub mod predictions;
 pub mod progress;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lus_experiments::{
-    bench, contact_sheet, eval_seg, ingest, predict, rasterize, study, synth, train_seg,
+    bench, contact_sheet, eval_seg, ingest, power, predict, rasterize, study, synth, train_seg,
 };
 use lus_train::StopRequest;
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -56,6 +56,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Write an experiment's report from the cells finished so far.
     Report(study::ReportArgs),
+    /// Size a grid: the difference a k-fold comparison detects, and its power, per number of
+    /// seeds, from a spread given or measured in a pilot's `cls_results.csv`.
+    Power(power::PowerArgs),
     /// Time kernels end to end (compare with PyTorch via benches/pytorch_unet_step.py).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Run(args) => study::run(args, &stop),
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => study::report(args),
+        Command::Power(args) => power::run(args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

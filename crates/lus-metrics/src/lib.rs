@@ -41,7 +41,9 @@ pub use plot_cls::{BarSeries, plot_bars, plot_confusion_matrix, plot_roc_curves}
 pub use stats::{
     CorrectedTTestResult, CvCell, CvComparison, PairedComparison, TTestResult, WilcoxonMethod,
     WilcoxonResult, compare_cv_cells, compare_paired, corrected_resampled_t_test,
-    corrected_resampled_t_test_paired, holm_adjust, paired_t_test, wilcoxon_signed_rank,
+    corrected_resampled_t_test_paired, corrected_t_test_detectable_difference,
+    corrected_t_test_power, holm_adjust, noncentral_t_cdf, paired_t_test, student_t_quantile,
+    wilcoxon_signed_rank,
 };
 pub use table::{MetricsTable, Row, Value, read_table_csv, read_table_parquet, write_table};
 

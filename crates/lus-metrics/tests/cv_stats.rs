@@ -1,11 +1,13 @@
 //! The statistics for cross-validated comparisons (corrected resampled t-test, Holm
-//! adjustment, cluster bootstrap, fold-averaged AUC) against numpy / scipy / statsmodels /
+//! adjustment, cluster bootstrap, fold-averaged AUC, power of the corrected test) against numpy / scipy / statsmodels /
 //! scikit-learn numbers stored in `fixtures/cv_stats_reference.json` (regenerate with
 //! `fixtures/make_cv_stats_reference.py`), plus edge cases and properties.
 
 use lus_metrics::stats::{
     ALL_CELL_DIFFERENCES_ZERO, CvCell, compare_cv_cells, corrected_resampled_t_test,
-    corrected_resampled_t_test_paired, holm_adjust, paired_t_test, sample_std,
+    corrected_resampled_t_test_paired, corrected_t_test_detectable_difference,
+    corrected_t_test_power, holm_adjust, noncentral_t_cdf, paired_t_test, sample_std,
+    student_t_quantile,
 };
 use lus_metrics::{
     BootstrapSettings, ConfidenceInterval, Predictions, cluster_bootstrap_draws, cluster_indices,
@@ -691,4 +693,114 @@ fn fold_averaged_auc_edge_cases() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("fold 1 has 3 classes, fold 0 has 2"), "{e}");
+}
+
+#[test]
+fn noncentral_t_and_quantiles_match_scipy() {
+    let f = fixture();
+    for c in f["power"]["nct_cdf"].as_array().unwrap() {
+        let (t, df, nc) = (float(&c["t"]), float(&c["df"]), float(&c["nc"]));
+        let ours = noncentral_t_cdf(t, df, nc);
+        let reference = float(&c["cdf"]);
+        assert!(
+            (ours - reference).abs() <= 1e-12 + 1e-8 * reference.abs(),
+            "nct.cdf({t}, {df}, {nc}): ours {ours}, scipy {reference}"
+        );
+    }
+    for c in f["power"]["t_quantile"].as_array().unwrap() {
+        let (q, df) = (float(&c["q"]), float(&c["df"]));
+        assert_close(
+            &format!("t.ppf({q}, {df})"),
+            student_t_quantile(q, df),
+            float(&c["t"]),
+            1e-12,
+        );
+    }
+    assert_eq!(student_t_quantile(0.5, 3.0), 0.0);
+    assert!(student_t_quantile(1.0, 3.0).is_nan() && student_t_quantile(0.9, 0.0).is_nan());
+    assert!(noncentral_t_cdf(f64::NAN, 3.0, 1.0).is_nan());
+    assert!(noncentral_t_cdf(1.0, 0.0, 1.0).is_nan());
+    assert_eq!(noncentral_t_cdf(f64::INFINITY, 3.0, 2.0), 1.0);
+    assert_eq!(noncentral_t_cdf(f64::NEG_INFINITY, 3.0, 2.0), 0.0);
+}
+
+#[test]
+fn corrected_t_test_power_matches_scipy() {
+    let f = fixture();
+    for c in f["power"]["power"].as_array().unwrap() {
+        let ours = corrected_t_test_power(
+            float(&c["effect"]),
+            float(&c["std"]),
+            c["cells"].as_u64().unwrap() as usize,
+            float(&c["ratio"]),
+            float(&c["alpha"]),
+        )
+        .unwrap();
+        assert!(
+            (ours - float(&c["power"])).abs() < 1e-10,
+            "power of {c}: ours {ours}"
+        );
+    }
+    for c in f["power"]["detectable"].as_array().unwrap() {
+        let ours = corrected_t_test_detectable_difference(
+            float(&c["std"]),
+            c["cells"].as_u64().unwrap() as usize,
+            float(&c["ratio"]),
+            float(&c["alpha"]),
+            float(&c["power"]),
+        )
+        .unwrap();
+        assert_close(
+            &format!("detectable difference of {c}"),
+            ours,
+            float(&c["difference"]),
+            1e-8,
+        );
+    }
+}
+
+#[test]
+fn corrected_t_test_power_edges_and_errors() {
+    // No effect: the power is the level; the sign of the effect does not matter.
+    let at_zero = corrected_t_test_power(0.0, 0.05, 10, 0.25, 0.05).unwrap();
+    assert!((at_zero - 0.05).abs() < 1e-12, "{at_zero}");
+    let up = corrected_t_test_power(0.07, 0.05, 10, 0.25, 0.05).unwrap();
+    let down = corrected_t_test_power(-0.07, 0.05, 10, 0.25, 0.05).unwrap();
+    assert!((up - down).abs() < 1e-12);
+    // More cells, or a smaller test/train ratio, never lose power; a bigger effect gains.
+    let more_cells = corrected_t_test_power(0.07, 0.05, 20, 0.25, 0.05).unwrap();
+    let more_folds = corrected_t_test_power(0.07, 0.05, 10, 1.0 / 9.0, 0.05).unwrap();
+    let bigger = corrected_t_test_power(0.09, 0.05, 10, 0.25, 0.05).unwrap();
+    assert!(more_cells > up && more_folds > up && bigger > up);
+    // The correction's floor: with k = 3 folds no number of repetitions beats
+    // sqrt(1/2) x the std, so a difference of one std stays hard to detect.
+    let floor = corrected_t_test_power(0.05, 0.05, 3000, 0.5, 0.05).unwrap();
+    assert!(floor < 0.55, "{floor}");
+    // The detectable difference has the asked power.
+    let d = corrected_t_test_detectable_difference(0.05, 10, 0.25, 0.05, 0.8).unwrap();
+    let p = corrected_t_test_power(d, 0.05, 10, 0.25, 0.05).unwrap();
+    assert!((p - 0.8).abs() < 1e-8, "{d} {p}");
+    for (what, result) in [
+        (
+            "at least 2 cells",
+            corrected_t_test_power(0.1, 0.05, 1, 0.25, 0.05),
+        ),
+        (
+            "std of the differences",
+            corrected_t_test_power(0.1, 0.0, 10, 0.25, 0.05),
+        ),
+        ("ratio", corrected_t_test_power(0.1, 0.05, 10, 0.0, 0.05)),
+        ("level", corrected_t_test_power(0.1, 0.05, 10, 0.25, 1.0)),
+        (
+            "effect",
+            corrected_t_test_power(f64::NAN, 0.05, 10, 0.25, 0.05),
+        ),
+        (
+            "target power",
+            corrected_t_test_detectable_difference(0.05, 10, 0.25, 0.05, 0.01),
+        ),
+    ] {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains(what), "{what}: {err}");
+    }
 }
