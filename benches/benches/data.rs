@@ -3,7 +3,8 @@
 //! The rasterizer runs the label recipes the studies use: `dense`, the built-in `sparse`
 //! (strokes 3 px at 128 px, clipped to their objects: each stroke also fills its object's
 //! extent) and `legacy-sparse` (3 px strokes at any size, not clipped: lus's sparse labels
-//! before recipes).
+//! before recipes). `rasterize/{recipe}/{size}` calls `rasterize` (a new `Rasterizer` per mask);
+//! `rasterize/{recipe}-reused/{size}` draws with one `Rasterizer` whose buffers are reused.
 //!
 //! Throughput is reported in elements (images or masks) per second. `scanner/batch64` runs on
 //! the global rayon pool (all cores), the way `lus synth` uses it; `scanner/one` is one image
@@ -13,7 +14,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lus_data::LabelSchema;
-use lus_data::raster::{RasterOptions, rasterize};
+use lus_data::raster::{RasterOptions, Rasterizer, rasterize};
 use lus_data::recipe::LabelRecipe;
 use lus_data::scanner::{Scanner, ScannerConfig};
 
@@ -81,6 +82,22 @@ fn bench_rasterizer(c: &mut Criterion) {
                     }
                 })
             });
+            let mut rasterizer = Rasterizer::new();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}-reused"), size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        for a in &annotations {
+                            black_box(
+                                rasterizer
+                                    .rasterize(a, &schema, &options)
+                                    .expect("valid annotation"),
+                            );
+                        }
+                    })
+                },
+            );
         }
     }
     group.finish();

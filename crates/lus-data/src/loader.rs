@@ -408,8 +408,8 @@ fn name_example(error: DataError, index: usize) -> DataError {
 ///
 /// Measured against candle-datasets' `Batcher` (per-example tensors, then `Tensor::stack`):
 /// collating 8 examples of 128x128 took 0.041-0.055 ms this way versus 0.098-0.142 ms through
-/// `Batcher::new2` (CPU, opt-level 3, a loaded 2-core machine; the ignored `collate_timing` test
-/// in tests/loader.rs), because stacking copies every example twice. Both are small next to
+/// `Batcher::new2` (CPU, opt-level 3, a loaded 2-core machine; `cargo bench -p lus-benches
+/// --bench loader -- collate` measures both), because stacking copies every example twice. Both are small next to
 /// preparing the examples (~0.5-0.7 ms each), so the faster, copy-once path is kept.
 fn collate_segmentation(
     examples: Vec<crate::augment::Prepared>,

@@ -1,5 +1,6 @@
 //! Augmentation geometry and photometry, and the segmentation loader: ordering, determinism,
-//! prefetch, shutdown and error reporting.
+//! prefetch, shutdown and error reporting. Timings of preparation, epochs and collation are
+//! benches: `cargo bench -p lus-benches --bench loader`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -1122,94 +1123,55 @@ fn annotated_files_name_a_broken_annotation_and_a_size_mismatch() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Scratch timings (run with: cargo test --release -p lus-data --test loader -- --ignored --nocapture)
+// candle-datasets interop
 
+/// An epoch equals what candle-datasets' `Batcher` stacks from the same examples, prepared one
+/// by one with their keyed generators (the loader collates into one buffer per tensor instead:
+/// `cargo bench -p lus-benches --bench loader -- collate` times both).
 #[test]
-#[ignore = "timing, not a check"]
-fn throughput_batch8_128px_from_256px() {
-    let source = synthetic_source(256, 256, 256);
-    let (image, mask) = source.load(0).unwrap();
+fn batches_equal_candle_datasets_batcher_of_the_same_examples() {
+    let (seed, epoch, size) = (3, 1, 16u32);
+    let side = size as usize;
+    let source = synthetic_source(10, 40, 30);
+    let loader = SegmentationLoader::new(
+        Arc::clone(&source),
+        config(4, size, true),
+        seed,
+        Device::Cpu,
+    )
+    .unwrap();
+    let batches = collect_epoch(&loader, epoch);
     let augment = AugmentConfig::default();
-    for (name, augment) in [("off", None), ("on", Some(&augment))] {
-        let reps = 500;
-        let started = Instant::now();
-        for i in 0..reps {
-            let mut rng = example_rng(1, 0, i);
-            std::hint::black_box(
-                prepare(
-                    &image,
-                    Some(&mask),
-                    128,
-                    augment,
-                    Normalize::PerImage,
-                    &mut rng,
-                )
-                .unwrap(),
-            );
-        }
-        let ms = started.elapsed().as_secs_f64() / reps as f64 * 1e3;
-        println!("prepare 256x256 -> 128 px, augmentation {name}: {ms:.3} ms per example");
+    let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+    let pairs = order.iter().map(|&index| {
+        let (image, mask) = source.load(index).unwrap();
+        let mut rng = example_rng(seed, epoch, index);
+        let Prepared { image, mask } = prepare(
+            &image,
+            Some(&mask),
+            size,
+            Some(&augment),
+            Normalize::PerImage,
+            &mut rng,
+        )
+        .unwrap();
+        let mask: Vec<u32> = mask.unwrap().into_iter().map(u32::from).collect();
+        (
+            Tensor::from_vec(image, (1, side, side), &Device::Cpu).unwrap(),
+            Tensor::from_vec(mask, (side, side), &Device::Cpu).unwrap(),
+        )
+    });
+    let stacked: Vec<(Tensor, Tensor)> = candle_datasets::Batcher::new2(pairs)
+        .batch_size(4)
+        .return_last_incomplete_batch(true)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stacked.len(), batches.len());
+    for (batch, (images, masks)) in batches.iter().zip(&stacked) {
+        assert_eq!(batch.images.dims(), images.dims());
+        assert_eq!(batch.masks.dims(), masks.dims());
+        assert_eq!(batch.masks.dtype(), masks.dtype());
+        assert_eq!(flat_f32(&batch.images), flat_f32(images));
+        assert_eq!(flat_u32(&batch.masks), flat_u32(masks));
     }
-    for prefetch in [0, 2] {
-        let config = LoaderConfig {
-            prefetch,
-            ..config(8, 128, true)
-        };
-        let loader = SegmentationLoader::new(Arc::clone(&source), config, 1, Device::Cpu).unwrap();
-        let _ = collect_epoch(&loader, 0); // warm-up
-        let started = Instant::now();
-        let mut batches = 0;
-        for epoch in 1..4 {
-            batches += collect_epoch(&loader, epoch).len();
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        println!(
-            "batch 8, 128 px from 256x256, augmentation on, prefetch {prefetch}, {} rayon threads: {:.1} batches/s",
-            rayon::current_num_threads(),
-            batches as f64 / seconds
-        );
-    }
-}
-
-#[test]
-#[ignore = "timing, not a check"]
-fn collate_timing() {
-    let (n, side) = (8usize, 128usize);
-    let images: Vec<Vec<f32>> = (0..n).map(|i| vec![i as f32; side * side]).collect();
-    let masks: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; side * side]).collect();
-    let reps = 2000;
-    let started = Instant::now();
-    for _ in 0..reps {
-        let mut flat = Vec::with_capacity(n * side * side);
-        let mut flat_masks = Vec::with_capacity(n * side * side);
-        for (image, mask) in images.iter().zip(&masks) {
-            flat.extend_from_slice(image);
-            flat_masks.extend(mask.iter().map(|&v| u32::from(v)));
-        }
-        let a = Tensor::from_vec(flat, (n, 1, side, side), &Device::Cpu).unwrap();
-        let b = Tensor::from_vec(flat_masks, (n, side, side), &Device::Cpu).unwrap();
-        std::hint::black_box((a, b));
-    }
-    let contiguous = started.elapsed().as_secs_f64() / f64::from(reps) * 1e3;
-    let started = Instant::now();
-    for _ in 0..reps {
-        let pairs = images.iter().zip(&masks).map(|(image, mask)| {
-            let x = Tensor::from_vec(image.clone(), (1, side, side), &Device::Cpu).unwrap();
-            let y = Tensor::from_vec(
-                mask.iter().map(|&v| u32::from(v)).collect::<Vec<_>>(),
-                (side, side),
-                &Device::Cpu,
-            )
-            .unwrap();
-            (x, y)
-        });
-        let batch = candle_datasets::Batcher::new2(pairs)
-            .batch_size(n)
-            .next()
-            .unwrap()
-            .unwrap();
-        std::hint::black_box(batch);
-    }
-    let stacked = started.elapsed().as_secs_f64() / f64::from(reps) * 1e3;
-    println!("collate 8 x 128 px: one from_vec {contiguous:.3} ms, Batcher/stack {stacked:.3} ms");
 }

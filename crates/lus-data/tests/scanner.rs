@@ -2,11 +2,8 @@
 //! tie the pixels to the annotation (numbers, not just shapes).
 //!
 //! The heavier statistical tests run many samples; use `cargo test -p lus-data --release` if
-//! they are slow in the dev profile. Two ignored tests are tools:
-//! - `contact_sheet`: `LUS_SCANNER_CONTACT=/tmp/sheet.png cargo test -p lus-data --release
-//!   --test scanner -- --ignored contact_sheet` writes a 4x4 grid of samples (and a second
-//!   image with the dense labels beside each sample, suffix `-labels`).
-//! - `throughput`: prints images per second at 128 and 256 px (`--nocapture`).
+//! they are slow in the dev profile. The scanner's speed is a bench:
+//! `cargo bench -p lus-benches --bench data -- scanner`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -767,76 +764,4 @@ fn bad_configurations_are_rejected_with_clear_messages() {
     }
     let parsed: Result<ScannerConfig, _> = toml::from_str("size = 96\nspekle = 0.5");
     assert!(parsed.unwrap_err().to_string().contains("spekle"));
-}
-
-// ----- Tools (ignored) --------------------------------------------------------------------
-
-/// Writes a 4x4 contact sheet of samples to `$LUS_SCANNER_CONTACT`, and the same samples with
-/// their dense labels beside them to `<stem>-labels.png`.
-#[test]
-#[ignore]
-fn contact_sheet() {
-    let Ok(path) = std::env::var("LUS_SCANNER_CONTACT") else {
-        eprintln!("set LUS_SCANNER_CONTACT to the output PNG path");
-        return;
-    };
-    let seed: u64 = std::env::var("LUS_SCANNER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
-    let size: u32 = std::env::var("LUS_SCANNER_SIZE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(128);
-    let s = scanner_with(seed, |c| c.size = size);
-    let samples = s.generate(0..16);
-    let gap = 4;
-    let cell = size + gap;
-    let mut sheet = GrayImage::from_pixel(4 * cell + gap, 4 * cell + gap, image::Luma([40]));
-    let schema = LabelSchema::default();
-    let palette = schema.palette();
-    let mut labels =
-        image::RgbImage::from_pixel(8 * cell + gap, 4 * cell + gap, image::Rgb([40, 40, 40]));
-    for (k, sample) in samples.iter().enumerate() {
-        let (cx, cy) = ((k % 4) as u32 * cell + gap, (k / 4) as u32 * cell + gap);
-        image::imageops::replace(&mut sheet, &sample.image, cx as i64, cy as i64);
-        let classes = paint_dense(&sample.annotation, &schema);
-        for y in 0..size {
-            for x in 0..size {
-                let v = sample.image.get_pixel(x, y)[0];
-                labels.put_pixel(2 * cx - gap + x, cy + y, image::Rgb([v, v, v]));
-                let c = palette[classes[(y * size + x) as usize] as usize].0;
-                labels.put_pixel(
-                    2 * cx - gap + size + x,
-                    cy + y,
-                    image::Rgb([c[0], c[1], c[2]]),
-                );
-            }
-        }
-        eprintln!(
-            "{k:2}: {} {} {:?}",
-            sample.diagnosis, sample.probe, sample.findings
-        );
-    }
-    sheet.save(&path).unwrap();
-    let labels_path = path.replace(".png", "-labels.png");
-    labels.save(&labels_path).unwrap();
-}
-
-/// Prints images per second at 128 and 256 px with the default rayon pool.
-#[test]
-#[ignore]
-fn throughput() {
-    for (size, count) in [(128u32, 400u64), (256, 100)] {
-        let s = scanner_with(1, |c| c.size = size);
-        s.generate(0..8); // warm up
-        let start = std::time::Instant::now();
-        let n = s.generate(0..count).len();
-        let secs = start.elapsed().as_secs_f64();
-        eprintln!(
-            "{size} px: {:.0} images/s on {} threads",
-            n as f64 / secs,
-            rayon::current_num_threads()
-        );
-    }
 }

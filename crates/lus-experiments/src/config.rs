@@ -126,8 +126,9 @@ pub struct PocusPoolConfig {
     /// it holds no manifest yet, `lus run` ingests the POCUS data into it first (from
     /// `$LUS_POCUS_DIR`, else `../shared/data/pocus`) with the POCOVID-Net sampling rule.
     pub frames: PathBuf,
-    /// The classes, in class-index order (the paper's three by default; `viral` may be added).
-    /// Frames of other classes are left out.
+    /// The classes, in class-index order (the paper's three by default, in the scanner's
+    /// order `healthy, covid, pneumonia`, so that a class index means the same diagnosis for
+    /// both sources; `viral` may be added). Frames of other classes are left out.
     pub classes: Vec<lus_data::pocus::PocusClass>,
     /// Probes whose frames are used.
     pub probes: Vec<lus_data::Probe>,
@@ -147,9 +148,9 @@ impl Default for PocusPoolConfig {
         PocusPoolConfig {
             frames: PathBuf::from("runs/pocus-frames"),
             classes: vec![
+                PocusClass::Healthy,
                 PocusClass::Covid,
                 PocusClass::Pneumonia,
-                PocusClass::Healthy,
             ],
             probes: vec![lus_data::Probe::Convex, lus_data::Probe::Linear],
             images: true,
@@ -1230,6 +1231,30 @@ mod committed_experiments {
             checked >= 2,
             "found {checked} experiment files in {}",
             dir.display()
+        );
+    }
+
+    /// A class index is the same diagnosis whichever source the pool comes from.
+    #[test]
+    fn pocus_classes_default_to_the_scanner_order() {
+        let pocus: Vec<String> = PocusPoolConfig::default()
+            .classes
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let scanner: Vec<String> = lus_data::Diagnosis::ALL
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(pocus, scanner);
+        let committed = ExperimentConfig::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/pocus.toml"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            committed.dataset.pocus.classes,
+            PocusPoolConfig::default().classes
         );
     }
 }

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lus_experiments::{
-    bench, contact_sheet, eval_seg, ingest, power, predict, rasterize, study, synth, train_seg,
+    bench, contact_sheet, eval_seg, ingest, power, predict, rasterize, slurm, study, synth,
+    train_seg,
 };
 use lus_train::StopRequest;
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -59,6 +60,9 @@ enum Command {
     /// Size a grid: the difference a k-fold comparison detects, and its power, per number of
     /// seeds, from a spread given or measured in a pilot's `cls_results.csv`.
     Power(power::PowerArgs),
+    /// Write Slurm job arrays for an experiment (pretraining, then classification, then the
+    /// report, chained by dependencies), timed from its finished cells.
+    Slurm(slurm::SlurmArgs),
     /// Time kernels end to end (compare with PyTorch via benches/pytorch_unet_step.py).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => study::report(args),
         Command::Power(args) => power::run(args),
+        Command::Slurm(args) => slurm::run(args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

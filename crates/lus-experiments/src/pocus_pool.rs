@@ -18,11 +18,28 @@ use rayon::prelude::*;
 use crate::config::PocusPoolConfig;
 use crate::dataset::ClassifyPool;
 use crate::ingest::pocus_dir;
+use crate::lock::Lock;
 
 /// The frames of `config` at `size x size`, ingesting the POCUS data first when the frames
 /// folder has no manifest yet.
 pub fn load_pocus_pool(config: &PocusPoolConfig, size: u32) -> anyhow::Result<ClassifyPool> {
     let manifest = config.frames.join(POCUS_MANIFEST);
+    // One ingest at a time: shards that start together wait for the first, then find its
+    // manifest. (Held only while the manifest is missing.)
+    let ingest_lock = if manifest.is_file() {
+        None
+    } else {
+        Some(Lock::acquire(
+            &config.frames,
+            || {
+                eprintln!(
+                    "{}: another process is ingesting the POCUS data; waiting for it",
+                    config.frames.display()
+                )
+            },
+            || Ok(()),
+        )?)
+    };
     if !manifest.is_file() {
         let src = pocus_dir(None);
         eprintln!(
@@ -50,6 +67,7 @@ pub fn load_pocus_pool(config: &PocusPoolConfig, size: u32) -> anyhow::Result<Cl
             eprintln!("warning: {rel}: skipped: {reason}");
         }
     }
+    drop(ingest_lock);
     let rows = select_rows(read_frame_rows(&manifest)?, config);
     let class_of = |row: &FrameRow| config.classes.iter().position(|c| *c == row.label);
     for (k, class) in config.classes.iter().enumerate() {

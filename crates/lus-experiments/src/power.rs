@@ -31,7 +31,7 @@ pub struct PowerArgs {
     #[arg(long, requires = "arms")]
     from: Option<PathBuf>,
     /// The two arms of `--from` to compare, `first,second`.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     arms: Vec<String>,
     /// The metric column of `--from`.
     #[arg(long, default_value = PRIMARY_METRIC)]

@@ -223,6 +223,14 @@ pub fn write_report(
     wall_seconds_this_invocation: f64,
 ) -> anyhow::Result<PathBuf> {
     let root = experiment.report_root();
+    // Two runners that finish together (shards, a second `lus run`) write one at a time: the
+    // second would otherwise remove the first's staging folder. The lock file lives with the
+    // runs, not in the (committed) reports folder.
+    let _lock = crate::lock::Lock::acquire(
+        &experiment.runs_root().join("report"),
+        || eprintln!("{}: another process is writing it; waiting", root.display()),
+        || Ok(()),
+    )?;
     let staged = StagedDir::open_fresh(&root)?;
     let figures = staged.create_subdir("figures")?;
     let context = SegContext {

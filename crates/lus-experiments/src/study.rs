@@ -19,6 +19,7 @@ use crate::cell::{OnChange, Runner};
 use crate::cls_cell::run_cls_cell;
 use crate::config::ExperimentConfig;
 use crate::dataset::{ClassifyPool, Dataset};
+use crate::lock::Lock;
 use crate::plan::{Cell, CellKind, Plan};
 use crate::report::{CellResult, write_report};
 use crate::report_cls::{ClsCellResult, load_cls_cells};
@@ -118,11 +119,10 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
             );
         }
     };
-    for cell in &pretrain {
+    run_exclusively(&pretrain, args.quiet, stop, |cell| {
         announce(cell);
-        check_stop(stop)?;
-        run_cell(&cell.config, &data, &cell.dir, &runner)?;
-    }
+        run_cell(&cell.config, &data, &cell.dir, &runner)
+    })?;
     if !classify.is_empty() {
         check_backbones(&plan, &classify)?;
         let pool = ClassifyPool::for_experiment(&experiment)?;
@@ -137,8 +137,7 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
             )?;
             folds_of_seed.push((seed, folds));
         }
-        for cell in &classify {
-            check_stop(stop)?;
+        run_exclusively(&classify, args.quiet, stop, |cell| {
             announce(cell);
             let backbone = plan.backbone_of(cell).map(|b| best_checkpoint(&b.dir));
             let folds = folds_of_seed
@@ -153,8 +152,8 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
                 backbone.as_deref(),
                 &cell.dir,
                 &runner,
-            )?;
-        }
+            )
+        })?;
     }
     if args.shard.is_some() {
         eprintln!(
@@ -172,6 +171,53 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
         "lus run",
         started,
     )
+}
+
+/// Runs `each` on every cell while holding the cell's lock ([`crate::lock`]), so that no two
+/// processes run one cell. A cell whose lock another process holds is left for later; once
+/// the others are done, each such cell is waited for and then run (a cell the other process
+/// completed is then found complete and skipped; one it left unfinished, killed, resumes
+/// here). So every cell of `cells` is complete when this returns, and the next stage can rely
+/// on it.
+fn run_exclusively(
+    cells: &[&Cell],
+    quiet: bool,
+    stop: &StopRequest,
+    mut each: impl FnMut(&Cell) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut busy: Vec<&Cell> = Vec::new();
+    for &cell in cells {
+        check_stop(stop)?;
+        match Lock::try_acquire(&cell.dir)? {
+            Some(_lock) => each(cell)?,
+            None => {
+                if !quiet {
+                    eprintln!(
+                        "{}: another process is running it; back to it after the other cells",
+                        cell.label()
+                    );
+                }
+                busy.push(cell);
+            }
+        }
+    }
+    for cell in busy {
+        check_stop(stop)?;
+        let _lock = Lock::acquire(
+            &cell.dir,
+            || {
+                if !quiet {
+                    eprintln!(
+                        "{}: waiting for the other process to finish it",
+                        cell.label()
+                    );
+                }
+            },
+            || check_stop(stop),
+        )?;
+        each(cell)?;
+    }
+    Ok(())
 }
 
 /// An error once `stop` is raised: checked before each cell, so a stop that arrives between

@@ -227,7 +227,7 @@ fn the_whole_real_folder_ingests_and_folds_never_split_a_patient_or_a_clip() {
         ..Default::default()
     };
     let pool = lus_experiments::pocus_pool::load_pocus_pool(&config, 16).unwrap();
-    assert_eq!(pool.class_names, ["covid", "pneumonia", "healthy"]);
+    assert_eq!(pool.class_names, ["healthy", "covid", "pneumonia"]);
     let viral = rows.iter().filter(|r| r.label.as_str() == "viral").count();
     assert_eq!(pool.labels.len(), rows.len() - viral);
     for seed in 0..3 {
@@ -334,7 +334,7 @@ inner_folds = 3
     let report_dir = dir.path().join("reports/tiny");
     let report = fs::read_to_string(report_dir.join("REPORT.md")).unwrap();
     for needle in [
-        "diagnosis (covid / pneumonia / healthy)",
+        "diagnosis (healthy / covid / pneumonia)",
         "real POCUS frames",
         "Frame and clip level",
         "| dense | clip | linear |",
