@@ -17,6 +17,7 @@
 //! | `pretrain.unet.kernels` | lus's or candle's CPU kernels: the same arithmetic in another order (last-digit differences, like a thread count elsewhere) |
 //! | `evaluation.overlay_examples` | the report's figure only |
 //! | threads (`RAYON_NUM_THREADS`) | not in the config; every kernel is bit-identical on any count |
+//! | `dataset.pocus` unless `dataset.classify_from = "pocus"` | the settings of a source the cell does not read (every pretraining cell; studies on the scanner) |
 //!
 //! Everything else defines the result. A finished cell whose result view differs is
 //! **superseded** by `lus run`: moved whole to `<runs>/<name>/superseded/` (nothing is deleted)
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::config::{ClassifyFrom, ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::provenance::{RUN_MANIFEST_FILE, RunClock};
 
 /// Keys (dotted paths) of execution settings, removed from the result view.
@@ -54,6 +55,11 @@ pub fn result_view(config: &ExperimentConfig) -> anyhow::Result<toml::Table> {
     let mut table = toml::Table::try_from(config).context("serialising the config")?;
     for key in EXECUTION_KEYS {
         remove_path(&mut table, key);
+    }
+    if config.dataset.classify_from != ClassifyFrom::Pocus {
+        // A source the cell does not read: a changed default of the POCUS pool must not
+        // re-run the scanner's cells.
+        remove_path(&mut table, "dataset.pocus");
     }
     for key in DEVICE_KEYS {
         if let Some(toml::Value::String(spec)) = get_path_mut(&mut table, key) {
@@ -324,6 +330,14 @@ mod tests {
         ] {
             assert_eq!(result_view(&config(&[set])).unwrap(), base, "{set}");
         }
+        // The POCUS pool matters only where the diagnostic pool comes from it.
+        let classes = "dataset.pocus.classes=[\"covid\", \"healthy\"]";
+        assert_eq!(result_view(&config(&[classes])).unwrap(), base);
+        let pocus = "dataset.classify_from=pocus";
+        assert_ne!(
+            result_view(&config(&[pocus, classes])).unwrap(),
+            result_view(&config(&[pocus])).unwrap()
+        );
         let cpu = result_view(&config(&["pretrain.train.device=cpu"])).unwrap();
         let cuda0 = result_view(&config(&["pretrain.train.device=cuda:0"])).unwrap();
         let cuda3 = result_view(&config(&["pretrain.train.device=cuda:3"])).unwrap();
