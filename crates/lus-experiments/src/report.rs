@@ -210,6 +210,46 @@ impl<'a> SegContext<'a> {
     }
 }
 
+/// The build revisions the cells were trained at (from their `run.json`), each with how many
+/// cells, and whether any ran from a working tree with uncommitted changes: a report whose
+/// cells come from several builds says so.
+fn trained_at(cells: &[CellResult], cls_cells: &[crate::report_cls::ClsCellResult]) -> String {
+    let mut revisions: Vec<(String, usize)> = Vec::new();
+    let mut dirty = false;
+    let mut count = |revision: &str, is_dirty: Option<bool>| {
+        dirty |= is_dirty == Some(true);
+        match revisions.iter_mut().find(|(r, _)| r == revision) {
+            Some((_, n)) => *n += 1,
+            None => revisions.push((revision.to_string(), 1)),
+        }
+    };
+    for cell in cells {
+        count(&cell.manifest.build_git_revision, cell.manifest.git_dirty);
+    }
+    for cell in cls_cells {
+        let manifest = std::fs::read_to_string(cell.dir.join(RUN_MANIFEST_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_str::<RunManifest>(&text).ok());
+        match manifest {
+            Some(m) => count(&m.build_git_revision, m.git_dirty),
+            None => count("unknown", None),
+        }
+    }
+    if revisions.is_empty() {
+        return "no build (no cell)".into();
+    }
+    let list = revisions
+        .iter()
+        .map(|(r, n)| format!("`{r}` ({n} cell{})", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if dirty {
+        format!("{list}, some from a working tree with uncommitted changes")
+    } else {
+        list
+    }
+}
+
 /// Writes the report of `experiment` from its finished pretraining cells `cells` and
 /// classification cells `cls_cells` into `<reports_dir>/<name>/`, built in a staging folder
 /// and renamed into place whole.
@@ -271,14 +311,12 @@ pub fn write_report(
     let first = cells.first().map(|c| &c.manifest);
     let _ = writeln!(
         md,
-        "Written by `{command}` for `{}` (resolved config: [`{RESOLVED_CONFIG_FILE}`]({RESOLVED_CONFIG_FILE})). \
-         Build revision `{}`{}; {}, candle {}; device {}; {} rayon threads on {} CPUs.\n",
+        "Written by `{command}` for `{}` (resolved config: [`{RESOLVED_CONFIG_FILE}`]({RESOLVED_CONFIG_FILE})) \
+         at build revision `{}`; the cells were trained at {}; {}, candle {}; device {}; {} rayon \
+         threads on {} CPUs.\n",
         experiment.name,
-        first.map_or("unknown", |m| m.build_git_revision.as_str()),
-        match first.and_then(|m| m.git_dirty) {
-            Some(true) => " (working tree with uncommitted changes)",
-            _ => "",
-        },
+        env!("LUS_BUILD_GIT_REVISION"),
+        trained_at(cells, cls_cells),
         first.map_or("unknown", |m| m.rustc.as_str()),
         first.map_or("unknown", |m| m.candle.as_str()),
         first.map_or("unknown", |m| m.device.as_str()),

@@ -83,6 +83,9 @@ fn the_grid_runs_every_cell_reports_and_shards_merge_to_the_same_results() {
         "bootstrap",
         "FP / image",
         "none (n=3)",
+        "at build revision `",
+        "the cells were trained at `",
+        "(7 cells)",
     ] {
         assert!(report.contains(needle), "REPORT.md lacks {needle:?}");
     }
