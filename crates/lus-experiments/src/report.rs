@@ -211,8 +211,9 @@ impl<'a> SegContext<'a> {
 }
 
 /// The build revisions the cells were trained at (from their `run.json`), each with how many
-/// cells, and whether any ran from a working tree with uncommitted changes: a report whose
-/// cells come from several builds says so.
+/// cells, and whether the working tree had uncommitted changes when any of them started (the
+/// binary's own revision says `-dirty` if it was built from one): a report whose cells come
+/// from several builds says so.
 fn trained_at(cells: &[CellResult], cls_cells: &[crate::report_cls::ClsCellResult]) -> String {
     let mut revisions: Vec<(String, usize)> = Vec::new();
     let mut dirty = false;
@@ -244,7 +245,7 @@ fn trained_at(cells: &[CellResult], cls_cells: &[crate::report_cls::ClsCellResul
         .collect::<Vec<_>>()
         .join(", ");
     if dirty {
-        format!("{list}, some from a working tree with uncommitted changes")
+        format!("{list}; the working tree had uncommitted changes when some of them started")
     } else {
         list
     }
