@@ -75,6 +75,8 @@ enum Command {
 /// calling thread. On the 2-core development machine this took the median U-Net training step
 /// from 315-319 to 304-307 ms and its slowest rounds from 431-485 to 347-349 ms
 /// (`benches/README.md`).
+// Unsafe: `set_var` is unsafe in edition 2024 (another thread could read the environment).
+#[allow(unsafe_code)]
 fn default_candle_threads() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: called first thing in `main`, before any thread exists.
@@ -82,14 +84,21 @@ fn default_candle_threads() {
     }
 }
 
-fn main() -> ExitCode {
-    default_candle_threads();
-    // Output piped into a program that stops reading (`lus predict --json | head`) ends the
-    // process quietly, as for any Unix filter, instead of a panic in `println!`.
-    // SAFETY: called first thing, before any thread exists; SIG_DFL is a valid disposition.
+/// Output piped into a program that stops reading (`lus predict --json | head`) ends the
+/// process quietly, as for any Unix filter, instead of a panic in `println!`.
+// Unsafe: `libc::signal` is a foreign function.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called first thing in `main`, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+fn main() -> ExitCode {
+    default_candle_threads();
+    default_sigpipe();
     let cli = Cli::parse();
     let stop = StopRequest::new();
     if matches!(cli.command, Command::TrainSeg(_) | Command::Run(_))

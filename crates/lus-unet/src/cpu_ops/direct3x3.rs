@@ -220,12 +220,14 @@ struct OutPlanes {
 // SAFETY: the pointers are only written through by `conv_planes`, whose work items write
 // disjoint row bands of the planes.
 unsafe impl Send for OutPlanes {}
+// SAFETY: as for `Send`: shared references only hand out plane pointers, and the work items
+// that write through them write disjoint row bands.
 unsafe impl Sync for OutPlanes {}
 
 impl OutPlanes {
     /// The start of plane `(n, c)`.
     fn plane_ptr(&self, n: usize, c: usize) -> *mut f32 {
-        // SAFETY (of the offsets): `n < batch` and `c < first + second`, and the slices the
+        // SAFETY: (of the offsets) `n < batch` and `c < first + second`, and the slices the
         // pointers came from hold `batch * channels * plane` elements (checked by callers).
         unsafe {
             if c < self.first {
@@ -335,6 +337,14 @@ struct Tile {
 /// One register tile: `MR` output channels x `V` vectors of 16 columns, summing over the taps
 /// at `offsets` of the padded planes `x` with weights `w` (`offsets.len() x MR`), starting
 /// from `init`.
+///
+/// # Safety
+/// - The CPU has AVX-512F and AVX-512VL (the caller checks `is_x86_feature_detected!`).
+/// - For every `j < V` and every `off` in `offsets`, the 16 floats at
+///   `x + tile.loads[j] + off` are readable (inside the padded input planes).
+/// - `w` points at `offsets.len() * MR` readable floats, and `init` has at least `MR`.
+/// - For every `m < tile.valid` and `j < V`, the floats of `tile.rows[m] + tile.stores[j]`
+///   selected by `tile.masks[j]` are writable and no other thread writes them meanwhile.
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn fwd_tile<const V: usize>(
     x: *const f32,
@@ -387,6 +397,11 @@ unsafe fn fwd_tile<const V: usize>(
 /// apart), added lane-wise to the 16-lane partial sums `out[c][t]` (summed across lanes by the
 /// caller once per work item: a horizontal sum in here made the compiler keep a third of the
 /// accumulators on the stack).
+///
+/// # Safety
+/// - The CPU has AVX-512F and AVX-512VL (the caller checks `is_x86_feature_detected!`).
+/// - For every `r < rows`, the `width` floats at `dy[c] + r * dy_stride` (each `c`) and at
+///   `x[t] + r * x_stride` (each `t`) are readable; the masked loads touch no others.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn grad_weight_tile(

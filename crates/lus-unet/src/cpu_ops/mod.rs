@@ -344,6 +344,8 @@ pub(crate) fn matmul<T: Float>(
 
 /// `dst (m x n, rows `dst_row_stride` apart) = lhs * rhs`, or `dst += lhs * rhs` with
 /// `accumulate`.
+// Unsafe: `gemm::gemm` takes raw pointers and strides (the bounds are asserted first).
+#[allow(unsafe_code)]
 pub(crate) fn matmul_into<T: Float>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
