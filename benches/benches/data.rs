@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use lus_data::LabelSchema;
 use lus_data::raster::{RasterOptions, Rasterizer, rasterize};
 use lus_data::recipe::LabelRecipe;
-use lus_data::scanner::{Scanner, ScannerConfig};
+use lus_scanner::{Scanner, ScannerConfig};
 
 const SIZES: [u32; 2] = [128, 256];
 

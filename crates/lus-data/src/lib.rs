@@ -4,8 +4,10 @@
 //! - [`annotation`]: vector annotations; [`labelme`]: LabelMe JSON import.
 //! - [`recipe`]: label recipes (dense, sparse, and any other as TOML); [`raster`]: one
 //!   rasterizer that draws an annotation by a recipe -> [`mask::Mask`].
-//! - [`scanner`]: the seeded synthetic B-mode scanner with exact ground truth.
 //! - [`augment`] and [`loader`]: augmentation and candle batches with background prefetch.
+//!
+//! The synthetic scanner that emits these annotations is the `lus-scanner` crate, which uses
+//! this one (never the other way round).
 
 pub mod annotation;
 pub mod augment;
@@ -21,7 +23,6 @@ pub mod mask;
 pub mod pocus;
 pub mod raster;
 pub mod recipe;
-pub mod scanner;
 pub mod schema;
 pub mod splits;
 

@@ -935,32 +935,111 @@ fn a_corrupt_png_ends_the_epoch_with_an_error_naming_it() {
 // ---------------------------------------------------------------------------------------------
 // AnnotatedFileSource: masks drawn from annotation files by a recipe
 
-/// `count` scanner samples of `size` px written as `image{i}.png` + `ann{i}.json` (lus JSON);
-/// returns the (image, annotation) paths and the annotations.
+/// `count` hand-made examples of `size` px written as `image{i}.png` + `ann{i}.json` (lus JSON);
+/// returns the (image, annotation) paths and the annotations. Each annotation has a fan-shaped
+/// field of view and a shape of every class of the default schema (polygons, polylines and a
+/// band), moved a little from one example to the next; each image is a textured pattern.
 fn write_annotated(
     dir: &std::path::Path,
     count: u64,
     size: u32,
 ) -> (Vec<(PathBuf, PathBuf)>, Vec<lus_data::Annotation>) {
-    use lus_data::scanner::{Scanner, ScannerConfig};
-    let scanner = Scanner::new(
-        ScannerConfig {
-            size,
-            ..ScannerConfig::default()
+    use lus_data::{Annotation, Geometry, Point, Shape};
+    let polygon = |label: &str, points: &[Point]| Shape {
+        label: label.into(),
+        geometry: Geometry::Polygon {
+            points: points.to_vec(),
         },
-        5,
-    )
-    .unwrap();
+    };
+    let polyline = |label: &str, points: &[Point], width: f32| Shape {
+        label: label.into(),
+        geometry: Geometry::Polyline {
+            points: points.to_vec(),
+            width,
+        },
+    };
+    let s = size as f32;
     let mut pairs = Vec::new();
     let mut annotations = Vec::new();
-    for sample in scanner.generate(0..count) {
-        let i = sample.index;
+    for i in 0..count {
+        // Every example moves its objects by a few pixels.
+        let d = i as f32 * s / 32.0;
+        let mut annotation = Annotation::new(size, size);
+        annotation.field_of_view = Some(vec![
+            [0.3 * s, 0.0],
+            [0.7 * s, 0.0],
+            [s, 0.9 * s],
+            [0.5 * s, s],
+            [0.0, 0.9 * s],
+        ]);
+        annotation.shapes = vec![
+            polygon(
+                "chest-wall",
+                &[[0.0, 0.0], [s, 0.0], [s, 0.3 * s + d], [0.0, 0.3 * s]],
+            ),
+            polygon(
+                "lung",
+                &[[0.0, 0.3 * s], [s, 0.3 * s + d], [s, s], [0.0, s]],
+            ),
+            polygon(
+                "rib",
+                &[
+                    [0.05 * s, 0.2 * s],
+                    [0.2 * s, 0.2 * s],
+                    [0.2 * s, s],
+                    [0.05 * s, s],
+                ],
+            ),
+            polyline("pleural-line", &[[0.2 * s, 0.3 * s], [s, 0.3 * s + d]], 2.0),
+            polyline(
+                "a-line",
+                &[
+                    [0.2 * s, 0.6 * s],
+                    [0.5 * s, 0.6 * s + d],
+                    [0.9 * s, 0.6 * s],
+                ],
+                2.5,
+            ),
+            Shape {
+                label: "b-line".into(),
+                geometry: Geometry::Band {
+                    centerline: vec![[0.62 * s + d, 0.32 * s], [0.66 * s + d, s]],
+                    outline: vec![
+                        [0.59 * s + d, 0.32 * s],
+                        [0.65 * s + d, 0.32 * s],
+                        [0.71 * s + d, s],
+                        [0.61 * s + d, s],
+                    ],
+                },
+            },
+            polygon(
+                "consolidation",
+                &[
+                    [0.25 * s, 0.35 * s],
+                    [0.45 * s + d, 0.36 * s],
+                    [0.5 * s, 0.55 * s],
+                    [0.3 * s, 0.6 * s],
+                ],
+            ),
+            polygon(
+                "effusion",
+                &[
+                    [0.75 * s, 0.7 * s],
+                    [0.95 * s, 0.7 * s],
+                    [0.9 * s, 0.9 * s - d],
+                    [0.78 * s, 0.9 * s],
+                ],
+            ),
+        ];
+        let image = GrayImage::from_fn(size, size, |x, y| {
+            Luma([((x * 37 + y * 101 + x * y * 7 + i as u32 * 59) % 251) as u8])
+        });
         let image_path = dir.join(format!("image{i}.png"));
         let annotation_path = dir.join(format!("ann{i}.json"));
-        save_gray_png(&sample.image, &image_path).unwrap();
-        sample.annotation.save(&annotation_path).unwrap();
+        save_gray_png(&image, &image_path).unwrap();
+        annotation.save(&annotation_path).unwrap();
         pairs.push((image_path, annotation_path));
-        annotations.push(sample.annotation);
+        annotations.push(annotation);
     }
     (pairs, annotations)
 }

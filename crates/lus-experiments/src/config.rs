@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use lus_data::scanner::ScannerConfig;
 use lus_data::{LabelRecipe, LabelSchema, StrokeWidth};
 use lus_metrics::ObjectConfig;
 use lus_metrics::components::Connectivity;
+use lus_scanner::ScannerConfig;
 use lus_train::{ClsRunConfig, SegRunConfig};
 use serde::{Deserialize, Serialize};
 

@@ -10,8 +10,8 @@ use clap::Args;
 use image::{GrayImage, Rgb, RgbImage, imageops};
 use lus_data::LabelRecipe;
 use lus_data::raster::{RasterOptions, rasterize};
-use lus_data::scanner::{Scanner, ScannerConfig};
 use lus_data::{LabelSchema, Mask, image_io};
+use lus_scanner::{Scanner, ScannerConfig};
 
 const GAP: u32 = 4;
 

@@ -11,8 +11,8 @@ use lus_data::cls_loader::{ClassificationSource, FileClassSource, InMemoryClassS
 use lus_data::loader::{AnnotatedFileSource, InMemorySource, SegmentationSource};
 use lus_data::manifest::{MANIFEST_FILE, ManifestRow, read_manifest, resolve_inside};
 use lus_data::raster::{RasterOptions, Rasterizer};
-use lus_data::scanner::Scanner;
 use lus_data::{Diagnosis, LabelRecipe, LabelSchema, Mask, Probe};
+use lus_scanner::Scanner;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

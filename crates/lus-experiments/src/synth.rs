@@ -7,9 +7,9 @@ use clap::Args;
 use lus_data::io::{StagedDir, write_atomic};
 use lus_data::manifest::{MANIFEST_FILE, ManifestRow, write_manifest};
 use lus_data::raster::{RasterOptions, rasterize};
-use lus_data::scanner::{Sample, Scanner, ScannerConfig};
 use lus_data::{LabelRecipe, StrokeWidth};
 use lus_data::{LabelSchema, image_io};
+use lus_scanner::{Sample, Scanner, ScannerConfig};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -1,16 +1,16 @@
 //! Tests of the synthetic scanner: determinism, exact ground truth, and image statistics that
 //! tie the pixels to the annotation (numbers, not just shapes).
 //!
-//! The heavier statistical tests run many samples; use `cargo test -p lus-data --release` if
-//! they are slow in the dev profile. The scanner's speed is a bench:
-//! `cargo bench -p lus-benches --bench data -- scanner`.
+//! The heavier statistical tests run many samples; use
+//! `cargo test --release --workspace --test scanner` if they are slow in the dev profile. The
+//! scanner's speed is a bench: `cargo bench -p lus-benches --bench data -- scanner`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use image::GrayImage;
-use lus_data::scanner::{PleuraState, Sample, ScanGeometry, Scanner, ScannerConfig};
 use lus_data::{Annotation, Diagnosis, Geometry, LabelSchema, Point, Probe};
+use lus_scanner::{PleuraState, Sample, ScanGeometry, Scanner, ScannerConfig};
 
 fn scanner(seed: u64) -> Scanner {
     Scanner::new(ScannerConfig::default(), seed).unwrap()

@@ -13,7 +13,7 @@
 
 use image::GrayImage;
 
-use crate::annotation::Point;
+use lus_data::Point;
 
 use super::geometry::{ScanGeometry, fill_polygon};
 use super::noise::{SampleRng, normal_pair};

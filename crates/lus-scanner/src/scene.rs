@@ -9,8 +9,7 @@
 //! columns between ribs and never overlaps another kind of object laterally, which keeps the
 //! physics simple and the dense paint order (schema layers) consistent with the image.
 
-use crate::annotation::{Annotation, Geometry, Point, Shape};
-use crate::clinical::{Diagnosis, Probe};
+use lus_data::{Annotation, Diagnosis, Geometry, Point, Probe, Shape};
 
 use super::geometry::{ScanGeometry, polygon_area, simplify_chain};
 use super::noise::{Noise1, Noise2, SampleRng, chance, uniform, weighted_index};
@@ -25,8 +24,8 @@ pub(crate) type Span = (usize, usize);
 const TILING_OVERSHOOT_PX: f32 = 2.0;
 const SIMPLIFY_TOLERANCE_PX: f32 = 0.15;
 
-/// What the diagnosis asks for; the scene then shows what fits (see the module table in
-/// `scanner/mod.rs`).
+/// What the diagnosis asks for; the scene then shows what fits (see the table in the crate
+/// docs, `lib.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub pleura: PleuraState,

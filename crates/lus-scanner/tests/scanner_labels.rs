@@ -6,8 +6,8 @@
 
 use lus_data::raster::{RasterOptions, rasterize};
 use lus_data::recipe::LabelRecipe;
-use lus_data::scanner::{Scanner, ScannerConfig};
 use lus_data::{Annotation, Geometry, LabelSchema, Shape};
+use lus_scanner::{Scanner, ScannerConfig};
 use proptest::prelude::*;
 
 /// The field-of-view mask: the annotation's field of view filled with one non-background class.
@@ -211,8 +211,8 @@ fn built_in_sparse_never_outnumbers_dense_on_the_scanner() {
 #[test]
 fn quick_study_test_set_line_pixel_totals() {
     // Recorded, not asserted (beyond sanity): the totals over the quick study's test set,
-    // 64 px, scanner seed 0, samples 240..304. `cargo test -p lus-data --test scanner_labels
-    // -- --nocapture totals`.
+    // 64 px, scanner seed 0, samples 240..304. `cargo test --workspace --test
+    // scanner_labels -- --nocapture totals`.
     let schema = LabelSchema::default();
     let samples = scanner(64, 0).generate(240..304);
     let recipes = [

@@ -54,6 +54,7 @@
 //! `b-line` shape. An effusion in pneumonia lies under the consolidation in 65% of cases when
 //! there is one, otherwise it is a lens beside it.
 
+pub mod error;
 mod geometry;
 mod noise;
 mod render;
@@ -66,10 +67,9 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::annotation::Annotation;
-use crate::clinical::{Diagnosis, Probe};
-use crate::error::{DataError, Result};
+use lus_data::{Annotation, Diagnosis, Probe};
 
+pub use error::{Result, ScannerError};
 pub use geometry::ScanGeometry;
 
 use noise::{SampleRng, chance, uniform, weighted_index};
@@ -130,7 +130,7 @@ impl ScannerConfig {
     /// Checks every value; errors name the offending key.
     pub fn validate(&self) -> Result<()> {
         let bad =
-            |key: &str, reason: String| Err(DataError::config(format!("scanner.{key}"), reason));
+            |key: &str, reason: String| Err(ScannerError::config(format!("scanner.{key}"), reason));
         if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) {
             return bad(
                 "size",

@@ -9,8 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::annotation::Point;
-use crate::clinical::Probe;
+use lus_data::{Point, Probe};
 
 /// Where the scanned field of view lies in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
