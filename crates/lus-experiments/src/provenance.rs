@@ -90,6 +90,20 @@ impl RunClock {
     }
 }
 
+/// The run manifest of the run folder `dir`: `None` when it has none (the run is not
+/// complete), an error naming the file when it cannot be read or is not a manifest.
+pub fn read_run_manifest(dir: &Path) -> anyhow::Result<Option<RunManifest>> {
+    use anyhow::Context as _;
+    let path = dir.join(RUN_MANIFEST_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = lus_data::io::read_text(&path)?;
+    let manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid run manifest", path.display()))?;
+    Ok(Some(manifest))
+}
+
 /// Writes `manifest` as pretty JSON to `dir/run.json`, atomically.
 pub fn write_run_manifest(dir: &Path, manifest: &RunManifest) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(manifest)?;

@@ -20,7 +20,7 @@ use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
 use crate::dataset::Dataset;
 use crate::findings::{self, ClsSummary, Completeness, Facts, LineFp, SegScore};
 use crate::plan::{Cell, CellKind, Plan};
-use crate::provenance::{RUN_MANIFEST_FILE, RunManifest};
+use crate::provenance::{RUN_MANIFEST_FILE, RunManifest, read_run_manifest};
 use crate::seg_cell::{best_checkpoint, cell_arm, read_eval, truths};
 
 /// Report file name inside the report folder.
@@ -47,10 +47,8 @@ impl CellResult {
             anyhow::bail!("{}: not a pretraining cell", cell.dir.display());
         };
         let dir = &cell.dir;
-        let manifest_path = dir.join(RUN_MANIFEST_FILE);
-        let text = lus_data::io::read_text(&manifest_path)?;
-        let manifest: RunManifest = serde_json::from_str(&text)
-            .with_context(|| format!("{}: invalid run manifest", manifest_path.display()))?;
+        let manifest = read_run_manifest(dir)?
+            .with_context(|| format!("{}: missing", dir.join(RUN_MANIFEST_FILE).display()))?;
         let history_path = dir.join(lus_train::trainer::METRICS_PARQUET);
         let history = MetricsTable::from_dataframe(&read_table_parquet(&history_path)?)
             .with_context(|| history_path.display().to_string())?;
@@ -228,10 +226,7 @@ fn trained_at(cells: &[CellResult], cls_cells: &[crate::report_cls::ClsCellResul
         count(&cell.manifest.build_git_revision, cell.manifest.git_dirty);
     }
     for cell in cls_cells {
-        let manifest = std::fs::read_to_string(cell.dir.join(RUN_MANIFEST_FILE))
-            .ok()
-            .and_then(|text| serde_json::from_str::<RunManifest>(&text).ok());
-        match manifest {
+        match read_run_manifest(&cell.dir).ok().flatten() {
             Some(m) => count(&m.build_git_revision, m.git_dirty),
             None => count("unknown", None),
         }
@@ -814,9 +809,9 @@ fn cost_section(
 
 /// Wall time recorded in a run folder's manifest (NaN when unknown).
 fn cell_wall(dir: &Path) -> f64 {
-    lus_data::io::read_text(&dir.join(RUN_MANIFEST_FILE))
+    read_run_manifest(dir)
         .ok()
-        .and_then(|t| serde_json::from_str::<RunManifest>(&t).ok())
+        .flatten()
         .and_then(|m| m.wall_seconds)
         .unwrap_or(f64::NAN)
 }

@@ -22,7 +22,7 @@ use clap::Args;
 
 use crate::config::ExperimentConfig;
 use crate::plan::{Cell, Plan};
-use crate::provenance::{RUN_MANIFEST_FILE, RunManifest};
+use crate::provenance::read_run_manifest;
 
 #[derive(Args, Debug)]
 pub struct SlurmArgs {
@@ -79,14 +79,9 @@ pub struct Measured {
 pub fn measure(cells: &[Cell]) -> anyhow::Result<Measured> {
     let mut m = Measured::default();
     for cell in cells {
-        let path = cell.dir.join(RUN_MANIFEST_FILE);
-        if !path.is_file() {
+        let Some(manifest) = read_run_manifest(&cell.dir)? else {
             continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let manifest: RunManifest = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a lus run manifest", path.display()))?;
+        };
         if let Some(wall) = manifest.wall_seconds {
             m.cells += 1;
             m.max_wall_seconds = m.max_wall_seconds.max(wall);

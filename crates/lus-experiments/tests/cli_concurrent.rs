@@ -21,16 +21,12 @@ const CELLS: [&str; 7] = [
 ];
 
 fn experiment(dir: &Path, runs: &str) -> String {
-    let text = common::tiny_grid_toml(
+    common::write_tiny_grid(
+        dir,
         "concurrent",
-        &dir.join(runs),
-        &dir.join(format!("reports-{runs}")),
-        2,
+        runs,
         "seeds = [0]\nfolds = 3\ninner_folds = 4\narms = [\"dense\", \"none\"]",
-    );
-    let path = dir.join(format!("{runs}.toml"));
-    fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
+    )
 }
 
 #[test]

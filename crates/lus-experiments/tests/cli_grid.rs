@@ -10,16 +10,12 @@ use std::fs;
 use std::path::Path;
 
 fn experiment(dir: &Path, runs: &str) -> String {
-    let text = common::tiny_grid_toml(
+    common::write_tiny_grid(
+        dir,
         "grid",
-        &dir.join(runs),
-        &dir.join(format!("reports-{runs}")),
-        2,
+        runs,
         "seeds = [0]\nfolds = 3\ninner_folds = 4\narms = [\"dense\", \"none\"]",
-    );
-    let path = dir.join(format!("{runs}.toml"));
-    fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
+    )
 }
 
 /// `id -> (fold, truth)` of every test prediction of an arm.

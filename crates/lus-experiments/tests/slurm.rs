@@ -34,16 +34,12 @@ impl Drop for Cluster {
 }
 
 fn experiment(dir: &Path, runs: &str) -> String {
-    let text = common::tiny_grid_toml(
+    common::write_tiny_grid(
+        dir,
         "slurm",
-        &dir.join(runs),
-        &dir.join(format!("reports-{runs}")),
-        2,
+        runs,
         "seeds = [0, 1]\nfolds = 3\ninner_folds = 4\narms = [\"dense\", \"sparse\", \"none\"]",
-    );
-    let path = dir.join(format!("{runs}.toml"));
-    fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
+    )
 }
 
 fn squeue_empty(conf: &Path) -> bool {

@@ -64,3 +64,19 @@ size = 32
         reports = reports.display()
     )
 }
+
+/// Writes [`tiny_grid_toml`] (2 classification epochs) as `<dir>/<runs>.toml`, with runs in
+/// `<dir>/<runs>` and reports in `<dir>/reports-<runs>`, and returns the file's path: the same
+/// experiment run in several folders (one run vs shards, vs two runners, vs Slurm) compares.
+pub fn write_tiny_grid(dir: &std::path::Path, name: &str, runs: &str, grid: &str) -> String {
+    let text = tiny_grid_toml(
+        name,
+        &dir.join(runs),
+        &dir.join(format!("reports-{runs}")),
+        2,
+        grid,
+    );
+    let path = dir.join(format!("{runs}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
