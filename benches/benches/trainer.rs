@@ -24,23 +24,25 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lus_data::Mask;
 use lus_data::augment::Normalize;
-use lus_data::io::{StagedDir, write_atomic};
-use lus_data::loader::{
-    InMemorySource, LoaderConfig, SegBatch, SegmentationLoader, SegmentationSource,
-};
+use lus_data::loader::{LoaderConfig, SegBatch, SegmentationLoader, SegmentationSource};
+use lus_io::{StagedDir, write_atomic};
 use lus_train::{
     DeviceSpec, LossConfig, LrSchedule, Optimizer, OptimizerConfig, Resume, SegmentationTask, Task,
     TrainConfig, Trainer,
 };
 use lus_unet::{Mode, Norm, UNetConfig};
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// The tiny problem's image side and classes.
-const TINY_SIDE: u32 = 32;
-const TINY_CLASSES: usize = 3;
+// The training tests' data set and loader source, shared rather than copied.
+#[path = "../../crates/lus-train/tests/common/mod.rs"]
+mod training_fixtures;
+use training_fixtures::{source, synthetic_examples};
+
+/// The tiny problem's image side and classes (the training tests' problem).
+const TINY_SIDE: u32 = training_fixtures::SIDE;
+const TINY_CLASSES: usize = training_fixtures::CLASSES;
 
 fn tiny_unet() -> UNetConfig {
     UNetConfig {
@@ -150,51 +152,6 @@ fn bench_overhead(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// `count` images of the tiny side: a dark speckled background (class 0), a bright horizontal
-/// line two pixels thick at a random depth (class 1) and, below it, a medium-bright vertical
-/// band three pixels wide (class 2) (the training tests' data).
-fn synthetic_examples(count: usize, seed: u64) -> Vec<(Mask, Mask)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| {
-            let line_y = rng.random_range(6..14u32);
-            let b_x = rng.random_range(4..TINY_SIDE - 7);
-            let mut labels = Mask::filled(TINY_SIDE, TINY_SIDE, 0);
-            let mut pixels = Mask::filled(TINY_SIDE, TINY_SIDE, 0);
-            for y in 0..TINY_SIDE {
-                for x in 0..TINY_SIDE {
-                    let class = if (line_y..line_y + 2).contains(&y) {
-                        1
-                    } else if y >= line_y + 2 && (b_x..b_x + 3).contains(&x) {
-                        2
-                    } else {
-                        0
-                    };
-                    let base: i32 = match class {
-                        1 => 220,
-                        2 => 140,
-                        _ => 40,
-                    };
-                    let noise = rng.random_range(-25..=25i32);
-                    labels.set(x, y, class);
-                    pixels.set(x, y, (base + noise).clamp(0, 255) as u8);
-                }
-            }
-            (pixels, labels)
-        })
-        .collect()
-}
-
-/// The examples as a loader source (`Mask` doubles as the 8-bit image).
-fn source(examples: &[(Mask, Mask)]) -> Arc<dyn SegmentationSource> {
-    Arc::new(InMemorySource(
-        examples
-            .iter()
-            .map(|(pixels, labels)| (pixels.to_gray_image(), labels.clone()))
-            .collect(),
-    ))
 }
 
 fn loader(

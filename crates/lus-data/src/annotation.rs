@@ -294,7 +294,7 @@ impl Annotation {
 
     /// Reads and validates an annotation file of our own JSON format.
     pub fn load(path: &Path, schema: &LabelSchema) -> Result<Self> {
-        let text = crate::io::read_text(path)?;
+        let text = lus_io::read_text(path)?;
         Self::from_json_str(&text, schema, path)
     }
 
@@ -305,7 +305,10 @@ impl Annotation {
 
     /// Writes the annotation atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::io::write_atomic(path, self.to_json_string().as_bytes())
+        Ok(lus_io::write_atomic(
+            path,
+            self.to_json_string().as_bytes(),
+        )?)
     }
 }
 

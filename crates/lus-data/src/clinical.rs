@@ -5,20 +5,38 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The diagnostic classes of the study.
+/// A diagnosis: the one class enum of lus, for every data source (the scanner's patients, a
+/// folder's `labels.csv`, the POCUS file-name prefixes and metadata), so that a class index
+/// means the same diagnosis wherever it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Diagnosis {
+    /// No lung pathology ("regular" in POCUS).
     Healthy,
+    /// COVID-19.
     Covid,
+    /// Bacterial pneumonia.
     Pneumonia,
+    /// Non-COVID viral pneumonia: in the POCUS data, not among the paper's three classes.
+    Viral,
 }
 
 impl Diagnosis {
-    /// Every diagnosis, in class-index order.
-    pub const ALL: [Diagnosis; 3] = [Diagnosis::Healthy, Diagnosis::Covid, Diagnosis::Pneumonia];
+    /// The paper's three classes, in class-index order: the scanner's diagnoses and the
+    /// default class list of every classifier.
+    pub const PAPER: [Diagnosis; 3] = [Diagnosis::Healthy, Diagnosis::Covid, Diagnosis::Pneumonia];
 
-    /// The class index used by classifiers.
+    /// Every diagnosis, in [`Diagnosis::index`] order.
+    pub const ALL: [Diagnosis; 4] = [
+        Diagnosis::Healthy,
+        Diagnosis::Covid,
+        Diagnosis::Pneumonia,
+        Diagnosis::Viral,
+    ];
+
+    /// The class index in the default class order ([`Diagnosis::PAPER`], then `viral`). A
+    /// classifier over another class list (a POCUS config's `classes`) uses the position in
+    /// that list instead.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -29,6 +47,7 @@ impl Diagnosis {
             Diagnosis::Healthy => "healthy",
             Diagnosis::Covid => "covid",
             Diagnosis::Pneumonia => "pneumonia",
+            Diagnosis::Viral => "viral",
         }
     }
 }
@@ -46,7 +65,7 @@ impl FromStr for Diagnosis {
             .into_iter()
             .find(|d| d.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                format!("unknown diagnosis {s:?} (expected healthy, covid or pneumonia)")
+                format!("unknown diagnosis {s:?} (expected healthy, covid, pneumonia or viral)")
             })
     }
 }
@@ -97,6 +116,9 @@ mod tests {
             assert_eq!(d.as_str().parse::<Diagnosis>().unwrap(), d);
             assert_eq!(Diagnosis::ALL[d.index()], d);
         }
+        // The paper's classes are the first indices: a scanner class id and a POCUS class id
+        // (default class list) name the same diagnosis.
+        assert_eq!(Diagnosis::PAPER, Diagnosis::ALL[..3]);
         assert_eq!("Curvilinear".parse::<Probe>().unwrap(), Probe::Convex);
         assert!("phased".parse::<Probe>().is_err());
         assert!("flu".parse::<Diagnosis>().unwrap_err().contains("flu"));

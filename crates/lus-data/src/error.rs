@@ -69,3 +69,12 @@ impl DataError {
         }
     }
 }
+
+impl From<lus_io::IoError> for DataError {
+    fn from(e: lus_io::IoError) -> Self {
+        DataError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

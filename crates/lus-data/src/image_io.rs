@@ -45,7 +45,7 @@ pub fn decode_with_limits(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
 /// Reads an image file and converts it to 8-bit grayscale (ultrasound is grayscale; colour
 /// overlays in real frames are mixed down by luma).
 pub fn load_gray(path: &Path) -> Result<GrayImage> {
-    let bytes = crate::io::read_file(path)?;
+    let bytes = lus_io::read_file(path)?;
     Ok(decode_with_limits(&bytes, path)?.into_luma8())
 }
 
@@ -55,5 +55,5 @@ pub fn save_gray_png(image: &GrayImage, path: &Path) -> Result<()> {
     image
         .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
         .expect("encoding a gray PNG into memory cannot fail");
-    crate::io::write_atomic(path, &bytes)
+    Ok(lus_io::write_atomic(path, &bytes)?)
 }

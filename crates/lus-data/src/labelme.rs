@@ -123,7 +123,7 @@ pub fn load_labelme(
     schema: &LabelSchema,
     options: &LabelmeOptions,
 ) -> Result<Annotation> {
-    let raw = crate::io::read_text(path)?;
+    let raw = lus_io::read_text(path)?;
     labelme_from_json_str(&raw, path, schema, options)
 }
 
@@ -148,7 +148,7 @@ pub fn load_annotation(
     schema: &LabelSchema,
     options: &LabelmeOptions,
 ) -> Result<Annotation> {
-    let raw = crate::io::read_text(path)?;
+    let raw = lus_io::read_text(path)?;
     annotation_from_json_str(&raw, path, schema, options)
 }
 

@@ -15,7 +15,6 @@ pub mod clinical;
 pub mod cls_loader;
 pub mod error;
 pub mod image_io;
-pub mod io;
 pub mod labelme;
 pub mod loader;
 pub mod manifest;

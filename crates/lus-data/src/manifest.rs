@@ -38,13 +38,13 @@ pub struct ManifestRow {
 
 /// Writes rows as CSV, atomically.
 pub fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
-    crate::io::write_atomic_with(path, |file| {
+    Ok(lus_io::write_atomic_with(path, |file| {
         let mut writer = csv::Writer::from_writer(file);
         for row in rows {
             writer.serialize(row).map_err(std::io::Error::other)?;
         }
         writer.flush()
-    })
+    })?)
 }
 
 /// Reads a manifest and checks that ids are unique and that every path it names stays inside

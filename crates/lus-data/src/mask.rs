@@ -89,13 +89,13 @@ impl Mask {
 
     /// Writes the mask as an 8-bit PNG, atomically.
     pub fn save_png(&self, path: &Path) -> Result<()> {
-        crate::io::write_atomic(path, &self.to_png_bytes())
+        Ok(lus_io::write_atomic(path, &self.to_png_bytes())?)
     }
 
     /// Reads an 8-bit PNG mask and checks that every value is a class of `schema` or
     /// `ignore_id`.
     pub fn load_png(path: &Path, schema: &LabelSchema, ignore_id: Option<u8>) -> Result<Self> {
-        let bytes = crate::io::read_file(path)?;
+        let bytes = lus_io::read_file(path)?;
         let image = crate::image_io::decode_with_limits(&bytes, path)?;
         let gray = match image {
             image::DynamicImage::ImageLuma8(g) => g,

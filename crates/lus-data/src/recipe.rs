@@ -277,7 +277,7 @@ impl LabelRecipe {
         }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") || path.is_file() {
-            let text = crate::io::read_text(path)?;
+            let text = lus_io::read_text(path)?;
             let stem = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())

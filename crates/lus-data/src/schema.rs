@@ -191,7 +191,7 @@ impl Default for LabelSchema {
 impl LabelSchema {
     /// Reads and validates a schema file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::io::read_text(path)?;
+        let text = lus_io::read_text(path)?;
         Self::from_toml_str(&text, path)
     }
 

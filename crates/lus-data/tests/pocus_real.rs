@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lus_data::pocus::{IngestOptions, PocusClass, inventory, read_metadata};
+use lus_data::Diagnosis;
+use lus_data::pocus::{IngestOptions, inventory, read_metadata};
 
 fn pocus_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("LUS_POCUS_DIR")
@@ -56,8 +57,8 @@ fn every_real_file_name_gives_the_class_metadata_csv_names() {
     let mut checked = 0;
     for path in &files {
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let class =
-            PocusClass::from_file_name(&stem).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let class = Diagnosis::from_pocus_file_name(&stem)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let row = metadata
             .get(&stem)
             .unwrap_or_else(|| panic!("{stem} is not in metadata.csv"));
@@ -65,7 +66,7 @@ fn every_real_file_name_gives_the_class_metadata_csv_names() {
         // label may say either.
         if !path.to_string_lossy().contains("label_uncertain") {
             assert_eq!(
-                PocusClass::from_metadata_label(&row.label),
+                Diagnosis::from_pocus_metadata_label(&row.label),
                 Some(class),
                 "{}: metadata label {:?}",
                 path.display(),

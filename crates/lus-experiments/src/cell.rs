@@ -262,12 +262,12 @@ pub fn start(
             }
         },
     }
-    lus_data::io::remove_stale_temp_files(dir)?;
+    lus_io::remove_stale_temp_files(dir)?;
     for sub in subdirs {
-        lus_data::io::remove_stale_temp_files(&dir.join(sub))?;
+        lus_io::remove_stale_temp_files(&dir.join(sub))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    lus_data::io::write_atomic(
+    lus_io::write_atomic(
         &dir.join(RESOLVED_CONFIG_FILE),
         config.to_toml_string()?.as_bytes(),
     )?;

@@ -278,7 +278,7 @@ fn write_split(
     pool: &ClassifyPool,
     roles: [(&str, &Vec<usize>); 3],
 ) -> anyhow::Result<()> {
-    lus_data::io::write_atomic_with(path, |file| {
+    lus_io::write_atomic_with(path, |file| {
         let mut writer = csv::Writer::from_writer(file);
         let mut write =
             |record: &[&str]| writer.write_record(record).map_err(std::io::Error::other);

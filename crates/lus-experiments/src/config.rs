@@ -129,7 +129,7 @@ pub struct PocusPoolConfig {
     /// The classes, in class-index order (the paper's three by default, in the scanner's
     /// order `healthy, covid, pneumonia`, so that a class index means the same diagnosis for
     /// both sources; `viral` may be added). Frames of other classes are left out.
-    pub classes: Vec<lus_data::pocus::PocusClass>,
+    pub classes: Vec<lus_data::Diagnosis>,
     /// Probes whose frames are used.
     pub probes: Vec<lus_data::Probe>,
     /// Use still images (one-frame clips) as well as clip frames.
@@ -144,14 +144,10 @@ pub struct PocusPoolConfig {
 
 impl Default for PocusPoolConfig {
     fn default() -> Self {
-        use lus_data::pocus::PocusClass;
+        use lus_data::Diagnosis;
         PocusPoolConfig {
             frames: PathBuf::from("runs/pocus-frames"),
-            classes: vec![
-                PocusClass::Healthy,
-                PocusClass::Covid,
-                PocusClass::Pneumonia,
-            ],
+            classes: vec![Diagnosis::Healthy, Diagnosis::Covid, Diagnosis::Pneumonia],
             probes: vec![lus_data::Probe::Convex, lus_data::Probe::Linear],
             images: true,
             aspect: lus_data::pocus::AspectMode::Pad,
@@ -637,7 +633,7 @@ impl ExperimentConfig {
     /// Reads `path`, applies `overrides` (`key.path=value`), checks unknown keys and values.
     /// Every error names the file.
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
-        let text = lus_data::io::read_text(path)?;
+        let text = lus_io::read_text(path)?;
         Self::from_toml_str(&text, overrides)
             .with_context(|| format!("{}: invalid experiment config", path.display()))
     }
@@ -1242,7 +1238,7 @@ mod committed_experiments {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        let scanner: Vec<String> = lus_data::Diagnosis::ALL
+        let scanner: Vec<String> = lus_data::Diagnosis::PAPER
             .iter()
             .map(|d| d.to_string())
             .collect();

@@ -162,7 +162,7 @@ pub fn run(args: ContactSheetArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create folder", parent.display()))?;
     }
-    lus_data::io::write_atomic(&args.out, &bytes)?;
+    lus_io::write_atomic(&args.out, &bytes)?;
     eprintln!(
         "wrote {} ({} scanner rows, {} real frames)",
         args.out.display(),

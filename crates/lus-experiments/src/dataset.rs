@@ -41,7 +41,7 @@ pub struct ClassifyPool {
 
 /// Diagnosis names in class-id order.
 pub fn diagnosis_names() -> Vec<String> {
-    Diagnosis::ALL
+    Diagnosis::PAPER
         .iter()
         .map(|d| d.as_str().to_string())
         .collect()
@@ -136,6 +136,18 @@ impl ClassifyPool {
                 );
                 for &i in &manifest.order[start..start + count] {
                     let row = &manifest.rows[i];
+                    // The classifier's classes are the paper's three (class id = position);
+                    // another diagnosis would be a label out of range deep in training.
+                    if !Diagnosis::PAPER.contains(&row.diagnosis) {
+                        bail!(
+                            "{}: sample {:?} has diagnosis {}, but a folder's classifier \
+                             classes are {} (use a POCUS pool for `viral`)",
+                            folder.join(lus_data::manifest::MANIFEST_FILE).display(),
+                            row.id,
+                            row.diagnosis,
+                            diagnosis_names().join(", ")
+                        );
+                    }
                     let image = manifest.resolve(&row.image)?;
                     files.push((image, row.diagnosis.index()));
                     pool.ids.push(row.id.clone());

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lus_experiments::{
-    bench, contact_sheet, eval_seg, ingest, power, predict, rasterize, slurm, study, synth,
-    train_seg,
+    bench, contact_sheet, domain_gap, eval_seg, ingest, power, predict, rasterize, segment, slurm,
+    study, synth, train_seg,
 };
 use lus_train::StopRequest;
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -55,6 +55,14 @@ enum Command {
     /// Diagnose one frame or clip with a trained classification cell: class probabilities
     /// (JSON with --json), the segmentation overlay, and per-frame results for a clip.
     Predict(predict::PredictArgs),
+    /// Segment a frame, a clip or a folder of them with a segmentation cell and read the lung
+    /// findings off each map: B-lines per frame, A-lines, pleural line, consolidation and
+    /// effusion; per clip the B-pattern and A-pattern shares; overlays and an animation.
+    Segment(segment::SegmentArgs),
+    /// Measure how far the scanner's frames are from real POCUS frames: a classifier
+    /// two-sample test grouped by clip (held-out accuracy, 0.5 = indistinguishable) beside
+    /// intensity, spectrum and depth-profile statistics.
+    DomainGap(domain_gap::DomainGapArgs),
     /// Write an experiment's report from the cells finished so far.
     Report(study::ReportArgs),
     /// Size a grid: the difference a k-fold comparison detects, and its power, per number of
@@ -116,6 +124,8 @@ fn main() -> ExitCode {
         Command::EvalSeg(args) => eval_seg::run(args),
         Command::Run(args) => study::run(args, &stop),
         Command::Predict(args) => predict::run(args),
+        Command::Segment(args) => segment::run(args),
+        Command::DomainGap(args) => domain_gap::run(args),
         Command::Report(args) => study::report(args),
         Command::Power(args) => power::run(args),
         Command::Slurm(args) => slurm::run(args),

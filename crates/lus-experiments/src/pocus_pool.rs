@@ -170,10 +170,10 @@ pub fn select_rows(rows: Vec<FrameRow>, config: &PocusPoolConfig) -> Vec<FrameRo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lus_data::Diagnosis;
     use lus_data::Probe;
-    use lus_data::pocus::PocusClass;
 
-    fn row(clip: &str, frame: usize, label: PocusClass, probe: Probe, media: Media) -> FrameRow {
+    fn row(clip: &str, frame: usize, label: Diagnosis, probe: Probe, media: Media) -> FrameRow {
         FrameRow {
             path: format!("frames/{clip}/frame_{frame:05}.png"),
             clip: clip.into(),
@@ -193,23 +193,11 @@ mod tests {
     #[test]
     fn selection_filters_and_spreads_frames_evenly() {
         let mut rows: Vec<FrameRow> = (0..10)
-            .map(|i| row("a", i * 3, PocusClass::Covid, Probe::Convex, Media::Video))
+            .map(|i| row("a", i * 3, Diagnosis::Covid, Probe::Convex, Media::Video))
             .collect();
-        rows.push(row("b", 0, PocusClass::Viral, Probe::Convex, Media::Video));
-        rows.push(row(
-            "c",
-            0,
-            PocusClass::Healthy,
-            Probe::Linear,
-            Media::Video,
-        ));
-        rows.push(row(
-            "d",
-            0,
-            PocusClass::Healthy,
-            Probe::Convex,
-            Media::Image,
-        ));
+        rows.push(row("b", 0, Diagnosis::Viral, Probe::Convex, Media::Video));
+        rows.push(row("c", 0, Diagnosis::Healthy, Probe::Linear, Media::Video));
+        rows.push(row("d", 0, Diagnosis::Healthy, Probe::Convex, Media::Image));
         let mut config = PocusPoolConfig {
             max_frames_per_clip: 4,
             probes: vec![Probe::Convex],
@@ -239,7 +227,7 @@ mod tests {
         assert!(
             picked
                 .iter()
-                .all(|r| r.media == Media::Video && r.label != PocusClass::Viral)
+                .all(|r| r.media == Media::Video && r.label != Diagnosis::Viral)
         );
     }
 }

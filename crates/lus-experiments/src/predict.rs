@@ -22,11 +22,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use image::GrayImage;
 use lus_data::cls_loader::{ClassificationLoader, InMemoryClassSource};
-use lus_data::io::{StagedDir, write_atomic};
 use lus_data::pocus::{
     AspectMode, DecodedFrame, IngestOptions, Tools, decode_video, is_still_image, square_resized,
 };
 use lus_data::{LabelSchema, image_io};
+use lus_io::{StagedDir, write_atomic};
 use lus_metrics::{OverlayRow, overlay_grid};
 use lus_train::{ClassificationTask, parse_device};
 use lus_unet::Mode;

@@ -48,7 +48,7 @@ pub fn write_predictions(
     class_names: &[String],
     rows: &[TestPrediction],
 ) -> anyhow::Result<()> {
-    lus_data::io::write_atomic_with(path, |file| {
+    lus_io::write_atomic_with(path, |file| {
         let mut writer = csv::Writer::from_writer(file);
         writer
             .write_record(header(class_names))

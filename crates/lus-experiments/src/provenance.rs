@@ -98,7 +98,7 @@ pub fn read_run_manifest(dir: &Path) -> anyhow::Result<Option<RunManifest>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = lus_data::io::read_text(&path)?;
+    let text = lus_io::read_text(&path)?;
     let manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: invalid run manifest", path.display()))?;
     Ok(Some(manifest))
@@ -107,7 +107,7 @@ pub fn read_run_manifest(dir: &Path) -> anyhow::Result<Option<RunManifest>> {
 /// Writes `manifest` as pretty JSON to `dir/run.json`, atomically.
 pub fn write_run_manifest(dir: &Path, manifest: &RunManifest) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(manifest)?;
-    lus_data::io::write_atomic(&dir.join(RUN_MANIFEST_FILE), text.as_bytes())?;
+    lus_io::write_atomic(&dir.join(RUN_MANIFEST_FILE), text.as_bytes())?;
     Ok(())
 }
 

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use lus_data::io::{StagedDir, write_atomic};
 use lus_data::labelme::{LabelmeOptions, load_annotation};
 use lus_data::raster::{RasterOptions, rasterize};
 use lus_data::{Annotation, LabelRecipe, LabelSchema, StrokeWidth};
+use lus_io::{StagedDir, write_atomic};
 use rayon::prelude::*;
 use serde::Serialize;
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use image::imageops::FilterType;
-use lus_data::io::StagedDir;
 use lus_data::loader::SegmentationLoader;
 use lus_data::{ClassRender, LabelRecipe};
+use lus_io::StagedDir;
 use lus_metrics::stats::summarize;
 use lus_metrics::{
     MetricsTable, OverlayRow, Row, Value, nan_mean, overlay_grid, plot_curves, read_table_parquet,
@@ -196,6 +196,32 @@ struct SegContext<'a> {
 }
 
 impl<'a> SegContext<'a> {
+    /// The context of `experiment`'s report over its finished pretraining `cells`.
+    fn new(
+        experiment: &'a ExperimentConfig,
+        data: &'a Dataset,
+        cells: &'a [CellResult],
+    ) -> anyhow::Result<Self> {
+        Ok(SegContext {
+            experiment,
+            data,
+            cells,
+            arms: experiment
+                .grid
+                .pretrain
+                .iter()
+                .map(|a| a.name.as_str())
+                .filter(|a| cells.iter().any(|c| c.arm == *a))
+                .collect(),
+            truths: experiment
+                .evaluation
+                .truths
+                .iter()
+                .map(|t| experiment.recipe(t))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
     fn cells_of(&self, arm: &'a str) -> impl Iterator<Item = &'a CellResult> + 'a {
         self.cells.iter().filter(move |c| c.arm == arm)
     }
@@ -269,30 +295,56 @@ pub fn write_report(
     )?;
     let staged = StagedDir::open_fresh(&root)?;
     let figures = staged.create_subdir("figures")?;
-    let context = SegContext {
-        experiment,
-        data,
-        cells,
-        arms: experiment
-            .grid
-            .pretrain
-            .iter()
-            .map(|a| a.name.as_str())
-            .filter(|a| cells.iter().any(|c| c.arm == *a))
-            .collect(),
-        truths: experiment
-            .evaluation
-            .truths
-            .iter()
-            .map(|t| experiment.recipe(t))
-            .collect::<anyhow::Result<_>>()?,
-    };
+    let context = SegContext::new(experiment, data, cells)?;
     write_seg_results_table(cells, staged.path())?;
-    lus_data::io::write_atomic(
+    lus_io::write_atomic(
         &staged.path().join(RESOLVED_CONFIG_FILE),
         experiment.to_toml_string()?.as_bytes(),
     )?;
 
+    let mut md = header_section(experiment, cells, cls_cells, command);
+    md.push_str(&setup_section(&context, plan)?);
+    let cls_summary = match experiment.classify {
+        Some(_) => Some(crate::report_cls::summarize_arms(experiment, cls_cells)?),
+        None => None,
+    };
+    let facts = report_facts(&context, plan, cls_cells, cls_summary.clone())?;
+    md.push_str(&findings::warnings_section(&facts));
+    md.push_str(&findings::findings_section(&facts));
+    for (k, truth) in context.truths.iter().enumerate() {
+        md.push_str(&truth_section(&context, truth, k == 0));
+    }
+    md.push_str(&curves_section(&context, &figures)?);
+    md.push_str(&overlay_section(&context, &figures)?);
+    if let Some(summary) = &cls_summary {
+        md.push_str(&crate::report_cls::classification_section(
+            experiment,
+            cls_cells,
+            summary,
+            staged.path(),
+            &figures,
+        )?);
+        md.push('\n');
+    }
+    md.push_str(&cost_section(
+        experiment,
+        cells,
+        cls_cells,
+        command,
+        wall_seconds_this_invocation,
+    ));
+    lus_io::write_atomic(&staged.path().join(REPORT_FILE), md.as_bytes())?;
+    Ok(staged.commit(true)?)
+}
+
+/// The title and the provenance paragraph: the command and build that wrote the report, the
+/// builds the cells were trained at, the toolchain, device and threads.
+fn header_section(
+    experiment: &ExperimentConfig,
+    cells: &[CellResult],
+    cls_cells: &[crate::report_cls::ClsCellResult],
+    command: &str,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -319,24 +371,18 @@ pub fn write_report(
         first.map_or(0, |m| m.rayon_threads),
         first.map_or(0, |m| m.host_cpus),
     );
-    md.push_str(&setup_section(&context, plan)?);
-    let cls_summary = match experiment.classify {
-        Some(_) => Some(crate::report_cls::summarize_arms(experiment, cls_cells)?),
-        None => None,
-    };
-    let facts = report_facts(&context, plan, cls_cells, cls_summary.clone())?;
-    md.push_str(&findings::warnings_section(&facts));
-    md.push_str(&findings::findings_section(&facts));
-    for (k, truth) in context.truths.iter().enumerate() {
-        md.push_str(&truth_section(&context, truth, k == 0));
-    }
-    md.push_str(&curves_section(&context, &figures)?);
-    if overlay_figure(&context, &figures.join("overlay.png"))? {
+    md
+}
+
+/// The overlay figure and its caption; empty when there is nothing to draw.
+fn overlay_section(context: &SegContext<'_>, figures: &Path) -> anyhow::Result<String> {
+    let mut md = String::new();
+    if overlay_figure(context, &figures.join("overlay.png"))? {
         let _ = writeln!(md, "## Overlays\n");
         let _ = writeln!(
             md,
             "![overlay](figures/overlay.png)\n\nTest images (seed {} models): image | {} | {}.\n",
-            experiment.grid.seeds[0],
+            context.experiment.grid.seeds[0],
             context
                 .truths
                 .iter()
@@ -351,25 +397,7 @@ pub fn write_report(
                 .join(" | ")
         );
     }
-    if let Some(summary) = &cls_summary {
-        md.push_str(&crate::report_cls::classification_section(
-            experiment,
-            cls_cells,
-            summary,
-            staged.path(),
-            &figures,
-        )?);
-        md.push('\n');
-    }
-    md.push_str(&cost_section(
-        experiment,
-        cells,
-        cls_cells,
-        command,
-        wall_seconds_this_invocation,
-    ));
-    lus_data::io::write_atomic(&staged.path().join(REPORT_FILE), md.as_bytes())?;
-    Ok(staged.commit(true)?)
+    Ok(md)
 }
 
 /// `seg_results.{csv,parquet}`: every cell's per-class table against every truth.

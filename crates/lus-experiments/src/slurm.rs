@@ -376,7 +376,7 @@ pub fn run(args: SlurmArgs) -> anyhow::Result<()> {
 }
 
 fn write_script(path: &Path, text: &str) -> anyhow::Result<()> {
-    lus_data::io::write_atomic(path, text.as_bytes())?;
+    lus_io::write_atomic(path, text.as_bytes())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

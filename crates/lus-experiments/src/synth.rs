@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use lus_data::io::{StagedDir, write_atomic};
 use lus_data::manifest::{MANIFEST_FILE, ManifestRow, write_manifest};
 use lus_data::raster::{RasterOptions, rasterize};
 use lus_data::{LabelRecipe, StrokeWidth};
 use lus_data::{LabelSchema, image_io};
+use lus_io::{StagedDir, write_atomic};
 use lus_scanner::{Sample, Scanner, ScannerConfig};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -68,7 +68,7 @@ fn resolve(args: &SynthArgs) -> anyhow::Result<SynthRecord> {
     };
     let mut scanner = match &args.scanner {
         Some(path) => {
-            let text = lus_data::io::read_text(path)?;
+            let text = lus_io::read_text(path)?;
             toml::from_str::<ScannerConfig>(&text).map_err(|e| {
                 anyhow::anyhow!(
                     "{}: invalid scanner config: {}",
@@ -198,7 +198,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     write_manifest(&root.join(MANIFEST_FILE), &rows)?;
     let done = stage.commit(args.force)?;
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; lus_data::Diagnosis::ALL.len()];
     rows.iter().for_each(|r| counts[r.diagnosis.index()] += 1);
     eprintln!(
         "wrote {} samples ({} healthy, {} covid, {} pneumonia) at {} px to {}",

@@ -380,3 +380,211 @@ fn bench_unet_step_reports_times_and_the_flop_count() {
         stderr(&bad)
     );
 }
+
+/// `lus segment` on a frame, a clip and a folder with a tiny trained cell: the outputs, the
+/// tables' rows, `--json`, and the errors that name what is wrong without writing anything.
+#[test]
+fn segment_reads_findings_off_frames_clips_and_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_experiment(dir.path());
+    let run = dir.path().join("run");
+    let out = lus(&[
+        "train-seg",
+        "--config",
+        config.to_str().unwrap(),
+        "--labels",
+        "dense",
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "pretrain.train.epochs=1",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let weights = run.join("best.safetensors");
+    let weights = weights.to_str().unwrap();
+    let data = dir.path().join("synth");
+    let synth = lus(&[
+        "synth",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--seed",
+        "4",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let images: Vec<std::path::PathBuf> = {
+        let mut v: Vec<_> = fs::read_dir(data.join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(images.len(), 3);
+
+    // One frame, with --json.
+    let frame_out = dir.path().join("seg-frame");
+    let frame = lus(&[
+        "segment",
+        "--weights",
+        weights,
+        "--input",
+        images[0].to_str().unwrap(),
+        "--out",
+        frame_out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(frame.status.success(), "{}", stderr(&frame));
+    let json: serde_json::Value = serde_json::from_slice(&frame.stdout).unwrap();
+    assert_eq!(json["kind"], "frame");
+    assert_eq!(json["size"], 32);
+    assert_eq!(json["frames"].as_array().unwrap().len(), 1);
+    assert!(json["frames"][0]["b_lines"].is_u64());
+    assert_eq!(json["rules"]["b_pattern"], 3);
+    assert_eq!(json["timing"]["frames"], 1);
+    for file in [
+        "segment.json",
+        "frames.csv",
+        "frames.parquet",
+        "overlay.png",
+    ] {
+        assert!(frame_out.join(file).is_file(), "{file} missing");
+    }
+    assert_eq!(
+        fs::read_to_string(frame_out.join("frames.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+
+    // A folder of frames: one clip per image.
+    let folder_out = dir.path().join("seg-folder");
+    let folder = lus(&[
+        "segment",
+        "--weights",
+        weights,
+        "--input",
+        data.join("images").to_str().unwrap(),
+        "--out",
+        folder_out.to_str().unwrap(),
+    ]);
+    assert!(folder.status.success(), "{}", stderr(&folder));
+    assert!(String::from_utf8_lossy(&folder.stdout).contains("frames/s"));
+    let clips = fs::read_to_string(folder_out.join("clips.csv")).unwrap();
+    assert_eq!(clips.lines().count(), 4, "{clips}");
+    assert!(clips.lines().next().unwrap().contains("b_pattern_share"));
+    assert!(folder_out.join("clips.parquet").is_file());
+
+    // A clip (a GIF of the three frames, made by FFmpeg) when FFmpeg is installed.
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output();
+    if ffmpeg.is_ok_and(|o| o.status.success()) {
+        let clip = dir.path().join("clip.gif");
+        let made = std::process::Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-framerate",
+                "3",
+                "-pattern_type",
+                "glob",
+                "-i",
+            ])
+            .arg(data.join("images").join("*.png"))
+            .arg(&clip)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let clip_out = dir.path().join("seg-clip");
+        let segmented = lus(&[
+            "segment",
+            "--weights",
+            weights,
+            "--input",
+            clip.to_str().unwrap(),
+            "--out",
+            clip_out.to_str().unwrap(),
+        ]);
+        assert!(segmented.status.success(), "{}", stderr(&segmented));
+        let doc: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(clip_out.join("segment.json")).unwrap())
+                .unwrap();
+        assert_eq!(doc["kind"], "clip");
+        assert_eq!(doc["clip"]["frames"], 3);
+        let gif = fs::read(clip_out.join("overlay.gif")).unwrap();
+        assert!(gif.starts_with(b"GIF8"), "an animation");
+        let names: Vec<String> = fs::read_dir(&clip_out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with('.')),
+            "scratch left: {names:?}"
+        );
+    } else {
+        eprintln!("skipping the clip case: ffmpeg is not installed");
+    }
+
+    // Errors: a missing input, a classifier's config, bad rules; nothing written.
+    let never = dir.path().join("never");
+    let missing = lus(&[
+        "segment",
+        "--weights",
+        weights,
+        "--input",
+        "/nonexistent/clip.mp4",
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("/nonexistent/clip.mp4"),
+        "{}",
+        stderr(&missing)
+    );
+    let rules = dir.path().join("rules.toml");
+    fs::write(&rules, "min_reach = 0.0\n").unwrap();
+    let bad_rules = lus(&[
+        "segment",
+        "--weights",
+        weights,
+        "--input",
+        images[0].to_str().unwrap(),
+        "--out",
+        never.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    assert!(!bad_rules.status.success());
+    assert!(
+        stderr(&bad_rules).contains("min_reach"),
+        "{}",
+        stderr(&bad_rules)
+    );
+    fs::write(&rules, "min_rech = 0.5\n").unwrap();
+    let typo = lus(&[
+        "segment",
+        "--weights",
+        weights,
+        "--input",
+        images[0].to_str().unwrap(),
+        "--out",
+        never.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    assert!(!typo.status.success());
+    assert!(
+        stderr(&typo).contains("rules.toml") && stderr(&typo).contains("min_rech"),
+        "{}",
+        stderr(&typo)
+    );
+    assert!(!never.exists());
+}

@@ -65,3 +65,12 @@ pub enum MetricsError {
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, MetricsError>;
+
+impl From<lus_io::IoError> for MetricsError {
+    fn from(e: lus_io::IoError) -> Self {
+        MetricsError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub mod classification;
 pub mod components;
 pub mod confusion;
 pub mod error;
-pub mod io;
+pub mod lung;
 pub mod objects;
 pub mod plot;
 pub mod plot_cls;
@@ -34,7 +34,11 @@ pub use classification::{
 pub use components::{Components, Connectivity, label_binary, label_class};
 pub use confusion::{ClassScores, ConfusionMatrix, MeanScores, nan_mean};
 pub use error::{MetricsError, Result};
-pub use io::write_atomic;
+pub use lung::{
+    BLineVerdicts, ClipFindings, FindingClasses, FindingRules, FrameFindings, b_line_verdicts,
+    clip_findings, frame_findings,
+};
+pub use lus_io::write_atomic;
 pub use objects::{ObjectConfig, ObjectCounts, object_counts};
 pub use plot::{OverlayLayout, OverlayRow, overlay_grid, plot_curves};
 pub use plot_cls::{BarSeries, plot_bars, plot_confusion_matrix, plot_roc_curves};

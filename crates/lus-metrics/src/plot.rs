@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{MetricsError, Result};
-use crate::io::write_atomic;
+use lus_io::write_atomic;
 
 /// The embedded font, registered with plotters under [`FONT_FAMILY`].
 static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -61,7 +61,7 @@ pub(crate) fn write_png(path: &Path, rgb: &[u8], (width, height): (u32, u32)) ->
     image::codecs::png::PngEncoder::new(&mut bytes)
         .write_image(rgb, width, height, image::ExtendedColorType::Rgb8)
         .map_err(|e| plot_err(path, format!("PNG encoding failed: {e}")))?;
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }
 
 /// Padded axis range of the finite values; `[0, 1]` when there are none.

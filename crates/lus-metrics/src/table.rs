@@ -24,7 +24,7 @@ use std::path::Path;
 use polars::prelude::*;
 
 use crate::error::{MetricsError, Result};
-use crate::io::write_atomic;
+use lus_io::write_atomic;
 
 /// One cell value.
 #[derive(Debug, Clone, PartialEq)]
@@ -320,7 +320,7 @@ pub fn write_table(df: &mut DataFrame, csv: &Path, parquet: &Path) -> Result<()>
             source,
         })?;
     write_atomic(parquet, &parquet_bytes)?;
-    write_atomic(csv, &csv_bytes)
+    Ok(write_atomic(csv, &csv_bytes)?)
 }
 
 /// Reads a CSV table written by [`write_table`] (header row; types inferred from all rows).

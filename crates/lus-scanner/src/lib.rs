@@ -277,7 +277,7 @@ impl Scanner {
         let mut rng = SampleRng::seed_from_u64(self.seed);
         rng.set_stream(index);
         let cfg = &self.config;
-        let diagnosis = Diagnosis::ALL[weighted_index(&mut rng, &cfg.diagnosis_weights)];
+        let diagnosis = Diagnosis::PAPER[weighted_index(&mut rng, &cfg.diagnosis_weights)];
         let probe = if chance(&mut rng, cfg.convex_fraction) {
             Probe::Convex
         } else {

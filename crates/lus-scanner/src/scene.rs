@@ -104,6 +104,10 @@ impl Plan {
             Diagnosis::Healthy => &HEALTHY,
             Diagnosis::Covid => &COVID,
             Diagnosis::Pneumonia => &PNEUMONIA,
+            // The scanner draws only the paper's classes (`Diagnosis::PAPER`); were it asked
+            // for a viral pneumonia, COVID-19's row is the closest (interstitial B-lines,
+            // small subpleural consolidations).
+            Diagnosis::Viral => &COVID,
         };
         let (pleura_w, p_a, b_w, p_conf) = (row.pleura, row.a_lines, row.b_lines, row.confluent);
         let (cons, p_bronch, p_eff) = (row.consolidation, row.air_bronchograms, row.effusion);
@@ -336,17 +340,44 @@ impl Scene {
     }
 
     /// Builds the scene of a sample. `nu` is the number of lateral grid columns.
+    ///
+    /// The steps run in this order, each drawing from `rng` in a fixed order of its own: a
+    /// sample is a pure function of its random stream, so moving a step (or a draw inside one)
+    /// changes every data set.
     pub(crate) fn build(
         geometry: &ScanGeometry,
         plan: &Plan,
         nu: usize,
         rng: &mut SampleRng,
     ) -> Scene {
+        let mut scene = Scene::blank(geometry, plan, nu, rng);
+        let zp0 = scene.draw_pleura(geometry.probe(), plan, rng);
+        scene.draw_chest_wall(zp0, rng);
+        scene.lung_echo = uniform(rng, 0.14, 0.28);
+        let pleura_cols = Self::visible_columns(geometry, nu, zp0 + 4.0 * scene.scale, 1.5);
+        let pleura_width = pleura_cols.1 - pleura_cols.0;
+        scene.place_ribs(geometry, plan, zp0, pleura_cols, rng);
+        let rib_spans: Vec<Span> = scene.ribs.iter().map(|r| r.span).collect();
+        let lung_spans = subtract(&[pleura_cols], &rib_spans);
+        scene.segment_pleura(plan, &lung_spans, zp0, rng);
+        let aerated = scene.pleura_segments.clone();
+        // Columns under a consolidation or a lens of fluid, which B-lines and A-lines keep out of.
+        let mut occupied: Vec<Span> = Vec::new();
+        occupied.extend(scene.place_consolidation(plan, &lung_spans, pleura_width, zp0, rng));
+        let lens = scene.place_effusion(plan, &lung_spans, &occupied, pleura_width, zp0, rng);
+        occupied.extend(lens);
+        scene.place_b_lines(geometry, plan, &aerated, &occupied, zp0, rng);
+        scene.place_a_lines(geometry, plan, &aerated, &occupied, rng);
+        scene
+    }
+
+    /// The scene before any structure is placed: the grid, and the two soft-tissue textures
+    /// (the first draws of the sample's scene).
+    fn blank(geometry: &ScanGeometry, plan: &Plan, nu: usize, rng: &mut SampleRng) -> Scene {
         let depth = geometry.depth();
         let (w, _) = geometry.image_size();
         let scale = w / 128.0;
-        let probe = geometry.probe();
-        let mut scene = Scene {
+        Scene {
             nu,
             depth,
             scale,
@@ -375,9 +406,13 @@ impl Scene {
             lung_echo: 0.0,
             texture: Noise2::new(rng, 9, 7),
             lung_texture: Noise2::new(rng, 6, 30),
-        };
+        }
+    }
 
-        // --- Pleura: depth, shape and look by state.
+    /// Pleura: depth, shape and look by state. Returns the mean pleural depth `zp0` (pixels),
+    /// which the later steps scale by.
+    fn draw_pleura(&mut self, probe: Probe, plan: &Plan, rng: &mut SampleRng) -> f32 {
+        let (nu, depth, scale) = (self.nu, self.depth, self.scale);
         let frac = match probe {
             Probe::Linear => uniform(rng, 0.22, 0.34),
             Probe::Convex => uniform(rng, 0.17, 0.27),
@@ -386,9 +421,9 @@ impl Scene {
         let tilt = uniform(rng, -0.06, 0.06) * zp0;
         let bow = Noise1::new(rng, 4);
         let bow_amp = uniform(rng, 0.0, 0.03) * zp0;
-        scene.pleura_base = (0..nu)
+        self.pleura_base = (0..nu)
             .map(|i| {
-                let u = scene.u_of(i);
+                let u = self.u_of(i);
                 zp0 + tilt * (u - 0.5) + bow_amp * bow.at(u)
             })
             .collect();
@@ -398,16 +433,16 @@ impl Scene {
             PleuraState::Thickened => (uniform(rng, 3.8, 5.6), uniform(rng, 0.5, 1.3), 20),
             PleuraState::Fragmented => (uniform(rng, 2.0, 3.0), uniform(rng, 0.8, 1.8), 28),
         };
-        scene.pleura_thickness = thickness * scale;
+        self.pleura_thickness = thickness * scale;
         let jitter = Noise1::new(rng, knots);
         let gain_noise = Noise1::new(rng, knots);
         let abnormal = plan.pleura != PleuraState::Smooth;
-        scene.pleura_z = (0..nu)
-            .map(|i| scene.pleura_base[i] + jitter_amp * scale * jitter.at(scene.u_of(i)))
+        self.pleura_z = (0..nu)
+            .map(|i| self.pleura_base[i] + jitter_amp * scale * jitter.at(self.u_of(i)))
             .collect();
-        scene.pleura_gain = (0..nu)
+        self.pleura_gain = (0..nu)
             .map(|i| {
-                let n = gain_noise.at(scene.u_of(i));
+                let n = gain_noise.at(self.u_of(i));
                 if abnormal {
                     0.55 + 0.45 * n.abs()
                 } else {
@@ -415,17 +450,21 @@ impl Scene {
                 }
             })
             .collect();
-        scene.pleura_amplitude = uniform(rng, 6.5, 10.0);
+        self.pleura_amplitude = uniform(rng, 6.5, 10.0);
+        zp0
+    }
 
-        // --- Chest wall.
+    /// Chest wall: skin, fat and muscle above the pleura at mean depth `zp0`.
+    fn draw_chest_wall(&mut self, zp0: f32, rng: &mut SampleRng) {
+        let (nu, scale) = (self.nu, self.scale);
         let skin = uniform(rng, 1.5, 2.6) * scale;
         let fascia0 = skin + uniform(rng, 0.2, 0.45) * (zp0 - skin);
         let fascia_wave = Noise1::new(rng, 5);
         let fascia_amp = 0.05 * zp0;
-        scene.wall = ChestWall {
+        self.wall = ChestWall {
             skin,
             fascia: (0..nu)
-                .map(|i| fascia0 + fascia_amp * fascia_wave.at(scene.u_of(i)))
+                .map(|i| fascia0 + fascia_amp * fascia_wave.at(self.u_of(i)))
                 .collect(),
             skin_echo: uniform(rng, 0.6, 1.2),
             fat_echo: uniform(rng, 0.04, 0.09),
@@ -435,11 +474,11 @@ impl Scene {
         // The fascia itself, then muscle striations and fat septa.
         let fascia_line = WallLine {
             span: (0, nu),
-            z: scene.wall.fascia.clone(),
+            z: self.wall.fascia.clone(),
             thickness: uniform(rng, 1.0, 1.6) * scale,
             amplitude: uniform(rng, 0.7, 1.2),
         };
-        scene.wall.lines.push(fascia_line);
+        self.wall.lines.push(fascia_line);
         let striations = {
             use rand::RngExt;
             rng.random_range(3..=7u32) as usize
@@ -467,12 +506,12 @@ impl Scene {
             let wave_amp = uniform(rng, 0.3, 1.0) * scale;
             let z = (start..end)
                 .map(|i| {
-                    let u = scene.u_of(i);
-                    let fascia_shift = scene.wall.fascia[i] - fascia0;
+                    let u = self.u_of(i);
+                    let fascia_shift = self.wall.fascia[i] - fascia0;
                     z0 + slope * (u - 0.5) + wave_amp * wave.at(u) + 0.5 * fascia_shift
                 })
                 .collect();
-            scene.wall.lines.push(WallLine {
+            self.wall.lines.push(WallLine {
                 span: (start, end),
                 z,
                 thickness: uniform(rng, 0.6, 1.1) * scale,
@@ -483,16 +522,27 @@ impl Scene {
                 },
             });
         }
-        scene.lung_echo = uniform(rng, 0.14, 0.28);
+    }
 
-        // --- Ribs: bright cortex above the pleura, shadow to the bottom.
-        let pleura_cols = Self::visible_columns(geometry, nu, zp0 + 4.0 * scale, 1.5);
+    /// Ribs: bright cortex above the pleura, shadow to the bottom. `pleura_cols` are the
+    /// columns of pleura in the image.
+    fn place_ribs(
+        &mut self,
+        geometry: &ScanGeometry,
+        plan: &Plan,
+        zp0: f32,
+        pleura_cols: Span,
+        rng: &mut SampleRng,
+    ) {
+        let (nu, scale, skin) = (self.nu, self.scale, self.wall.skin);
+        let (w, _) = geometry.image_size();
+        let probe = geometry.probe();
         let pleura_width = pleura_cols.1 - pleura_cols.0;
         let rib_px = match probe {
             Probe::Linear => uniform(rng, 0.2, 0.3) * w,
             Probe::Convex => uniform(rng, 0.10, 0.15) * w,
         };
-        let rib_cols = scene.px_to_cols(rib_px, zp0) as f32;
+        let rib_cols = self.px_to_cols(rib_px, zp0) as f32;
         let mut rib_centres: Vec<f32> = Vec::new();
         let (cl, cr) = (pleura_cols.0 as f32, pleura_cols.1 as f32);
         match plan.ribs {
@@ -531,22 +581,24 @@ impl Scene {
             let top = (start..end)
                 .map(|i| {
                     let t = (i as f32 + 0.5 - c) / (0.5 * rib_cols);
-                    let z = scene.pleura_base[i] - rib_drop + curvature * t * t;
-                    z.min(scene.pleura_z[i] - cortex - 1.0 * scale)
+                    let z = self.pleura_base[i] - rib_drop + curvature * t * t;
+                    z.min(self.pleura_z[i] - cortex - 1.0 * scale)
                         .max(skin + 1.0)
                 })
                 .collect();
-            scene.ribs.push(Rib {
+            self.ribs.push(Rib {
                 span: (start, end),
                 top,
                 cortex,
             });
         }
-        let rib_spans: Vec<Span> = scene.ribs.iter().map(|r| r.span).collect();
-        let lung_spans = subtract(&[pleura_cols], &rib_spans);
-        let seg_min = scene.px_to_cols(3.0 * scale, zp0);
+    }
 
-        // --- Pleural gaps (fragmented pleura).
+    /// Pleural gaps (fragmented pleura), and the pleural segments that remain of
+    /// `lung_spans`, the pleura between the ribs.
+    fn segment_pleura(&mut self, plan: &Plan, lung_spans: &[Span], zp0: f32, rng: &mut SampleRng) {
+        let scale = self.scale;
+        let seg_min = self.px_to_cols(3.0 * scale, zp0);
         let mut gaps: Vec<Span> = Vec::new();
         if plan.pleura == PleuraState::Fragmented {
             let count = {
@@ -554,130 +606,165 @@ impl Scene {
                 rng.random_range(1..=3u32) as usize
             };
             for _ in 0..count {
-                let width = scene
-                    .px_to_cols(uniform(rng, 0.03, 0.07) * scene.px_width(zp0), zp0)
+                let width = self
+                    .px_to_cols(uniform(rng, 0.03, 0.07) * self.px_width(zp0), zp0)
                     .max(2);
-                if let Some(g) = place(rng, &subtract(&lung_spans, &gaps), width + 2 * seg_min) {
+                if let Some(g) = place(rng, &subtract(lung_spans, &gaps), width + 2 * seg_min) {
                     gaps.push((g.0 + seg_min, g.1 - seg_min));
                 }
             }
             if gaps.is_empty() {
-                scene.pleura_state = PleuraState::Irregular;
+                self.pleura_state = PleuraState::Irregular;
             }
         }
-        scene.pleura_segments = subtract(&lung_spans, &gaps)
+        self.pleura_segments = subtract(lung_spans, &gaps)
             .into_iter()
             .filter(|s| s.1 - s.0 >= seg_min)
             .collect();
-        let aerated = scene.pleura_segments.clone();
+    }
 
-        // --- Consolidation.
-        let mut occupied: Vec<Span> = Vec::new();
+    /// Consolidation (when the plan has one), in `lung_spans`, the pleura between the ribs.
+    /// Returns its columns.
+    fn place_consolidation(
+        &mut self,
+        plan: &Plan,
+        lung_spans: &[Span],
+        pleura_width: usize,
+        zp0: f32,
+        rng: &mut SampleRng,
+    ) -> Option<Span> {
+        let (depth, scale) = (self.depth, self.scale);
         let lung_depth = depth - zp0;
-        if let Some(kind) = plan.consolidation {
-            let (width, reach) = match kind {
-                ConsolidationKind::Large => (
-                    (uniform(rng, 0.3, 0.65) * pleura_width as f32) as usize,
-                    uniform(rng, 0.3, 0.8) * lung_depth,
-                ),
-                ConsolidationKind::Small => (
-                    scene.px_to_cols(uniform(rng, 6.0, 14.0) * scale, zp0),
-                    uniform(rng, 3.5, 9.0) * scale,
-                ),
+        let kind = plan.consolidation?;
+        let (width, reach) = match kind {
+            ConsolidationKind::Large => (
+                (uniform(rng, 0.3, 0.65) * pleura_width as f32) as usize,
+                uniform(rng, 0.3, 0.8) * lung_depth,
+            ),
+            ConsolidationKind::Small => (
+                self.px_to_cols(uniform(rng, 6.0, 14.0) * scale, zp0),
+                uniform(rng, 3.5, 9.0) * scale,
+            ),
+        };
+        let largest = lung_spans.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
+        let width = width.min(largest.saturating_sub(2));
+        if width < 3 {
+            return None;
+        }
+        let span = place(rng, lung_spans, width)?;
+        let shred = Noise1::new(rng, 16);
+        let shred_fine = Noise1::new(rng, 40);
+        let shred_amp = match kind {
+            ConsolidationKind::Large => 0.14 * reach,
+            ConsolidationKind::Small => 0.25 * reach,
+        };
+        let n = (span.1 - span.0) as f32;
+        let top: Vec<f32> = (span.0..span.1).map(|i| self.pleura_z[i]).collect();
+        let bottom: Vec<f32> = (span.0..span.1)
+            .map(|i| {
+                let t = (i - span.0) as f32 / n + 0.5 / n;
+                let profile = libm::sqrtf((4.0 * t * (1.0 - t)).max(0.0));
+                let jag =
+                    shred_amp * (0.6 * shred.at(t) + 0.4 * shred_fine.at(t).abs() * 2.0 - 0.4);
+                let thick = (reach * (0.3 + 0.7 * profile) + jag).max(2.0 * scale);
+                (self.pleura_z[i] + thick).min(depth)
+            })
+            .collect();
+        let region = Region { span, top, bottom };
+        let bronchograms = if plan.air_bronchograms {
+            self.draw_bronchograms(rng, &region, kind)
+        } else {
+            Vec::new()
+        };
+        self.consolidations.push(Consolidation {
+            region,
+            echo: uniform(rng, 0.45, 0.8),
+            bronchograms,
+        });
+        Some(span)
+    }
+
+    /// Effusion (when the plan has one): under a large consolidation (lung compressed above
+    /// the fluid), or a lens of fluid directly under the pleura, in `lung_spans` (the pleura
+    /// between the ribs) outside the `occupied` columns. Returns the columns of a lens.
+    fn place_effusion(
+        &mut self,
+        plan: &Plan,
+        lung_spans: &[Span],
+        occupied: &[Span],
+        pleura_width: usize,
+        zp0: f32,
+        rng: &mut SampleRng,
+    ) -> Option<Span> {
+        if !plan.effusion {
+            return None;
+        }
+        let (depth, scale) = (self.depth, self.scale);
+        let lung_depth = depth - zp0;
+        let under = self
+            .consolidations
+            .first()
+            .filter(|c| {
+                let r = &c.region;
+                let room = r
+                    .bottom
+                    .iter()
+                    .filter(|&&b| b < depth - 4.0 * scale)
+                    .count();
+                plan.consolidation == Some(ConsolidationKind::Large)
+                    && room * 4 >= 3 * r.bottom.len()
+            })
+            .map(|c| c.region.clone());
+        if let Some(c) = under.filter(|_| chance(rng, 0.65)) {
+            let region = Region {
+                span: c.span,
+                top: c.bottom.clone(),
+                bottom: vec![depth; c.bottom.len()],
             };
-            let largest = lung_spans.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
-            let width = width.min(largest.saturating_sub(2));
-            if width >= 3
-                && let Some(span) = place(rng, &lung_spans, width)
-            {
-                let shred = Noise1::new(rng, 16);
-                let shred_fine = Noise1::new(rng, 40);
-                let shred_amp = match kind {
-                    ConsolidationKind::Large => 0.14 * reach,
-                    ConsolidationKind::Small => 0.25 * reach,
-                };
-                let n = (span.1 - span.0) as f32;
-                let top: Vec<f32> = (span.0..span.1).map(|i| scene.pleura_z[i]).collect();
-                let bottom: Vec<f32> = (span.0..span.1)
-                    .map(|i| {
-                        let t = (i - span.0) as f32 / n + 0.5 / n;
-                        let profile = libm::sqrtf((4.0 * t * (1.0 - t)).max(0.0));
-                        let jag = shred_amp
-                            * (0.6 * shred.at(t) + 0.4 * shred_fine.at(t).abs() * 2.0 - 0.4);
-                        let thick = (reach * (0.3 + 0.7 * profile) + jag).max(2.0 * scale);
-                        (scene.pleura_z[i] + thick).min(depth)
-                    })
-                    .collect();
-                let region = Region { span, top, bottom };
-                let bronchograms = if plan.air_bronchograms {
-                    scene.draw_bronchograms(rng, &region, kind)
-                } else {
-                    Vec::new()
-                };
-                scene.consolidations.push(Consolidation {
-                    region,
-                    echo: uniform(rng, 0.45, 0.8),
-                    bronchograms,
-                });
-                occupied.push(span);
-            }
+            self.effusions.push(Effusion {
+                region,
+                visceral_line: false,
+            });
+            return None;
         }
-
-        // --- Effusion: under a large consolidation (lung compressed above the fluid), or a
-        // lens of fluid directly under the pleura.
-        if plan.effusion {
-            let under = scene
-                .consolidations
-                .first()
-                .filter(|c| {
-                    let r = &c.region;
-                    let room = r
-                        .bottom
-                        .iter()
-                        .filter(|&&b| b < depth - 4.0 * scale)
-                        .count();
-                    plan.consolidation == Some(ConsolidationKind::Large)
-                        && room * 4 >= 3 * r.bottom.len()
-                })
-                .map(|c| c.region.clone());
-            if let Some(c) = under.filter(|_| chance(rng, 0.65)) {
-                let region = Region {
-                    span: c.span,
-                    top: c.bottom.clone(),
-                    bottom: vec![depth; c.bottom.len()],
-                };
-                scene.effusions.push(Effusion {
-                    region,
-                    visceral_line: false,
-                });
-            } else {
-                let width = (uniform(rng, 0.25, 0.5) * pleura_width as f32) as usize;
-                let free = subtract(&lung_spans, &occupied);
-                let largest = free.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
-                let width = width.min(largest.saturating_sub(2));
-                if width >= 4
-                    && let Some(span) = place(rng, &free, width)
-                {
-                    let reach = uniform(rng, 0.25, 0.7) * lung_depth;
-                    let n = (span.1 - span.0) as f32;
-                    let top: Vec<f32> = (span.0..span.1).map(|i| scene.pleura_z[i]).collect();
-                    let bottom: Vec<f32> = (span.0..span.1)
-                        .map(|i| {
-                            let t = (i - span.0) as f32 / n + 0.5 / n;
-                            let profile = libm::powf((4.0 * t * (1.0 - t)).max(0.0), 0.4);
-                            (scene.pleura_z[i] + (reach * profile).max(2.0 * scale)).min(depth)
-                        })
-                        .collect();
-                    scene.effusions.push(Effusion {
-                        region: Region { span, top, bottom },
-                        visceral_line: true,
-                    });
-                    occupied.push(span);
-                }
-            }
+        let width = (uniform(rng, 0.25, 0.5) * pleura_width as f32) as usize;
+        let free = subtract(lung_spans, occupied);
+        let largest = free.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
+        let width = width.min(largest.saturating_sub(2));
+        if width < 4 {
+            return None;
         }
+        let span = place(rng, &free, width)?;
+        let reach = uniform(rng, 0.25, 0.7) * lung_depth;
+        let n = (span.1 - span.0) as f32;
+        let top: Vec<f32> = (span.0..span.1).map(|i| self.pleura_z[i]).collect();
+        let bottom: Vec<f32> = (span.0..span.1)
+            .map(|i| {
+                let t = (i - span.0) as f32 / n + 0.5 / n;
+                let profile = libm::powf((4.0 * t * (1.0 - t)).max(0.0), 0.4);
+                (self.pleura_z[i] + (reach * profile).max(2.0 * scale)).min(depth)
+            })
+            .collect();
+        self.effusions.push(Effusion {
+            region: Region { span, top, bottom },
+            visceral_line: true,
+        });
+        Some(span)
+    }
 
-        // --- B-lines: from the pleura of aerated lung to the bottom, within the image.
+    /// B-lines: from the pleura of `aerated` lung to the bottom, within the image, outside the
+    /// `occupied` columns.
+    fn place_b_lines(
+        &mut self,
+        geometry: &ScanGeometry,
+        plan: &Plan,
+        aerated: &[Span],
+        occupied: &[Span],
+        zp0: f32,
+        rng: &mut SampleRng,
+    ) {
+        let (nu, depth, scale) = (self.nu, self.depth, self.scale);
+        let probe = geometry.probe();
         let bottom_cols = Self::visible_columns(geometry, nu, depth, 1.5);
         let b_allowed = subtract(
             &aerated
@@ -685,7 +772,7 @@ impl Scene {
                 .map(|&(a, b)| (a.max(bottom_cols.0), b.min(bottom_cols.1)))
                 .filter(|s| s.1 > s.0)
                 .collect::<Vec<_>>(),
-            &occupied,
+            occupied,
         );
         let single_px = || match probe {
             Probe::Linear => (4.0, 7.0),
@@ -700,20 +787,20 @@ impl Scene {
             };
             let (lo, hi) = single_px();
             let px = merged as f32 * uniform(rng, lo, hi) * uniform(rng, 0.75, 0.95) * scale;
-            bands.push((scene.px_to_cols(px, zp0), merged));
+            bands.push((self.px_to_cols(px, zp0), merged));
             remaining -= merged;
         }
         for _ in 0..remaining {
             let (lo, hi) = single_px();
-            bands.push((scene.px_to_cols(uniform(rng, lo, hi) * scale, zp0), 1));
+            bands.push((self.px_to_cols(uniform(rng, lo, hi) * scale, zp0), 1));
         }
-        let gap = scene.px_to_cols(3.0 * scale, zp0);
+        let gap = self.px_to_cols(3.0 * scale, zp0);
         let mut taken: Vec<Span> = Vec::new();
         for (width, members) in bands {
             let padded: Vec<Span> = taken.iter().map(|&s| widen(s, gap, nu)).collect();
             if let Some(span) = place(rng, &subtract(&b_allowed, &padded), width) {
                 taken.push(span);
-                scene.b_lines.push(BLine {
+                self.b_lines.push(BLine {
                     span,
                     members,
                     intensity: if members > 1 {
@@ -724,52 +811,62 @@ impl Scene {
                 });
             }
         }
-        scene.b_lines.sort_by_key(|b| b.span);
+        self.b_lines.sort_by_key(|b| b.span);
+    }
 
-        // --- A-lines: reverberations at multiples of the pleural depth under aerated pleura,
-        // interrupted by B-lines.
-        if plan.a_lines {
-            let base_max = scene.pleura_base.iter().cloned().fold(0.0f32, f32::max);
-            let smooth_thickness = scene.pleura_thickness.min(2.6 * scale);
-            let mut amplitude = scene.pleura_amplitude * uniform(rng, 0.2, 0.34);
-            let decay = uniform(rng, 0.55, 0.8);
-            let cuts: Vec<Span> = scene.b_lines.iter().map(|b| b.span).collect();
-            for order in 2u32.. {
-                let thickness = smooth_thickness * (1.0 + 0.15 * (order - 2) as f32);
-                let deepest = order as f32 * base_max;
-                if deepest + 0.5 * thickness + 2.0 * scale > depth
-                    || amplitude < 0.09 * scene.pleura_amplitude
-                {
-                    break;
-                }
-                let visible = Self::visible_columns(geometry, nu, deepest, 1.5);
-                let min_len = scene.px_to_cols(6.0 * scale, deepest);
-                let spans: Vec<Span> = subtract(
-                    &aerated
-                        .iter()
-                        .map(|&(a, b)| (a.max(visible.0), b.min(visible.1)))
-                        .filter(|s| s.1 > s.0)
-                        .collect::<Vec<_>>(),
-                    &[cuts.as_slice(), occupied.as_slice()].concat(),
-                )
-                .into_iter()
-                .filter(|s| s.1 - s.0 >= min_len)
-                .collect();
-                let patchiness = Noise1::new(rng, 7);
-                if !spans.is_empty() {
-                    scene.a_lines.push(ALine {
-                        order,
-                        spans,
-                        amplitude,
-                        thickness,
-                        patchiness,
-                        taper: scene.px_to_cols(4.0 * scale, deepest) as f32,
-                    });
-                }
-                amplitude *= decay;
-            }
+    /// A-lines (when the plan shows them): reverberations at multiples of the pleural depth
+    /// under `aerated` pleura, interrupted by B-lines and the `occupied` columns.
+    fn place_a_lines(
+        &mut self,
+        geometry: &ScanGeometry,
+        plan: &Plan,
+        aerated: &[Span],
+        occupied: &[Span],
+        rng: &mut SampleRng,
+    ) {
+        if !plan.a_lines {
+            return;
         }
-        scene
+        let (nu, depth, scale) = (self.nu, self.depth, self.scale);
+        let base_max = self.pleura_base.iter().cloned().fold(0.0f32, f32::max);
+        let smooth_thickness = self.pleura_thickness.min(2.6 * scale);
+        let mut amplitude = self.pleura_amplitude * uniform(rng, 0.2, 0.34);
+        let decay = uniform(rng, 0.55, 0.8);
+        let cuts: Vec<Span> = self.b_lines.iter().map(|b| b.span).collect();
+        for order in 2u32.. {
+            let thickness = smooth_thickness * (1.0 + 0.15 * (order - 2) as f32);
+            let deepest = order as f32 * base_max;
+            if deepest + 0.5 * thickness + 2.0 * scale > depth
+                || amplitude < 0.09 * self.pleura_amplitude
+            {
+                break;
+            }
+            let visible = Self::visible_columns(geometry, nu, deepest, 1.5);
+            let min_len = self.px_to_cols(6.0 * scale, deepest);
+            let spans: Vec<Span> = subtract(
+                &aerated
+                    .iter()
+                    .map(|&(a, b)| (a.max(visible.0), b.min(visible.1)))
+                    .filter(|s| s.1 > s.0)
+                    .collect::<Vec<_>>(),
+                &[cuts.as_slice(), occupied].concat(),
+            )
+            .into_iter()
+            .filter(|s| s.1 - s.0 >= min_len)
+            .collect();
+            let patchiness = Noise1::new(rng, 7);
+            if !spans.is_empty() {
+                self.a_lines.push(ALine {
+                    order,
+                    spans,
+                    amplitude,
+                    thickness,
+                    patchiness,
+                    taper: self.px_to_cols(4.0 * scale, deepest) as f32,
+                });
+            }
+            amplitude *= decay;
+        }
     }
 
     /// Lateral width (pixels) of the whole fan at depth `z`.

@@ -203,3 +203,9 @@ impl TrainError {
 
 /// Result alias of lus-train.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl From<lus_io::IoError> for TrainError {
+    fn from(e: lus_io::IoError) -> Self {
+        TrainError::Data(DataError::from(e))
+    }
+}

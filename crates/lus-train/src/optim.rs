@@ -466,7 +466,7 @@ impl Optimizer {
         let json_path = dir.join(OPTIMIZER_STATE_FILE);
         let json =
             serde_json::to_vec_pretty(&saved).map_err(|e| TrainError::file(&json_path, e))?;
-        lus_data::io::write_atomic(&json_path, &json)?;
+        lus_io::write_atomic(&json_path, &json)?;
         Ok(())
     }
 
@@ -475,7 +475,7 @@ impl Optimizer {
     /// buffer must fit its parameter; otherwise nothing changes and the error names the file.
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let json_path = dir.join(OPTIMIZER_STATE_FILE);
-        let text = lus_data::io::read_text(&json_path)?;
+        let text = lus_io::read_text(&json_path)?;
         let saved: SavedState =
             serde_json::from_str(&text).map_err(|e| TrainError::file(&json_path, e))?;
         if saved.format != STATE_FORMAT {
@@ -522,7 +522,7 @@ impl Optimizer {
             ));
         }
         let tensors_path = dir.join(OPTIMIZER_TENSORS_FILE);
-        let bytes = lus_data::io::read_file(&tensors_path)?;
+        let bytes = lus_io::read_file(&tensors_path)?;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| TrainError::file(&tensors_path, format!("not a safetensors file: {e}")))?;
         let mut new_state = Vec::with_capacity(self.groups.len());
@@ -855,7 +855,7 @@ fn sgd_update(
 /// Writes `tensors` as safetensors to `path` atomically (temporary file in the same folder,
 /// flushed, renamed into place), so an interrupted save leaves the previous file whole.
 pub(crate) fn save_tensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    lus_data::io::write_atomic_via_path(path, |tmp| {
+    lus_io::write_atomic_via_path(path, |tmp| {
         candle_core::safetensors::save(tensors, tmp).map_err(|e| e.to_string())
     })
     .map_err(|reason| TrainError::file(path, format!("cannot write tensors: {reason}")))

@@ -58,7 +58,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lus_unet::Mode;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
+use crate::config::{Direction, TrainConfig};
 use crate::device::device_name;
 use crate::error::{Interrupted, NonFiniteGradient, NonFiniteLoss, Result, TrainError};
 use crate::optim::Optimizer;
@@ -322,6 +322,59 @@ impl Trainer {
         T: Task,
         S: BatchSource<Batch = T::Batch> + ?Sized,
     {
+        let run = self.fit_settings(task, train, val)?;
+        std::fs::create_dir_all(&self.out_dir).map_err(|e| TrainError::file(&self.out_dir, e))?;
+
+        let mut optimizer = Optimizer::new(
+            run.config.optimizer.clone(),
+            run.config.weight_decay,
+            task.param_groups()?,
+        )?;
+        let (mut state, mut partial) = self.resume_or_start(&run, task, &mut optimizer, resume)?;
+        let resumed_after_epoch = state.epoch;
+        let resumed_at_step = state.step;
+        if let Some(signal) = self.stop_raised() {
+            let in_epoch = partial.as_ref().map_or(0, |p| p.batches_done);
+            return Err(self.interrupted(signal, &state, in_epoch));
+        }
+
+        for epoch_index in state.epoch..run.config.epochs {
+            let mut current = CurrentEpoch {
+                index: epoch_index,
+                progress: partial
+                    .take()
+                    .unwrap_or_else(|| EpochProgress::new(run.config.lr)),
+                start: Instant::now(),
+            };
+            let train_seconds =
+                self.train_epoch(&run, task, train, &mut optimizer, &mut state, &mut current)?;
+            let record = validate_epoch(task, val, &current, state.step, train_seconds)?;
+            self.save_if_best(&run, task, &mut state, &record)?;
+            self.checkpoint_epoch(&run, task, &optimizer, &mut state, record)?;
+            if epoch_index + 1 < run.config.epochs
+                && let Some(signal) = self.stop_raised()
+            {
+                return Err(self.interrupted(signal, &state, 0));
+            }
+        }
+        Ok(TrainSummary {
+            history: state.history,
+            best: state.best,
+            steps: state.step,
+            resumed_after_epoch,
+            resumed_at_step,
+            out_dir: self.out_dir.clone(),
+            peak_device_memory_mib: self.peak_device_mib,
+        })
+    }
+
+    /// Checks the best metric and the data's batch counts, and works out what every phase of
+    /// [`Trainer::fit`] reads.
+    fn fit_settings<T, S>(&self, task: &T, train: &S, val: &S) -> Result<FitSettings>
+    where
+        T: Task,
+        S: BatchSource<Batch = T::Batch> + ?Sized,
+    {
         let config = self.config.clone();
         self.check_best_metric(task)?;
         let best_metric = config
@@ -343,18 +396,30 @@ impl Trainer {
             ));
         }
         let total_steps = steps_per_epoch * config.epochs as u64;
-        std::fs::create_dir_all(&self.out_dir).map_err(|e| TrainError::file(&self.out_dir, e))?;
+        Ok(FitSettings {
+            config,
+            best_metric,
+            direction,
+            steps_per_epoch,
+            total_steps,
+        })
+    }
 
-        let mut optimizer = Optimizer::new(
-            config.optimizer.clone(),
-            config.weight_decay,
-            task.param_groups()?,
-        )?;
+    /// Repairs what a killed save left in the run folder, then loads the `last/` checkpoint
+    /// into `task` and `optimizer` (as `resume` allows) and returns its loop state and the
+    /// progress of the epoch it was written inside, or a fresh state when there is none.
+    fn resume_or_start<T: Task>(
+        &self,
+        run: &FitSettings,
+        task: &mut T,
+        optimizer: &mut Optimizer,
+        resume: Resume,
+    ) -> Result<(LoopState, Option<EpochProgress>)> {
         let last_dir = self.out_dir.join(LAST_CHECKPOINT_DIR);
         // A save killed between its two renames leaves the previous checkpoint aside, and a
         // write killed before its rename a temporary file.
-        lus_data::io::StagedDir::recover_replaced(&last_dir)?;
-        lus_data::io::remove_stale_temp_files(&self.out_dir)?;
+        lus_io::StagedDir::recover_replaced(&last_dir)?;
+        lus_io::remove_stale_temp_files(&self.out_dir)?;
         if last_dir.exists() && !last_dir.is_dir() {
             return Err(TrainError::file(
                 &last_dir,
@@ -362,207 +427,204 @@ impl Trainer {
                  the file away (nothing was written)",
             ));
         }
-        let (mut state, mut partial) = if last_dir.join(TRAINER_STATE_FILE).exists() {
-            match resume {
-                Resume::Never => {
+        if !last_dir.join(TRAINER_STATE_FILE).exists() {
+            return Ok((LoopState::fresh(), None));
+        }
+        match resume {
+            Resume::Never => Err(TrainError::file(
+                &self.out_dir,
+                "holds the checkpoint of an earlier run (last/); resume it or choose \
+                 another folder",
+            )),
+            Resume::IfPresent => {
+                let (state, partial) =
+                    LoopState::load(&last_dir, &run.config, run.steps_per_epoch)?;
+                lus_unet::load_weights(task.varmap(), last_dir.join(MODEL_FILE))?;
+                optimizer.load(&last_dir)?;
+                if optimizer.steps() != state.step {
                     return Err(TrainError::file(
-                        &self.out_dir,
-                        "holds the checkpoint of an earlier run (last/); resume it or choose \
-                         another folder",
+                        last_dir.join(TRAINER_STATE_FILE),
+                        format!(
+                            "the trainer state says {} steps, the optimizer state {}",
+                            state.step,
+                            optimizer.steps()
+                        ),
                     ));
                 }
-                Resume::IfPresent => {
-                    let (state, partial) = LoopState::load(&last_dir, &config, steps_per_epoch)?;
-                    lus_unet::load_weights(task.varmap(), last_dir.join(MODEL_FILE))?;
-                    optimizer.load(&last_dir)?;
-                    if optimizer.steps() != state.step {
-                        return Err(TrainError::file(
-                            last_dir.join(TRAINER_STATE_FILE),
-                            format!(
-                                "the trainer state says {} steps, the optimizer state {}",
-                                state.step,
-                                optimizer.steps()
-                            ),
-                        ));
-                    }
-                    // The tables are written after `last/`: a run killed in between has
-                    // tables one epoch short, which a finished run would never rewrite.
-                    if !state.history.is_empty() {
-                        write_metrics_tables(
-                            &state.history,
-                            &self.out_dir.join(METRICS_CSV),
-                            &self.out_dir.join(METRICS_PARQUET),
-                        )?;
-                    }
-                    (state, partial)
+                // The tables are written after `last/`: a run killed in between has
+                // tables one epoch short, which a finished run would never rewrite.
+                if !state.history.is_empty() {
+                    write_metrics_tables(
+                        &state.history,
+                        &self.out_dir.join(METRICS_CSV),
+                        &self.out_dir.join(METRICS_PARQUET),
+                    )?;
                 }
+                Ok((state, partial))
             }
-        } else {
-            (LoopState::fresh(), None)
-        };
-        let resumed_after_epoch = state.epoch;
-        let resumed_at_step = state.step;
-        if let Some(signal) = self.stop_raised() {
-            let in_epoch = partial.as_ref().map_or(0, |p| p.batches_done);
-            return Err(self.interrupted(signal, &state, in_epoch));
         }
+    }
 
-        for epoch_index in state.epoch..config.epochs {
-            let epoch = epoch_index + 1;
-            let mut progress = partial
-                .take()
-                .unwrap_or_else(|| EpochProgress::new(config.lr));
-            let epoch_start = Instant::now();
-            let bar = self.progress_bar(epoch, steps_per_epoch);
-            bar.set_position(progress.batches_done);
-            let mut window = LossWindow::default();
-            for batch in train.epoch_from(epoch_index as u64, progress.batches_done as usize) {
-                let batch = batch?;
-                progress.lr =
-                    config
-                        .schedule
-                        .lr(config.lr, state.step, steps_per_epoch, total_steps);
-                let mut dropout_rng =
-                    stream_rng(config.seed, Stream::Dropout, epoch_index as u64, state.step);
-                let loss = task.train_loss(&batch, &mut Mode::train(&mut dropout_rng))?;
-                if loss.rank() != 0 {
-                    return Err(TrainError::Batch(format!(
-                        "the task's training loss has shape {:?}; expected a scalar",
-                        loss.dims()
-                    )));
-                }
-                let mut grads = loss.backward()?;
-                // Summed before clipping: a clipped NaN gradient turns every gradient NaN.
-                let grad_sums = optimizer.gradient_sums(&grads)?;
-                if let Some(max_norm) = config.grad_clip_norm {
-                    optimizer.clip_grad_norm(&mut grads, max_norm)?;
-                }
-                optimizer.step(&grads, progress.lr)?;
-                state.step += 1;
-                progress.batches_done += 1;
-                progress.train_examples += batch.num_examples();
-                window.push(
-                    loss.detach(),
-                    grad_sums,
-                    batch.num_examples(),
-                    batch.indices(),
-                    state.step,
-                );
-                bar.inc(1);
-                let stop = self.stop_raised();
-                // The epoch's own checkpoint follows its last batch shortly.
-                let periodic = config.checkpoint_every_steps > 0
-                    && state.step % config.checkpoint_every_steps == 0
-                    && progress.batches_done < steps_per_epoch;
-                if window.len() >= config.log_every || periodic || stop.is_some() {
-                    self.flush(
-                        &mut window,
-                        &mut progress,
-                        epoch,
-                        epoch_start,
-                        &optimizer,
-                        &bar,
-                    )?;
-                }
-                if periodic || stop.is_some() {
-                    let snapshot = EpochProgress {
-                        seconds_before: progress.seconds_before
-                            + epoch_start.elapsed().as_secs_f64(),
-                        ..progress.clone()
-                    };
-                    state.save(
-                        &self.out_dir,
-                        task,
-                        &optimizer,
-                        &config,
-                        &self.device,
-                        Some(&snapshot),
-                    )?;
-                }
-                if let Some(signal) = stop {
-                    bar.finish_and_clear();
-                    return Err(self.interrupted(signal, &state, progress.batches_done));
-                }
+    /// Trains `current` from its next batch to its end: an optimizer step per batch, the loss
+    /// window read back every `log_every` steps, `last/` written every
+    /// `checkpoint_every_steps` steps and when a stop is requested (which then returns
+    /// [`crate::TrainError::Interrupted`]). Returns the epoch's training seconds.
+    fn train_epoch<T, S>(
+        &mut self,
+        run: &FitSettings,
+        task: &mut T,
+        train: &S,
+        optimizer: &mut Optimizer,
+        state: &mut LoopState,
+        current: &mut CurrentEpoch,
+    ) -> Result<f64>
+    where
+        T: Task,
+        S: BatchSource<Batch = T::Batch> + ?Sized,
+    {
+        let config = &run.config;
+        let (steps_per_epoch, total_steps) = (run.steps_per_epoch, run.total_steps);
+        let (epoch_index, epoch_start) = (current.index, current.start);
+        let epoch = epoch_index + 1;
+        let progress = &mut current.progress;
+        let bar = self.progress_bar(epoch, steps_per_epoch);
+        bar.set_position(progress.batches_done);
+        let mut window = LossWindow::default();
+        for batch in train.epoch_from(epoch_index as u64, progress.batches_done as usize) {
+            let batch = batch?;
+            progress.lr = config
+                .schedule
+                .lr(config.lr, state.step, steps_per_epoch, total_steps);
+            let mut dropout_rng =
+                stream_rng(config.seed, Stream::Dropout, epoch_index as u64, state.step);
+            let loss = task.train_loss(&batch, &mut Mode::train(&mut dropout_rng))?;
+            if loss.rank() != 0 {
+                return Err(TrainError::Batch(format!(
+                    "the task's training loss has shape {:?}; expected a scalar",
+                    loss.dims()
+                )));
             }
-            if !window.is_empty() {
-                self.flush(
-                    &mut window,
-                    &mut progress,
-                    epoch,
-                    epoch_start,
-                    &optimizer,
-                    &bar,
+            let mut grads = loss.backward()?;
+            // Summed before clipping: a clipped NaN gradient turns every gradient NaN.
+            let grad_sums = optimizer.gradient_sums(&grads)?;
+            if let Some(max_norm) = config.grad_clip_norm {
+                optimizer.clip_grad_norm(&mut grads, max_norm)?;
+            }
+            optimizer.step(&grads, progress.lr)?;
+            state.step += 1;
+            progress.batches_done += 1;
+            progress.train_examples += batch.num_examples();
+            window.push(
+                loss.detach(),
+                grad_sums,
+                batch.num_examples(),
+                batch.indices(),
+                state.step,
+            );
+            bar.inc(1);
+            let stop = self.stop_raised();
+            // The epoch's own checkpoint follows its last batch shortly.
+            let periodic = config.checkpoint_every_steps > 0
+                && state.step.is_multiple_of(config.checkpoint_every_steps)
+                && progress.batches_done < steps_per_epoch;
+            if window.len() >= config.log_every || periodic || stop.is_some() {
+                self.flush(&mut window, progress, epoch, epoch_start, optimizer, &bar)?;
+            }
+            if periodic || stop.is_some() {
+                let snapshot = EpochProgress {
+                    seconds_before: progress.seconds_before + epoch_start.elapsed().as_secs_f64(),
+                    ..progress.clone()
+                };
+                state.save(
+                    &self.out_dir,
+                    task,
+                    optimizer,
+                    config,
+                    &self.device,
+                    Some(&snapshot),
                 )?;
             }
-            let train_seconds = progress.seconds_before + epoch_start.elapsed().as_secs_f64();
-            bar.finish_and_clear();
-
-            let (val_loss, metrics) = evaluate(task, val)?;
-            let record = EpochRecord {
-                epoch,
-                step: state.step,
-                lr: progress.lr,
-                train_loss: progress.loss.value(),
-                val_loss,
-                val_metrics: metrics
-                    .into_iter()
-                    .map(|(name, value)| (format!("val_{name}"), value))
-                    .collect(),
-                images_per_s: progress.train_examples as f64 / train_seconds.max(1e-9),
-                seconds: progress.seconds_before + epoch_start.elapsed().as_secs_f64(),
-            };
-            let value = record.get(&best_metric).ok_or_else(|| {
-                TrainError::config(
-                    "best_metric",
-                    format!(
-                        "{best_metric:?} is not a column of epoch {epoch}'s row (the task \
-                         reported other metrics than it announced)"
-                    ),
-                )
-            })?;
-            let improved = value.is_finite()
-                && state
-                    .best
-                    .as_ref()
-                    .is_none_or(|best| direction.is_better(value, best.value));
-            if improved {
-                let best = BestEpoch {
-                    epoch,
-                    metric: best_metric.clone(),
-                    value,
-                };
-                lus_unet::save_weights(task.varmap(), self.out_dir.join(BEST_CHECKPOINT))?;
-                let json = serde_json::to_vec_pretty(&best)
-                    .map_err(|e| TrainError::file(self.out_dir.join(BEST_INFO), e))?;
-                lus_data::io::write_atomic(&self.out_dir.join(BEST_INFO), &json)?;
-                state.best = Some(best);
-            }
-            state.epoch = epoch;
-            state.history.push(record.clone());
-            state.save(&self.out_dir, task, &optimizer, &config, &self.device, None)?;
-            write_metrics_tables(
-                &state.history,
-                &self.out_dir.join(METRICS_CSV),
-                &self.out_dir.join(METRICS_PARQUET),
-            )?;
-            if let Some(f) = self.on_epoch.as_mut() {
-                f(&record);
-            }
-            if epoch < config.epochs
-                && let Some(signal) = self.stop_raised()
-            {
-                return Err(self.interrupted(signal, &state, 0));
+            if let Some(signal) = stop {
+                bar.finish_and_clear();
+                return Err(self.interrupted(signal, state, progress.batches_done));
             }
         }
-        Ok(TrainSummary {
-            history: state.history,
-            best: state.best,
-            steps: state.step,
-            resumed_after_epoch,
-            resumed_at_step,
-            out_dir: self.out_dir.clone(),
-            peak_device_memory_mib: self.peak_device_mib,
-        })
+        if !window.is_empty() {
+            self.flush(&mut window, progress, epoch, epoch_start, optimizer, &bar)?;
+        }
+        let train_seconds = progress.seconds_before + epoch_start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        Ok(train_seconds)
+    }
+
+    /// Writes `best.safetensors` and `best.json` when the epoch of `record` is the best so far
+    /// by the best metric, and notes it in `state`.
+    fn save_if_best<T: Task>(
+        &self,
+        run: &FitSettings,
+        task: &T,
+        state: &mut LoopState,
+        record: &EpochRecord,
+    ) -> Result<()> {
+        let (best_metric, epoch) = (&run.best_metric, record.epoch);
+        let value = record.get(best_metric).ok_or_else(|| {
+            TrainError::config(
+                "best_metric",
+                format!(
+                    "{best_metric:?} is not a column of epoch {epoch}'s row (the task \
+                     reported other metrics than it announced)"
+                ),
+            )
+        })?;
+        let improved = value.is_finite()
+            && state
+                .best
+                .as_ref()
+                .is_none_or(|best| run.direction.is_better(value, best.value));
+        if improved {
+            let best = BestEpoch {
+                epoch,
+                metric: best_metric.clone(),
+                value,
+            };
+            lus_unet::save_weights(task.varmap(), self.out_dir.join(BEST_CHECKPOINT))?;
+            let json = serde_json::to_vec_pretty(&best)
+                .map_err(|e| TrainError::file(self.out_dir.join(BEST_INFO), e))?;
+            lus_io::write_atomic(&self.out_dir.join(BEST_INFO), &json)?;
+            state.best = Some(best);
+        }
+        Ok(())
+    }
+
+    /// Closes the epoch of `record`: adds it to `state`, writes `last/` and the tables, and
+    /// tells the epoch observer.
+    fn checkpoint_epoch<T: Task>(
+        &mut self,
+        run: &FitSettings,
+        task: &T,
+        optimizer: &Optimizer,
+        state: &mut LoopState,
+        record: EpochRecord,
+    ) -> Result<()> {
+        state.epoch = record.epoch;
+        state.history.push(record.clone());
+        state.save(
+            &self.out_dir,
+            task,
+            optimizer,
+            &run.config,
+            &self.device,
+            None,
+        )?;
+        write_metrics_tables(
+            &state.history,
+            &self.out_dir.join(METRICS_CSV),
+            &self.out_dir.join(METRICS_PARQUET),
+        )?;
+        if let Some(f) = self.on_epoch.as_mut() {
+            f(&record);
+        }
+        Ok(())
     }
 
     fn stop_raised(&self) -> Option<i32> {
@@ -737,6 +799,36 @@ where
     Ok((val_loss, metrics))
 }
 
+/// Validates `task` on `val` after the training part of `current` and returns the epoch's row
+/// of the table; `step` is the number of optimizer updates done by then.
+fn validate_epoch<T, S>(
+    task: &T,
+    val: &S,
+    current: &CurrentEpoch,
+    step: u64,
+    train_seconds: f64,
+) -> Result<EpochRecord>
+where
+    T: Task,
+    S: BatchSource<Batch = T::Batch> + ?Sized,
+{
+    let progress = &current.progress;
+    let (val_loss, metrics) = evaluate(task, val)?;
+    Ok(EpochRecord {
+        epoch: current.index + 1,
+        step,
+        lr: progress.lr,
+        train_loss: progress.loss.value(),
+        val_loss,
+        val_metrics: metrics
+            .into_iter()
+            .map(|(name, value)| (format!("val_{name}"), value))
+            .collect(),
+        images_per_s: progress.train_examples as f64 / train_seconds.max(1e-9),
+        seconds: progress.seconds_before + current.start.elapsed().as_secs_f64(),
+    })
+}
+
 /// Losses and gradient sums of the steps since the last read-back, still on the device.
 #[derive(Default)]
 struct LossWindow {
@@ -829,6 +921,28 @@ impl EpochProgress {
     }
 }
 
+/// The epoch this process trains: its [`EpochProgress`] (what a checkpoint inside it saves)
+/// and what only this process knows.
+struct CurrentEpoch {
+    /// Counted from 0, as the data and the random streams count epochs.
+    index: usize,
+    progress: EpochProgress,
+    /// When this process started (or continued) the epoch.
+    start: Instant,
+}
+
+/// What every phase of one [`Trainer::fit`] reads: a copy of the configuration (so that the
+/// phases can borrow the trainer mutably) and what follows from it, the task and the data.
+struct FitSettings {
+    config: TrainConfig,
+    /// The column of the table that picks the best epoch, and which way is better.
+    best_metric: String,
+    direction: Direction,
+    steps_per_epoch: u64,
+    /// Optimizer updates of the whole run (the learning-rate schedule spans them).
+    total_steps: u64,
+}
+
 /// The loop's own state, saved in `last/trainer.json`.
 struct LoopState {
     /// Epochs done.
@@ -912,7 +1026,7 @@ impl LoopState {
     ) -> Result<()> {
         let final_dir = out_dir.join(LAST_CHECKPOINT_DIR);
         // Fresh: a save killed earlier may have left files (or temporary files) in the stage.
-        let stage = lus_data::io::StagedDir::open_fresh(&final_dir)?;
+        let stage = lus_io::StagedDir::open_fresh(&final_dir)?;
         lus_unet::save_weights(task.varmap(), stage.path().join(MODEL_FILE))?;
         optimizer.save(stage.path())?;
         let saved = SavedLoopState {
@@ -951,7 +1065,7 @@ impl LoopState {
         };
         let path = stage.path().join(TRAINER_STATE_FILE);
         let json = serde_json::to_vec_pretty(&saved).map_err(|e| TrainError::file(&path, e))?;
-        lus_data::io::write_atomic(&path, &json)?;
+        lus_io::write_atomic(&path, &json)?;
         stage.commit(true)?;
         Ok(())
     }
@@ -965,7 +1079,7 @@ impl LoopState {
         steps_per_epoch: u64,
     ) -> Result<(Self, Option<EpochProgress>)> {
         let path = last_dir.join(TRAINER_STATE_FILE);
-        let text = lus_data::io::read_text(&path)?;
+        let text = lus_io::read_text(&path)?;
         let saved: SavedLoopState =
             serde_json::from_str(&text).map_err(|e| TrainError::file(&path, e))?;
         if saved.format != TRAINER_FORMAT && saved.format != TRAINER_FORMAT_V1 {

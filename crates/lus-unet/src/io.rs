@@ -80,7 +80,7 @@ fn save_selected(varmap: &VarMap, path: &Path, prefix: &str) -> Result<()> {
         .into_iter()
         .map(|(name, var)| (name, var.as_detached_tensor()))
         .collect();
-    lus_data::io::write_atomic_via_path(path, |tmp| {
+    lus_io::write_atomic_via_path(path, |tmp| {
         candle_core::safetensors::save(&tensors, tmp).map_err(|e| e.to_string())
     })
     .map_err(|reason| UNetError::weights_file(path, format!("cannot write weights: {reason}")))

@@ -14,7 +14,7 @@ use super::taxonomy::Media;
 use super::tools::{Tools, decode_video};
 use crate::error::{DataError, Result};
 use crate::image_io::{load_gray, save_gray_png};
-use crate::io::{StagedDir, read_text, write_atomic};
+use lus_io::{StagedDir, read_text, write_atomic};
 
 /// The frame manifest of an ingested folder.
 pub const POCUS_MANIFEST: &str = "manifest.csv";

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::metadata::read_metadata;
 use super::options::IngestOptions;
-use super::taxonomy::{Media, PocusClass};
+use super::taxonomy::Media;
+use crate::clinical::Diagnosis;
 use crate::clinical::Probe;
 use crate::error::{DataError, Result};
 
@@ -31,7 +32,7 @@ pub struct SourceFile {
     pub stem: String,
     /// The clip's identifier in the output: the stem made file-system safe, unique.
     pub clip: String,
-    pub class: PocusClass,
+    pub class: Diagnosis,
     pub probe: Probe,
     pub media: Media,
     /// The patient from `metadata.csv`, when known.
@@ -133,7 +134,7 @@ pub fn inventory(src: &Path, options: &IngestOptions) -> Result<Inventory> {
                 .push((rel, format!("excluded: {reason}")));
             continue;
         }
-        let class = match PocusClass::from_file_name(&stem) {
+        let class = match Diagnosis::from_pocus_file_name(&stem) {
             Ok(c) => c,
             Err(reason) => {
                 inventory.excluded.push((rel, reason));
@@ -146,7 +147,7 @@ pub fn inventory(src: &Path, options: &IngestOptions) -> Result<Inventory> {
                 "{rel}: not in metadata.csv; patient unknown (the clip is its own group)"
             )),
             Some(m) => {
-                if let Some(named) = PocusClass::from_metadata_label(&m.label)
+                if let Some(named) = Diagnosis::from_pocus_metadata_label(&m.label)
                     && named != class
                 {
                     inventory.warnings.push(format!(
@@ -238,7 +239,15 @@ fn unique_clip_id(stem: &str, used: &mut HashSet<String>) -> String {
     candidate
 }
 
-/// Whether `path` names a still image (by extension) rather than a clip.
+/// Whether `path` names a clip (by its extension: MP4, MOV, AVI, MPEG, GIF, WebM, MKV, M4V,
+/// OGV).
+pub fn is_video(path: &Path) -> bool {
+    path.extension().is_some_and(|e| {
+        VIDEO_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str())
+    })
+}
+
+/// Whether `path` names a still image (by its extension: PNG or JPEG).
 pub fn is_still_image(path: &Path) -> bool {
     path.extension().is_some_and(|e| {
         IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str())

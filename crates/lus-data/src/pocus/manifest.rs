@@ -6,10 +6,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::taxonomy::{Media, PocusClass};
+use super::taxonomy::Media;
+use crate::clinical::Diagnosis;
 use crate::clinical::Probe;
 use crate::error::{DataError, Result};
-use crate::io::{read_text, write_atomic};
+use lus_io::{read_text, write_atomic};
 
 /// One frame of the ingested data set (a row of `manifest.csv`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +21,7 @@ pub struct FrameRow {
     pub clip: String,
     /// The patient, when the metadata names one (empty otherwise).
     pub patient_id: String,
-    pub label: PocusClass,
+    pub label: Diagnosis,
     pub probe: Probe,
     /// Index of the frame in the decoded stream (0 for a still image).
     pub frame_index: usize,
@@ -55,7 +56,7 @@ pub(super) fn write_rows(path: &Path, rows: &[FrameRow]) -> Result<()> {
     let bytes = writer
         .into_inner()
         .map_err(|e| DataError::config("manifest", e.to_string()))?;
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }
 
 /// Reads an ingested folder's `manifest.csv` (or a clip's `frames.csv`).
@@ -76,9 +77,9 @@ pub fn read_frame_rows(path: &Path) -> Result<Vec<FrameRow>> {
 /// Frame and clip counts per class and probe, for logs and notes.
 pub fn count_by_class_and_probe(
     rows: &[FrameRow],
-) -> BTreeMap<(PocusClass, String), (usize, usize)> {
-    let mut clips: BTreeMap<(PocusClass, String), HashSet<&str>> = BTreeMap::new();
-    let mut frames: BTreeMap<(PocusClass, String), usize> = BTreeMap::new();
+) -> BTreeMap<(Diagnosis, String), (usize, usize)> {
+    let mut clips: BTreeMap<(Diagnosis, String), HashSet<&str>> = BTreeMap::new();
+    let mut frames: BTreeMap<(Diagnosis, String), usize> = BTreeMap::new();
     for row in rows {
         let key = (
             row.label,
@@ -113,7 +114,7 @@ mod tests {
             path: "frames/a/frame_00000.png".into(),
             clip: "a".into(),
             patient_id: String::new(),
-            label: PocusClass::Covid,
+            label: Diagnosis::Covid,
             probe: Probe::Convex,
             frame_index: 0,
             time_s: 0.0,

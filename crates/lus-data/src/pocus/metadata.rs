@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{DataError, Result};
-use crate::io::read_text;
+use lus_io::read_text;
 
 /// One row of `metadata.csv`, as far as the ingest uses it.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@
 //! `videos/{convex,linear}/*.{mp4,mov,avi,mpeg,gif,...}`, `images/{convex,linear}/*.{jpg,png}`
 //! and `metadata.csv` (one row per file: `filename` without extension, `label`, `media_type`,
 //! `probe`, `patient_id` (may be empty), `fps`, `license`, ...). The class is the file-name
-//! prefix ([`PocusClass::from_file_name`]). A sub-folder named `label_uncertain` holds clips
+//! prefix ([`crate::Diagnosis::from_pocus_file_name`]). A sub-folder named `label_uncertain` holds clips
 //! whose label is uncertain; they are excluded, as is every file named in
 //! [`IngestOptions::exclude`] (by default the clip that shows liver, not lung).
 //!
@@ -43,11 +43,11 @@ pub use aspect::{AspectMode, fit_square, square_resized};
 pub use ingest::{
     FRAMES_DIR, INGEST_LOG, INGEST_SETTINGS, IngestReport, Outcome, POCUS_MANIFEST, ingest,
 };
-pub use inventory::{Inventory, SourceFile, inventory, is_still_image};
+pub use inventory::{Inventory, SourceFile, inventory, is_still_image, is_video};
 pub use manifest::{FrameRow, count_by_class_and_probe, read_frame_rows};
 pub use metadata::{MetadataRow, read_metadata};
 pub use options::{Exclusion, IngestOptions};
-pub use taxonomy::{Media, PocusClass};
+pub use taxonomy::Media;
 pub use tools::{
     DecodedFrame, StreamInfo, Tools, decode_video, parse_probe_json, probe_stream,
     showinfo_pts_time,

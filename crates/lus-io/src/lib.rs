@@ -1,13 +1,40 @@
-//! Atomic file output: everything lus writes goes to a temporary file in the destination's
-//! folder and is renamed into place, so a killed process never leaves a half-written file
-//! under the final name.
+//! Crash-safe file output, shared by every crate of lus: everything lus writes goes to a
+//! temporary file in the destination's folder and is renamed into place, so a killed process
+//! never leaves a half-written file under the final name; a folder of outputs is built under a
+//! staging name and renamed when whole ([`StagedDir`]). One writer for the whole workspace, so
+//! every temporary file has one name pattern and [`remove_stale_temp_files`] finds them all.
+//!
+//! Errors are [`IoError`]: the path and the operating system's reason. Each crate converts it
+//! into its own error type.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{DataError, Result};
+/// A file operation failed: which file, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct IoError {
+    /// The file or folder the operation was about.
+    pub path: PathBuf,
+    /// The operating system's reason.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// An error about `path`.
+    pub fn new(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        IoError {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, IoError>;
 
 /// The temporary name used while `path` is being written: same folder (so the rename is
 /// atomic on one file system), hidden, and unique per process and call (a counter, so two
@@ -50,7 +77,7 @@ pub fn write_atomic_with(
     })();
     if let Err(source) = result {
         let _ = fs::remove_file(&tmp);
-        return Err(DataError::io(path, source));
+        return Err(IoError::new(path, source));
     }
     Ok(())
 }
@@ -77,7 +104,8 @@ pub fn write_atomic_via_path(
 }
 
 /// The writer's process id if `name` is a temporary name of [`temp_path_for`]
-/// (`.<name>.<pid>-<n>.tmp`) or of lus-metrics' atomic writer (`.<name>.tmp-<pid>-<n>`).
+/// (`.<name>.<pid>-<n>.tmp`), or of the second writer lus-metrics had before this crate
+/// (`.<name>.tmp-<pid>-<n>`: a run killed by an older build may have left one).
 fn temp_file_writer(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
     let pid_and_counter = if let Some(inner) = rest.strip_suffix(".tmp") {
@@ -98,12 +126,12 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(DataError::io(dir, e)),
+        Err(e) => return Err(IoError::new(dir, e)),
     };
     let proc_fs = Path::new("/proc/self").exists();
     let mut removed = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let entry = entry.map_err(|e| IoError::new(dir, e))?;
         let Some(pid) = temp_file_writer(&entry.file_name().to_string_lossy()) else {
             continue;
         };
@@ -114,7 +142,7 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         let path = entry.path();
-        fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
+        fs::remove_file(&path).map_err(|e| IoError::new(&path, e))?;
         removed.push(path);
     }
     removed.sort();
@@ -123,12 +151,12 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Reads a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| DataError::io(path, e))
+    fs::read(path).map_err(|e| IoError::new(path, e))
 }
 
 /// Reads a whole UTF-8 text file, naming it in the error.
 pub fn read_text(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| DataError::io(path, e))
+    fs::read_to_string(path).map_err(|e| IoError::new(path, e))
 }
 
 /// An output folder built under a temporary sibling name and renamed into place when complete,
@@ -148,7 +176,7 @@ impl StagedDir {
         let name = final_path
             .file_name()
             .ok_or_else(|| {
-                DataError::io(
+                IoError::new(
                     final_path,
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
@@ -162,9 +190,9 @@ impl StagedDir {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        fs::create_dir_all(parent).map_err(|e| IoError::new(parent, e))?;
         let staging = parent.join(format!(".{name}.partial"));
-        fs::create_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+        fs::create_dir_all(&staging).map_err(|e| IoError::new(&staging, e))?;
         Ok(StagedDir {
             final_path: final_path.to_path_buf(),
             staging,
@@ -175,7 +203,7 @@ impl StagedDir {
     /// is emptied first (for outputs that are always rebuilt whole, such as reports).
     pub fn open_fresh(final_path: &Path) -> Result<Self> {
         let stale = Self::open(final_path)?;
-        fs::remove_dir_all(&stale.staging).map_err(|e| DataError::io(&stale.staging, e))?;
+        fs::remove_dir_all(&stale.staging).map_err(|e| IoError::new(&stale.staging, e))?;
         Self::open(final_path)
     }
 
@@ -192,7 +220,7 @@ impl StagedDir {
     /// Creates a subfolder of the staging folder.
     pub fn create_subdir(&self, rel: &str) -> Result<PathBuf> {
         let dir = self.staging.join(rel);
-        fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        fs::create_dir_all(&dir).map_err(|e| IoError::new(&dir, e))?;
         Ok(dir)
     }
 
@@ -203,7 +231,7 @@ impl StagedDir {
         if self.final_path.exists() {
             // Never move a file (or anything but a folder) aside in a folder's place.
             if !self.final_path.is_dir() {
-                return Err(DataError::io(
+                return Err(IoError::new(
                     &self.final_path,
                     std::io::Error::new(
                         std::io::ErrorKind::AlreadyExists,
@@ -212,7 +240,7 @@ impl StagedDir {
                 ));
             }
             if !replace {
-                return Err(DataError::io(
+                return Err(IoError::new(
                     &self.final_path,
                     std::io::Error::new(
                         std::io::ErrorKind::AlreadyExists,
@@ -222,13 +250,13 @@ impl StagedDir {
             }
             let old = self.staging.with_extension("old");
             let _ = fs::remove_dir_all(&old);
-            fs::rename(&self.final_path, &old).map_err(|e| DataError::io(&self.final_path, e))?;
+            fs::rename(&self.final_path, &old).map_err(|e| IoError::new(&self.final_path, e))?;
             fs::rename(&self.staging, &self.final_path)
-                .map_err(|e| DataError::io(&self.final_path, e))?;
-            fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, e))?;
+                .map_err(|e| IoError::new(&self.final_path, e))?;
+            fs::remove_dir_all(&old).map_err(|e| IoError::new(&old, e))?;
         } else {
             fs::rename(&self.staging, &self.final_path)
-                .map_err(|e| DataError::io(&self.final_path, e))?;
+                .map_err(|e| IoError::new(&self.final_path, e))?;
         }
         Ok(self.final_path)
     }
@@ -252,10 +280,10 @@ impl StagedDir {
             return Ok(false);
         }
         if final_path.exists() {
-            fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, e))?;
+            fs::remove_dir_all(&old).map_err(|e| IoError::new(&old, e))?;
             return Ok(false);
         }
-        fs::rename(&old, final_path).map_err(|e| DataError::io(final_path, e))?;
+        fs::rename(&old, final_path).map_err(|e| IoError::new(final_path, e))?;
         Ok(true)
     }
 
@@ -290,6 +318,16 @@ mod tests {
         assert!(err.to_string().contains("a.txt"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_folder_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-folder").join("a.txt");
+        let err = write_atomic(&path, b"x").unwrap_err();
+        assert_eq!(err.path, path);
+        assert!(err.to_string().contains("no-such-folder"), "{err}");
+        assert_eq!(err.source.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]
