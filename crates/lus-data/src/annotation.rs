@@ -151,6 +151,47 @@ fn polyline_length(points: &[Point]) -> f32 {
 }
 
 impl Annotation {
+    /// The annotation of the same image resized by `factor` to `width x height` pixels: every
+    /// coordinate and stroke width multiplied by `factor` (pixel corners at integer
+    /// coordinates, so the image's edges map onto the resized image's edges).
+    pub fn scaled(&self, factor: f32, width: u32, height: u32) -> Annotation {
+        let scale = |points: &[Point]| -> Vec<Point> {
+            points
+                .iter()
+                .map(|p| [p[0] * factor, p[1] * factor])
+                .collect()
+        };
+        Annotation {
+            width,
+            height,
+            field_of_view: self.field_of_view.as_deref().map(scale),
+            shapes: self
+                .shapes
+                .iter()
+                .map(|shape| Shape {
+                    label: shape.label.clone(),
+                    geometry: match &shape.geometry {
+                        Geometry::Polygon { points } => Geometry::Polygon {
+                            points: scale(points),
+                        },
+                        Geometry::Polyline { points, width } => Geometry::Polyline {
+                            points: scale(points),
+                            width: width * factor,
+                        },
+                        Geometry::Band {
+                            centerline,
+                            outline,
+                        } => Geometry::Band {
+                            centerline: scale(centerline),
+                            outline: scale(outline),
+                        },
+                    },
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// A new, empty annotation of an image of the given size.
     pub fn new(width: u32, height: u32) -> Self {
         Annotation {

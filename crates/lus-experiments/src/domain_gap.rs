@@ -86,7 +86,14 @@ pub struct DomainGapArgs {
     /// No per-fold lines.
     #[arg(long)]
     quiet: bool,
+    /// Only the statistics, no classifier test (seconds instead of minutes: for trying scanner
+    /// settings).
+    #[arg(long)]
+    statistics_only: bool,
 }
+
+/// The inner split of each training part: one fold of it picks the epoch.
+const INNER_FOLDS: usize = 5;
 
 /// Class ids of the test: 0 scanner, 1 real.
 const SOURCES: [&str; 2] = ["scanner", "real"];
@@ -147,8 +154,10 @@ struct DomainGap {
     folds: usize,
     epochs: usize,
     seed: u64,
-    network: String,
-    c2st: C2st,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c2st: Option<C2st>,
     statistics: Statistics,
     build: String,
 }
@@ -185,7 +194,12 @@ pub fn run(args: DomainGapArgs) -> anyhow::Result<()> {
 
     let statistics = statistics(&frames);
     let stage = StagedDir::open_fresh(&args.out)?;
-    let (c2st, network) = classifier_test(&args, &frames, stage.path())?;
+    let (c2st, network) = if args.statistics_only {
+        (None, None)
+    } else {
+        let (c2st, network) = classifier_test(&args, &frames, stage.path())?;
+        (Some(c2st), Some(network))
+    };
     write_profiles(&frames, stage.path())?;
     let mut table = MetricsTable::new();
     for (name, scanner_value, real_value, distance) in [
@@ -213,7 +227,12 @@ pub fn run(args: DomainGapArgs) -> anyhow::Result<()> {
             f64::NAN,
             statistics.depth_profile_distance,
         ),
-        ("c2st_accuracy", f64::NAN, f64::NAN, c2st.accuracy.estimate),
+        (
+            "c2st_accuracy",
+            f64::NAN,
+            f64::NAN,
+            c2st.as_ref().map_or(f64::NAN, |c| c.accuracy.estimate),
+        ),
     ] {
         table.push_row(
             Row::new()
@@ -243,19 +262,20 @@ pub fn run(args: DomainGapArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&result)?;
     write_atomic(&stage.path().join("domain_gap.json"), json.as_bytes())?;
     let out = stage.commit(true)?;
-    let c = &result.c2st;
-    println!(
-        "classifier two-sample test, {} folds grouped by clip: accuracy {:.3} [{:.3}, {:.3}], AUC \
-         {:.3} [{:.3}, {:.3}] ({}; 0.5 = indistinguishable)",
-        result.folds,
-        c.accuracy.estimate,
-        c.accuracy.lower,
-        c.accuracy.upper,
-        c.auc.estimate,
-        c.auc.lower,
-        c.auc.upper,
-        c.verdict
-    );
+    if let Some(c) = &result.c2st {
+        println!(
+            "classifier two-sample test, {} folds grouped by clip: accuracy {:.3} [{:.3}, \
+             {:.3}], AUC {:.3} [{:.3}, {:.3}] ({}; 0.5 = indistinguishable)",
+            result.folds,
+            c.accuracy.estimate,
+            c.accuracy.lower,
+            c.accuracy.upper,
+            c.auc.estimate,
+            c.auc.lower,
+            c.auc.upper,
+            c.verdict
+        );
+    }
     let s = &result.statistics;
     println!(
         "black share scanner {:.3} / real {:.3}; field-of-view intensity W1 {:.1} grey levels; \
@@ -330,6 +350,23 @@ fn classifier_test(
     let started = Instant::now();
     let labels: Vec<usize> = frames.iter().map(|f| f.source).collect();
     let groups: Vec<String> = frames.iter().map(|f| f.group.clone()).collect();
+    // Each training part must still fill the inner 5-fold split with groups of both sources.
+    let need = (INNER_FOLDS * args.folds).div_ceil(args.folds - 1);
+    for (source, name) in SOURCES.iter().enumerate() {
+        let n = distinct(
+            frames
+                .iter()
+                .filter(|f| f.source == source)
+                .map(|f| f.group.as_str()),
+        );
+        if n < need {
+            bail!(
+                "{name} frames come from {n} clips or patients; {} folds with an inner \
+                 {INNER_FOLDS}-fold split need at least {need} (more --frames or fewer --folds)",
+                args.folds
+            );
+        }
+    }
     let folds = stratified_group_kfold(&labels, &groups, args.folds, args.seed)?;
     let unet = UNetConfig {
         depth: 3,
@@ -351,8 +388,12 @@ fn classifier_test(
         // An inner grouped split of the training part picks the epoch.
         let inner_labels: Vec<usize> = train_idx.iter().map(|&i| labels[i]).collect();
         let inner_groups: Vec<String> = train_idx.iter().map(|&i| groups[i].clone()).collect();
-        let inner =
-            stratified_group_kfold(&inner_labels, &inner_groups, 5, args.seed + 1 + fold as u64)?;
+        let inner = stratified_group_kfold(
+            &inner_labels,
+            &inner_groups,
+            INNER_FOLDS,
+            args.seed + 1 + fold as u64,
+        )?;
         let pick = |keep: bool| -> Vec<(GrayImage, usize)> {
             train_idx
                 .iter()

@@ -914,10 +914,13 @@ mod tests {
             )),
         ];
         let (mut checked, mut with_b_lines, mut mismatches) = (0, 0, Vec::new());
-        for size in [64u32, 256] {
+        // (output side, render scale, samples): rendered at the size, and rendered at three
+        // times it and shrunk (the labels scaled with the image).
+        for (size, render_scale, n) in [(64u32, 1u32, 80u64), (256, 1, 24), (64, 3, 40)] {
             let scanner = Scanner::new(
                 ScannerConfig {
                     size,
+                    render_scale,
                     convex_fraction: 0.5,
                     // COVID-19-heavy: most frames show B-lines, many several or confluent.
                     diagnosis_weights: [1.0, 3.0, 1.0],
@@ -926,7 +929,6 @@ mod tests {
                 17,
             )
             .unwrap();
-            let n = if size == 64 { 80 } else { 24 };
             for index in 0..n {
                 let sample = scanner.sample(index);
                 for recipe in &recipes {
@@ -946,7 +948,7 @@ mod tests {
                     with_b_lines += usize::from(sample.findings.b_lines > 0);
                     if found.b_lines != sample.findings.b_lines {
                         mismatches.push(format!(
-                            "{size} px sample {index} ({}, {}): truth {} B-lines, rule {} ({} rejected)",
+                            "{size} px (render scale {render_scale}) sample {index} ({}, {}): truth {} B-lines, rule {} ({} rejected)",
                             recipe.name,
                             sample.probe,
                             sample.findings.b_lines,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{lus, stderr};
+use common::{assert_fails_saying, lus, stderr};
 use lus_data::pocus::{FrameRow, read_frame_rows};
 
 fn pocus_dir() -> Option<PathBuf> {
@@ -481,4 +481,140 @@ inner_folds = 3
         stderr(&out)
     );
     assert!(!bad_out.exists());
+}
+
+/// An ingested folder made here (no real data needed): `clips` clips of `per_clip` non-square
+/// frames each, with the manifest `lus ingest-pocus` writes.
+fn fake_ingested(root: &Path, clips: usize, per_clip: usize) {
+    let mut manifest = String::from(
+        "path,clip,patient_id,label,probe,frame_index,time_s,width,height,license,media,source\n",
+    );
+    for c in 0..clips {
+        let clip = format!("Cov-fake-{c}");
+        fs::create_dir_all(root.join("frames").join(&clip)).unwrap();
+        for f in 0..per_clip {
+            let rel = format!("frames/{clip}/frame_{f:05}.png");
+            // A bright band at a clip-dependent depth over a dim ramp, 48 x 40.
+            let image = image::GrayImage::from_fn(48, 40, |x, y| {
+                let band = (y as usize).abs_diff(8 + 2 * c) < 2;
+                image::Luma([if band {
+                    200
+                } else {
+                    (20 + x + 2 * f as u32) as u8
+                }])
+            });
+            image.save(root.join(&rel)).unwrap();
+            manifest.push_str(&format!(
+                "{rel},{clip},,covid,convex,{f},{},48,40,CC BY 4.0,video,videos/{clip}.mp4\n",
+                f as f64 / 3.0
+            ));
+        }
+    }
+    fs::write(root.join("manifest.csv"), manifest).unwrap();
+}
+
+/// `lus domain-gap` end to end on a tiny fake ingested folder: the classifier test's numbers
+/// and intervals, the statistics and the files; `--statistics-only`; too few clips is an error
+/// that says what to change, and writes nothing.
+#[test]
+fn domain_gap_measures_the_scanner_against_an_ingested_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("ingested");
+    fake_ingested(&real, 10, 2);
+    let out = dir.path().join("gap");
+    let run = lus(&[
+        "domain-gap",
+        "--real",
+        real.to_str().unwrap(),
+        "--size",
+        "64",
+        "--frames",
+        "20",
+        "--frames-per-clip",
+        "2",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("domain_gap.json")).unwrap()).unwrap();
+    let accuracy = &doc["c2st"]["accuracy"];
+    let (estimate, lower, upper) = (
+        accuracy["estimate"].as_f64().unwrap(),
+        accuracy["lower"].as_f64().unwrap(),
+        accuracy["upper"].as_f64().unwrap(),
+    );
+    assert!((0.0..=1.0).contains(&estimate) && lower <= estimate && estimate <= upper);
+    assert_eq!(doc["c2st"]["fold_accuracy"].as_array().unwrap().len(), 2);
+    // 10 clips + 20 scanner frames, each its own group.
+    assert_eq!(doc["c2st"]["groups"], 30);
+    assert_eq!(doc["statistics"]["real"]["frames"], 20);
+    assert_eq!(doc["statistics"]["real"]["groups"], 10);
+    assert_eq!(doc["statistics"]["scanner"]["frames"], 20);
+    // The fake frames are 48 x 40, padded square: 1/6 of each is black border, and no pixel
+    // of the ramp is black.
+    let black = doc["statistics"]["real"]["black_share"].as_f64().unwrap();
+    assert!((black - 1.0 / 6.0).abs() < 0.03, "{black}");
+    for file in [
+        "statistics.csv",
+        "profiles.csv",
+        "profiles.png",
+        "domain_gap.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    assert!(!out.join("folds").exists(), "the fold weights are not kept");
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(printed.contains("classifier two-sample test"), "{printed}");
+
+    let quick = dir.path().join("gap-stats");
+    let stats = lus(&[
+        "domain-gap",
+        "--real",
+        real.to_str().unwrap(),
+        "--size",
+        "64",
+        "--frames",
+        "20",
+        "--statistics-only",
+        "--out",
+        quick.to_str().unwrap(),
+    ]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(quick.join("domain_gap.json")).unwrap()).unwrap();
+    assert!(doc.get("c2st").is_none());
+    assert!(doc["statistics"]["intensity_w1"].as_f64().unwrap() > 0.0);
+
+    let never = dir.path().join("never");
+    let few = lus(&[
+        "domain-gap",
+        "--real",
+        real.to_str().unwrap(),
+        "--size",
+        "64",
+        "--frames",
+        "6",
+        "--frames-per-clip",
+        "2",
+        "--folds",
+        "2",
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert_fails_saying(&few, "more --frames or fewer --folds");
+    let missing = lus(&[
+        "domain-gap",
+        "--real",
+        dir.path().to_str().unwrap(),
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert_fails_saying(&missing, "manifest.csv");
+    assert!(!never.exists());
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lus, stderr};
+use common::{assert_fails_saying, lus, stderr};
 
 use std::fs;
 use std::path::Path;
@@ -543,12 +543,7 @@ fn segment_reads_findings_off_frames_clips_and_folders() {
         "--out",
         never.to_str().unwrap(),
     ]);
-    assert!(!missing.status.success());
-    assert!(
-        stderr(&missing).contains("/nonexistent/clip.mp4"),
-        "{}",
-        stderr(&missing)
-    );
+    assert_fails_saying(&missing, "/nonexistent/clip.mp4");
     let rules = dir.path().join("rules.toml");
     fs::write(&rules, "min_reach = 0.0\n").unwrap();
     let bad_rules = lus(&[
@@ -562,12 +557,7 @@ fn segment_reads_findings_off_frames_clips_and_folders() {
         "--rules",
         rules.to_str().unwrap(),
     ]);
-    assert!(!bad_rules.status.success());
-    assert!(
-        stderr(&bad_rules).contains("min_reach"),
-        "{}",
-        stderr(&bad_rules)
-    );
+    assert_fails_saying(&bad_rules, "min_reach");
     fs::write(&rules, "min_rech = 0.5\n").unwrap();
     let typo = lus(&[
         "segment",

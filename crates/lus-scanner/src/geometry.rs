@@ -39,6 +39,31 @@ impl ScanGeometry {
         }
     }
 
+    /// The same geometry on an image `factor` times the size (every length scaled).
+    pub fn scaled(&self, factor: f32) -> ScanGeometry {
+        match *self {
+            ScanGeometry::Linear { width, height } => ScanGeometry::Linear {
+                width: width * factor,
+                height: height * factor,
+            },
+            ScanGeometry::Convex {
+                width,
+                height,
+                apex,
+                inner_radius,
+                outer_radius,
+                half_angle,
+            } => ScanGeometry::Convex {
+                width: width * factor,
+                height: height * factor,
+                apex: [apex[0] * factor, apex[1] * factor],
+                inner_radius: inner_radius * factor,
+                outer_radius: outer_radius * factor,
+                half_angle,
+            },
+        }
+    }
+
     /// Image width and height in pixels.
     pub fn image_size(&self) -> (f32, f32) {
         match *self {

@@ -79,6 +79,8 @@ use scene::{Plan, Scene};
 /// Smallest and largest supported image side.
 pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 512;
+/// Largest [`ScannerConfig::render_scale`].
+pub const MAX_RENDER_SCALE: u32 = 4;
 
 /// How the scanner draws and renders samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +109,13 @@ pub struct ScannerConfig {
     pub dynamic_range_db: f32,
     /// Per-sample overall gain is drawn uniformly from `+-gain_jitter_db`.
     pub gain_jitter_db: f32,
+    /// Render at this many times `size`, then shrink to `size` (triangle filter, the resize
+    /// real frames go through on their way to the network) with the annotation scaled to
+    /// match: a real frame is recorded at several hundred pixels and shrunk, so its speckle and
+    /// point-spread are band-limited at the network's size, while a frame rendered at 64 px
+    /// has speckle at the pixel scale. 1 (the default) renders at `size` directly, as before;
+    /// at most 4.
+    pub render_scale: u32,
 }
 
 impl Default for ScannerConfig {
@@ -122,6 +131,7 @@ impl Default for ScannerConfig {
             attenuation: 6.0,
             dynamic_range_db: 45.0,
             gain_jitter_db: 3.0,
+            render_scale: 1,
         }
     }
 }
@@ -166,6 +176,15 @@ impl ScannerConfig {
             false,
         )?;
         ranged("gain_jitter_db", self.gain_jitter_db, 0.0, 20.0, false)?;
+        if !(1..=MAX_RENDER_SCALE).contains(&self.render_scale) {
+            return bad(
+                "render_scale",
+                format!(
+                    "must be an integer from 1 to {MAX_RENDER_SCALE}, got {}",
+                    self.render_scale
+                ),
+            );
+        }
         for (name, &w) in ["healthy", "covid", "pneumonia"]
             .iter()
             .zip(&self.diagnosis_weights)
@@ -283,7 +302,8 @@ impl Scanner {
         } else {
             Probe::Linear
         };
-        let geometry = draw_geometry(probe, cfg.size as f32, &mut rng);
+        // Drawn at the rendering side; shrunk to `size` below when `render_scale > 1`.
+        let geometry = draw_geometry(probe, (cfg.size * cfg.render_scale) as f32, &mut rng);
         let plan = Plan::draw(diagnosis, &mut rng);
         let nu = lateral_columns(&geometry);
         let scene = Scene::build(&geometry, &plan, nu, &mut rng);
@@ -302,6 +322,11 @@ impl Scanner {
             .as_deref()
             .expect("the scanner always sets the field of view");
         let image = render::render(&scene, &geometry, fov, &params, &mut rng);
+        let (image, annotation, geometry) = if cfg.render_scale > 1 {
+            shrink(image, &annotation, &geometry, cfg.size)
+        } else {
+            (image, annotation, geometry)
+        };
         Sample {
             index,
             image,
@@ -317,6 +342,30 @@ impl Scanner {
     pub fn generate(&self, indices: Range<u64>) -> Vec<Sample> {
         indices.into_par_iter().map(|i| self.sample(i)).collect()
     }
+}
+
+/// A rendered sample shrunk to `size`: the image by the triangle filter (then exactly 0
+/// outside the shrunk field of view again, which the filter's support blurs by a pixel), the
+/// annotation and the geometry scaled by the same factor, so the labels stay exact.
+fn shrink(
+    image: GrayImage,
+    annotation: &Annotation,
+    geometry: &ScanGeometry,
+    size: u32,
+) -> (GrayImage, Annotation, ScanGeometry) {
+    let factor = size as f32 / image.width() as f32;
+    let mut small =
+        image::imageops::resize(&image, size, size, image::imageops::FilterType::Triangle);
+    let annotation = annotation.scaled(factor, size, size);
+    if let Some(fov) = &annotation.field_of_view {
+        let inside = geometry::fill_polygon(fov, size as usize, size as usize);
+        for (pixel, inside) in small.pixels_mut().zip(inside) {
+            if !inside {
+                pixel.0[0] = 0;
+            }
+        }
+    }
+    (small, annotation, geometry.scaled(factor))
 }
 
 /// Draws the probe geometry of one sample.

@@ -765,3 +765,63 @@ fn bad_configurations_are_rejected_with_clear_messages() {
     let parsed: Result<ScannerConfig, _> = toml::from_str("size = 96\nspekle = 0.5");
     assert!(parsed.unwrap_err().to_string().contains("spekle"));
 }
+
+/// `render_scale`: the sample is rendered larger and shrunk; it stays deterministic, its
+/// annotation validates at the output size and agrees with its findings, the image is black
+/// exactly outside the shrunk field of view, and it is smoother than a frame rendered at the
+/// output size (less power between neighbouring pixels). Out-of-range values are errors.
+#[test]
+fn a_frame_rendered_larger_and_shrunk_keeps_exact_labels() {
+    let schema = LabelSchema::default();
+    let shrunk = scanner_with(13, |c| {
+        c.size = 64;
+        c.render_scale = 3;
+    });
+    let direct = scanner_with(13, |c| c.size = 64);
+    let roughness = |image: &GrayImage, fov: &[bool]| {
+        let (w, mut sum, mut n) = (image.width() as usize, 0.0f64, 0usize);
+        for (k, inside) in fov.iter().enumerate() {
+            if *inside && k % w + 1 < w && fov[k + 1] {
+                let (a, b) = (image.as_raw()[k], image.as_raw()[k + 1]);
+                sum += (f64::from(a) - f64::from(b)).abs();
+                n += 1;
+            }
+        }
+        sum / n.max(1) as f64
+    };
+    let (mut rough_shrunk, mut rough_direct) = (0.0, 0.0);
+    for index in 0..24 {
+        let sample = shrunk.sample(index);
+        assert_eq!(sample, shrunk.sample(index), "deterministic");
+        assert_eq!(sample.image.dimensions(), (64, 64));
+        let a = &sample.annotation;
+        assert_eq!((a.width, a.height), (64, 64));
+        a.validate(&schema, Path::new("<scanner>")).unwrap();
+        assert_eq!(count_label(a, "b-line") as u32, sample.findings.b_lines);
+        assert_eq!(sample.geometry.image_size(), (64.0, 64.0));
+        let fov = fill(a.field_of_view.as_deref().unwrap(), 64, 64);
+        for (k, &inside) in fov.iter().enumerate() {
+            if !inside {
+                assert_eq!(sample.image.as_raw()[k], 0, "sample {index}, pixel {k}");
+            }
+        }
+        rough_shrunk += roughness(&sample.image, &fov);
+        let d = direct.sample(index);
+        rough_direct += roughness(
+            &d.image,
+            &fill(d.annotation.field_of_view.as_deref().unwrap(), 64, 64),
+        );
+    }
+    assert!(
+        rough_shrunk < 0.8 * rough_direct,
+        "shrunk {rough_shrunk:.1} vs direct {rough_direct:.1}"
+    );
+    for bad in [0, lus_scanner::MAX_RENDER_SCALE + 1] {
+        let config = ScannerConfig {
+            render_scale: bad,
+            ..ScannerConfig::default()
+        };
+        let err = Scanner::new(config, 0).unwrap_err().to_string();
+        assert!(err.contains("render_scale"), "{err}");
+    }
+}

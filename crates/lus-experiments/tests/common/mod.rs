@@ -16,6 +16,20 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts that the command failed and that its message contains `needle`.
+#[track_caller]
+pub fn assert_fails_saying(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "succeeded; expected a failure naming {needle:?}"
+    );
+    assert!(
+        stderr(out).contains(needle),
+        "expected {needle:?} in: {}",
+        stderr(out)
+    );
+}
+
 /// A tiny experiment (scanner at 64 px, a depth-2 U-Net at 32 px, one epoch of pretraining)
 /// with classification and the given `[grid]` lines, runs and reports in the given folders.
 pub fn tiny_grid_toml(
