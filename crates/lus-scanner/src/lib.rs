@@ -57,6 +57,7 @@
 pub mod error;
 mod geometry;
 mod noise;
+mod overlay;
 mod render;
 mod scene;
 
@@ -116,6 +117,11 @@ pub struct ScannerConfig {
     /// has speckle at the pixel scale. 1 (the default) renders at `size` directly, as before;
     /// at most 4.
     pub render_scale: u32,
+    /// Share of frames that carry screen overlays (text, depth-scale ticks, focal-zone and
+    /// orientation marks), drawn after rendering and never labelled (an overlay is not tissue,
+    /// a column of ticks not a B-line). From a random stream of its own: turning it on changes
+    /// nothing else of a sample. 0 (the default): none.
+    pub overlays: f32,
 }
 
 impl Default for ScannerConfig {
@@ -132,6 +138,7 @@ impl Default for ScannerConfig {
             dynamic_range_db: 45.0,
             gain_jitter_db: 3.0,
             render_scale: 1,
+            overlays: 0.0,
         }
     }
 }
@@ -176,6 +183,7 @@ impl ScannerConfig {
             false,
         )?;
         ranged("gain_jitter_db", self.gain_jitter_db, 0.0, 20.0, false)?;
+        ranged("overlays", self.overlays, 0.0, 1.0, false)?;
         if !(1..=MAX_RENDER_SCALE).contains(&self.render_scale) {
             return bad(
                 "render_scale",
@@ -322,11 +330,31 @@ impl Scanner {
             .as_deref()
             .expect("the scanner always sets the field of view");
         let image = render::render(&scene, &geometry, fov, &params, &mut rng);
-        let (image, annotation, geometry) = if cfg.render_scale > 1 {
+        // Overlays are drawn at the rendering side and shrunk like the frame (a real frame's
+        // overlays are shrunk with it), on a layer of their own: the shrink restores black
+        // outside the field of view, where most overlays sit.
+        let (w, h) = image.dimensions();
+        let layer = overlay::overlay_layer(w, h, self.seed, index, cfg.overlays);
+        let (mut image, annotation, geometry) = if cfg.render_scale > 1 {
             shrink(image, &annotation, &geometry, cfg.size)
         } else {
             (image, annotation, geometry)
         };
+        if let Some(layer) = layer {
+            let layer = if layer.width() == cfg.size {
+                layer
+            } else {
+                image::imageops::resize(
+                    &layer,
+                    cfg.size,
+                    cfg.size,
+                    image::imageops::FilterType::Triangle,
+                )
+            };
+            for (pixel, mark) in image.pixels_mut().zip(layer.pixels()) {
+                pixel.0[0] = pixel.0[0].max(mark.0[0]);
+            }
+        }
         Sample {
             index,
             image,

@@ -825,3 +825,70 @@ fn a_frame_rendered_larger_and_shrunk_keeps_exact_labels() {
         assert!(err.contains("render_scale"), "{err}");
     }
 }
+
+/// Screen overlays are drawn on the image only: with them on, every sample has the same
+/// patient, annotation (so no overlay pixel is ever in the b-line mask) and findings as with
+/// them off, and its image differs only in a few bright overlay pixels. The default draws none.
+#[test]
+fn screen_overlays_change_pixels_never_labels() {
+    let plain = scanner_with(29, |c| c.size = 128);
+    let marked = scanner_with(29, |c| {
+        c.size = 128;
+        c.overlays = 1.0;
+    });
+    for index in 0..16 {
+        let (a, b) = (plain.sample(index), marked.sample(index));
+        assert_eq!(a.annotation, b.annotation, "sample {index}");
+        assert_eq!((a.diagnosis, a.probe), (b.diagnosis, b.probe));
+        assert_eq!(a.findings, b.findings);
+        let changed: Vec<u8> = a
+            .image
+            .as_raw()
+            .iter()
+            .zip(b.image.as_raw())
+            .filter(|(x, y)| x != y)
+            .map(|(_, &y)| y)
+            .collect();
+        assert!(!changed.is_empty(), "sample {index}: no overlay drawn");
+        assert!(
+            changed.len() < 128 * 128 / 20,
+            "sample {index}: {} pixels",
+            changed.len()
+        );
+        assert!(changed.iter().all(|&v| v >= 170), "overlays are bright");
+        assert_eq!(b, marked.sample(index), "deterministic");
+    }
+    // Rendered larger and shrunk: the overlays are shrunk with the frame and survive outside
+    // the field of view (where the shrink restores black).
+    let plain = scanner_with(29, |c| {
+        c.size = 64;
+        c.render_scale = 2;
+    });
+    let marked = scanner_with(29, |c| {
+        c.size = 64;
+        c.render_scale = 2;
+        c.overlays = 1.0;
+    });
+    let mut outside = 0;
+    for index in 0..16 {
+        let (a, b) = (plain.sample(index), marked.sample(index));
+        assert_eq!(a.annotation, b.annotation, "sample {index}");
+        let fov = fill(b.annotation.field_of_view.as_deref().unwrap(), 64, 64);
+        outside += fov
+            .iter()
+            .zip(b.image.as_raw())
+            .filter(|&(&inside, &v)| !inside && v > 0)
+            .count();
+    }
+    assert!(outside > 0, "no overlay outside the field of view");
+    let err = Scanner::new(
+        ScannerConfig {
+            overlays: 1.5,
+            ..ScannerConfig::default()
+        },
+        0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("overlays"), "{err}");
+}
