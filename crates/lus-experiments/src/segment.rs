@@ -916,11 +916,20 @@ mod tests {
         let (mut checked, mut with_b_lines, mut mismatches) = (0, 0, Vec::new());
         // (output side, render scale, samples): rendered at the size, and rendered at three
         // times it and shrunk (the labels scaled with the image).
-        for (size, render_scale, n) in [(64u32, 1u32, 80u64), (256, 1, 24), (64, 3, 40)] {
+        // The last: the realism options on (pleura anywhere in the top half, screen overlays,
+        // whose bright ticks and text must not count).
+        for (size, render_scale, n, realistic) in [
+            (64u32, 1u32, 80u64, false),
+            (256, 1, 24, false),
+            (64, 3, 40, false),
+            (128, 2, 32, true),
+        ] {
             let scanner = Scanner::new(
                 ScannerConfig {
                     size,
                     render_scale,
+                    overlays: if realistic { 1.0 } else { 0.0 },
+                    pleura_depth: realistic.then_some([0.1, 0.5]),
                     convex_fraction: 0.5,
                     // COVID-19-heavy: most frames show B-lines, many several or confluent.
                     diagnosis_weights: [1.0, 3.0, 1.0],

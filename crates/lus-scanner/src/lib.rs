@@ -122,6 +122,12 @@ pub struct ScannerConfig {
     /// a column of ticks not a B-line). From a random stream of its own: turning it on changes
     /// nothing else of a sample. 0 (the default): none.
     pub overlays: f32,
+    /// The range the pleural line's depth is drawn from, as shares of the imaging depth, for
+    /// both probes (e.g. `[0.1, 0.5]`: anywhere in the top half, as on real frames, where the
+    /// chest wall's thickness and the depth setting vary). Left out: the probe's own range
+    /// (linear 0.22-0.34, convex 0.17-0.27).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pleura_depth: Option<[f32; 2]>,
 }
 
 impl Default for ScannerConfig {
@@ -139,6 +145,7 @@ impl Default for ScannerConfig {
             gain_jitter_db: 3.0,
             render_scale: 1,
             overlays: 0.0,
+            pleura_depth: None,
         }
     }
 }
@@ -184,6 +191,14 @@ impl ScannerConfig {
         )?;
         ranged("gain_jitter_db", self.gain_jitter_db, 0.0, 20.0, false)?;
         ranged("overlays", self.overlays, 0.0, 1.0, false)?;
+        if let Some([lo, hi]) = self.pleura_depth
+            && !(lo.is_finite() && hi.is_finite() && 0.05 <= lo && lo <= hi && hi <= 0.6)
+        {
+            return bad(
+                "pleura_depth",
+                format!("must be [low, high] with 0.05 <= low <= high <= 0.6, got [{lo}, {hi}]"),
+            );
+        }
         if !(1..=MAX_RENDER_SCALE).contains(&self.render_scale) {
             return bad(
                 "render_scale",
@@ -312,7 +327,10 @@ impl Scanner {
         };
         // Drawn at the rendering side; shrunk to `size` below when `render_scale > 1`.
         let geometry = draw_geometry(probe, (cfg.size * cfg.render_scale) as f32, &mut rng);
-        let plan = Plan::draw(diagnosis, &mut rng);
+        let plan = Plan {
+            pleura_depth: cfg.pleura_depth,
+            ..Plan::draw(diagnosis, &mut rng)
+        };
         let nu = lateral_columns(&geometry);
         let scene = Scene::build(&geometry, &plan, nu, &mut rng);
         let annotation = scene.annotation(&geometry);

@@ -36,6 +36,9 @@ pub(crate) struct Plan {
     pub air_bronchograms: bool,
     pub effusion: bool,
     pub ribs: u32,
+    /// The range the pleural depth is drawn from, as shares of the imaging depth (`None`: the
+    /// probe's own range; see [`ScannerConfig::pleura_depth`](crate::ScannerConfig)).
+    pub pleura_depth: Option<[f32; 2]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +132,7 @@ impl Plan {
             air_bronchograms,
             effusion,
             ribs,
+            pleura_depth: None,
         }
     }
 }
@@ -413,9 +417,11 @@ impl Scene {
     /// which the later steps scale by.
     fn draw_pleura(&mut self, probe: Probe, plan: &Plan, rng: &mut SampleRng) -> f32 {
         let (nu, depth, scale) = (self.nu, self.depth, self.scale);
-        let frac = match probe {
-            Probe::Linear => uniform(rng, 0.22, 0.34),
-            Probe::Convex => uniform(rng, 0.17, 0.27),
+        // One draw either way, so a configured range changes no later draw.
+        let frac = match (plan.pleura_depth, probe) {
+            (Some([lo, hi]), _) => uniform(rng, lo, hi),
+            (None, Probe::Linear) => uniform(rng, 0.22, 0.34),
+            (None, Probe::Convex) => uniform(rng, 0.17, 0.27),
         };
         let zp0 = frac * depth;
         let tilt = uniform(rng, -0.06, 0.06) * zp0;

@@ -892,3 +892,46 @@ fn screen_overlays_change_pixels_never_labels() {
     .to_string();
     assert!(err.contains("overlays"), "{err}");
 }
+
+/// `pleura_depth` widens where the pleural line lies (here anywhere from a tenth to half of
+/// the depth, both probes) and every sample still validates and agrees with its findings;
+/// out-of-range values are errors naming the key.
+#[test]
+fn a_configured_pleural_depth_range_is_used_and_keeps_labels_valid() {
+    let schema = LabelSchema::default();
+    let scanner = scanner_with(31, |c| {
+        c.size = 128;
+        c.pleura_depth = Some([0.1, 0.5]);
+    });
+    let mut shares = Vec::new();
+    for sample in scanner.generate(0..120) {
+        let a = &sample.annotation;
+        a.validate(&schema, Path::new("<scanner>"))
+            .unwrap_or_else(|e| panic!("sample {}: {e}", sample.index));
+        assert_eq!(count_label(a, "b-line") as u32, sample.findings.b_lines);
+        let pleura: Vec<f32> = a
+            .shapes
+            .iter()
+            .filter(|s| s.label == "pleural-line")
+            .flat_map(|s| region_of(&s.geometry).iter().map(|p| p[1]))
+            .collect();
+        if !pleura.is_empty() {
+            let mean = pleura.iter().sum::<f32>() / pleura.len() as f32;
+            shares.push(mean / 128.0);
+        }
+    }
+    let lo = shares.iter().cloned().fold(f32::MAX, f32::min);
+    let hi = shares.iter().cloned().fold(f32::MIN, f32::max);
+    assert!(
+        lo < 0.2 && hi > 0.42,
+        "pleura at {lo:.2}..{hi:.2} of the image height"
+    );
+    for bad in [[0.0, 0.3], [0.4, 0.2], [0.2, 0.9]] {
+        let config = ScannerConfig {
+            pleura_depth: Some(bad),
+            ..ScannerConfig::default()
+        };
+        let err = Scanner::new(config, 0).unwrap_err().to_string();
+        assert!(err.contains("pleura_depth"), "{err}");
+    }
+}
