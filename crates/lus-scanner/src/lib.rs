@@ -128,6 +128,15 @@ pub struct ScannerConfig {
     /// (linear 0.22-0.34, convex 0.17-0.27).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pleura_depth: Option<[f32; 2]>,
+    /// Strength in `[0, 1]` of the near-field haze (ring-down and skin reverberation that
+    /// brighten the first millimetres of a real frame; image only, never labelled, from a
+    /// random stream of its own). 0 (the default): none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub near_field_haze: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Default for ScannerConfig {
@@ -146,6 +155,7 @@ impl Default for ScannerConfig {
             render_scale: 1,
             overlays: 0.0,
             pleura_depth: None,
+            near_field_haze: 0.0,
         }
     }
 }
@@ -191,6 +201,7 @@ impl ScannerConfig {
         )?;
         ranged("gain_jitter_db", self.gain_jitter_db, 0.0, 20.0, false)?;
         ranged("overlays", self.overlays, 0.0, 1.0, false)?;
+        ranged("near_field_haze", self.near_field_haze, 0.0, 1.0, false)?;
         if let Some([lo, hi]) = self.pleura_depth
             && !(lo.is_finite() && hi.is_finite() && 0.05 <= lo && lo <= hi && hi <= 0.6)
         {
@@ -347,7 +358,19 @@ impl Scanner {
             .field_of_view
             .as_deref()
             .expect("the scanner always sets the field of view");
-        let image = render::render(&scene, &geometry, fov, &params, &mut rng);
+        let mut image = render::render(&scene, &geometry, fov, &params, &mut rng);
+        if cfg.near_field_haze > 0.0 {
+            let (w, h) = image.dimensions();
+            let inside = geometry::fill_polygon(fov, w as usize, h as usize);
+            overlay::add_near_field_haze(
+                &mut image,
+                &inside,
+                &geometry,
+                self.seed,
+                index,
+                cfg.near_field_haze,
+            );
+        }
         // Overlays are drawn at the rendering side and shrunk like the frame (a real frame's
         // overlays are shrunk with it), on a layer of their own: the shrink restores black
         // outside the field of view, where most overlays sit.

@@ -14,6 +14,71 @@ use crate::noise::{SampleRng, chance, uniform};
 
 /// Mixed into the scanner seed for the overlay stream.
 const OVERLAY_STREAM_SALT: u64 = 0x0fe7_1a75_c0de_0001;
+/// Mixed into the scanner seed for the near-field haze stream.
+const HAZE_STREAM_SALT: u64 = 0x0fe7_1a75_c0de_0002;
+
+/// Near-field haze: the transducer's ring-down and the reverberations between skin and probe
+/// that brighten the first millimetres of a real frame and blur its near-field layers. Added
+/// to the rendered image (grey levels), strongest at the transducer surface and fading with
+/// depth along the beam, modulated laterally by a smooth random profile; black outside the
+/// field of view (`inside`, row-major) stays black. Image only: the labels under the haze are the tissue's. `level`
+/// in `[0, 1]` scales its strength (0: none, and nothing is drawn). From a random stream of its
+/// own, so it changes no other draw of the sample.
+pub(crate) fn add_near_field_haze(
+    image: &mut GrayImage,
+    inside: &[bool],
+    geometry: &crate::ScanGeometry,
+    seed: u64,
+    index: u64,
+    level: f32,
+) {
+    if level <= 0.0 {
+        return;
+    }
+    let mut rng = SampleRng::seed_from_u64(seed ^ HAZE_STREAM_SALT);
+    rng.set_stream(index);
+    let depth = geometry.depth();
+    let amplitude = level * uniform(&mut rng, 40.0, 90.0);
+    let length = uniform(&mut rng, 0.04, 0.12) * depth;
+    // A smooth lateral modulation: a few random cosines.
+    let waves: Vec<(f32, f32, f32)> = (0..3)
+        .map(|k| {
+            (
+                (k + 1) as f32 * uniform(&mut rng, 0.8, 1.6),
+                uniform(&mut rng, 0.0, std::f32::consts::TAU),
+                uniform(&mut rng, 0.05, 0.2),
+            )
+        })
+        .collect();
+    let (w, h) = image.dimensions();
+    for y in 0..h {
+        for x in 0..w {
+            if !inside[(y * w + x) as usize] {
+                continue;
+            }
+            let value = image.get_pixel(x, y).0[0];
+            let (u, z) = geometry.to_probe([x as f32 + 0.5, y as f32 + 0.5]);
+            if !(0.0..=1.0).contains(&u) || !(0.0..=depth).contains(&z) {
+                continue;
+            }
+            let lateral: f32 = 1.0
+                + waves
+                    .iter()
+                    .map(|&(f, phase, a)| a * (std::f32::consts::TAU * f * u + phase).cos())
+                    .sum::<f32>();
+            // exp(-z / L), shifted to reach 0 at 3 L and clipped there: no discontinuity, and
+            // the far field is untouched.
+            let tail = libm::expf(-3.0);
+            let decay = ((libm::expf(-z / length) - tail) / (1.0 - tail)).max(0.0);
+            let add = amplitude * lateral * decay;
+            image.put_pixel(
+                x,
+                y,
+                image::Luma([(f32::from(value) + add).min(255.0) as u8]),
+            );
+        }
+    }
+}
 
 /// The overlays of sample `index` on a black `width x height` layer (composited over the frame
 /// by the brighter of the two), or `None` for a frame without (probability `1 - probability`).

@@ -826,6 +826,14 @@ fn a_frame_rendered_larger_and_shrunk_keeps_exact_labels() {
     }
 }
 
+/// An image-only option left the sample's patient, labels and findings as they were.
+#[track_caller]
+fn assert_same_patient_and_labels(a: &Sample, b: &Sample) {
+    assert_eq!(a.annotation, b.annotation, "sample {}", a.index);
+    assert_eq!((a.diagnosis, a.probe), (b.diagnosis, b.probe));
+    assert_eq!(a.findings, b.findings);
+}
+
 /// Screen overlays are drawn on the image only: with them on, every sample has the same
 /// patient, annotation (so no overlay pixel is ever in the b-line mask) and findings as with
 /// them off, and its image differs only in a few bright overlay pixels. The default draws none.
@@ -838,9 +846,7 @@ fn screen_overlays_change_pixels_never_labels() {
     });
     for index in 0..16 {
         let (a, b) = (plain.sample(index), marked.sample(index));
-        assert_eq!(a.annotation, b.annotation, "sample {index}");
-        assert_eq!((a.diagnosis, a.probe), (b.diagnosis, b.probe));
-        assert_eq!(a.findings, b.findings);
+        assert_same_patient_and_labels(&a, &b);
         let changed: Vec<u8> = a
             .image
             .as_raw()
@@ -933,5 +939,55 @@ fn a_configured_pleural_depth_range_is_used_and_keeps_labels_valid() {
         };
         let err = Scanner::new(config, 0).unwrap_err().to_string();
         assert!(err.contains("pleura_depth"), "{err}");
+    }
+}
+
+/// Near-field haze brightens the top of the field of view on the image only: the same
+/// annotation and findings, black outside the field of view, the first rows of the fan
+/// brighter on average and the far field untouched.
+#[test]
+fn near_field_haze_brightens_the_near_field_and_never_labels() {
+    let plain = scanner_with(37, |c| c.size = 128);
+    let hazy = scanner_with(37, |c| {
+        c.size = 128;
+        c.near_field_haze = 1.0;
+    });
+    for index in 0..12 {
+        let (a, b) = (plain.sample(index), hazy.sample(index));
+        assert_same_patient_and_labels(&a, &b);
+        let fov = fill(b.annotation.field_of_view.as_deref().unwrap(), 128, 128);
+        let row_mean = |image: &GrayImage, rows: std::ops::Range<usize>| {
+            let (mut sum, mut n) = (0.0f64, 0usize);
+            for y in rows {
+                for x in 0..128 {
+                    if fov[y * 128 + x] {
+                        sum += f64::from(image.as_raw()[y * 128 + x]);
+                        n += 1;
+                    }
+                }
+            }
+            sum / n.max(1) as f64
+        };
+        // The fan's top lies lower under a convex probe: compare the rows just below it.
+        let top = (0..128)
+            .find(|&y| (0..128).any(|x| fov[y * 128 + x]))
+            .unwrap();
+        let near = top..top + 10;
+        assert!(
+            row_mean(&b.image, near.clone()) > row_mean(&a.image, near) + 10.0,
+            "sample {index}"
+        );
+        // The haze ends by 3 x its length (at most 0.36 of the depth): the last quarter of
+        // the image is the same.
+        assert_eq!(
+            a.image.as_raw()[96 * 128..],
+            b.image.as_raw()[96 * 128..],
+            "sample {index}: the far field changed"
+        );
+        for (k, &inside) in fov.iter().enumerate() {
+            if !inside {
+                assert_eq!(b.image.as_raw()[k], 0);
+            }
+        }
     }
 }
