@@ -192,7 +192,8 @@ pub fn run(args: DomainGapArgs) -> anyhow::Result<()> {
         .collect();
     let frames: Vec<Frame> = scanner_frames.into_iter().chain(real).collect();
 
-    let statistics = statistics(&frames);
+    let sources = profiles(&frames);
+    let statistics = statistics(&sources);
     let stage = StagedDir::open_fresh(&args.out)?;
     let (c2st, network) = if args.statistics_only {
         (None, None)
@@ -200,7 +201,7 @@ pub fn run(args: DomainGapArgs) -> anyhow::Result<()> {
         let (c2st, network) = classifier_test(&args, &frames, stage.path())?;
         (Some(c2st), Some(network))
     };
-    write_profiles(&frames, stage.path())?;
+    write_profiles(&sources, stage.path())?;
     let mut table = MetricsTable::new();
     for (name, scanner_value, real_value, distance) in [
         (
@@ -673,37 +674,50 @@ fn mean_abs_difference(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len().max(1) as f64
 }
 
-fn split_sources(frames: &[Frame]) -> (Vec<&Frame>, Vec<&Frame>) {
-    frames.iter().partition(|f| f.source == 0)
+/// One source's profiles: field-of-view histogram, depth profile, radial spectrum (computed
+/// once, for the statistics and for `profiles.csv` alike).
+struct SourceProfiles {
+    histogram: Vec<f64>,
+    depth: Vec<f64>,
+    spectrum: Vec<f64>,
 }
 
-fn statistics(frames: &[Frame]) -> Statistics {
-    let (scanner, real) = split_sources(frames);
-    Statistics {
-        intensity_w1: wasserstein1(&fov_histogram(&scanner), &fov_histogram(&real)),
-        spectrum_log10_distance: mean_abs_difference(
-            &radial_spectrum(&scanner),
-            &radial_spectrum(&real),
-        ),
-        depth_profile_distance: mean_abs_difference(
-            &depth_profile(&scanner),
-            &depth_profile(&real),
-        ),
-        scanner: source_statistics(&scanner),
-        real: source_statistics(&real),
+impl SourceProfiles {
+    fn of(frames: &[&Frame]) -> Self {
+        SourceProfiles {
+            histogram: fov_histogram(frames),
+            depth: depth_profile(frames),
+            spectrum: radial_spectrum(frames),
+        }
     }
 }
 
-/// `profiles.csv` (long table: source, profile, x, value) and `profiles.png` (the depth
-/// profiles).
-fn write_profiles(frames: &[Frame], out: &Path) -> anyhow::Result<()> {
-    let (scanner, real) = split_sources(frames);
+/// The frames of each source (scanner, real) and their profiles.
+fn profiles(frames: &[Frame]) -> [(Vec<&Frame>, SourceProfiles); 2] {
+    let (scanner, real): (Vec<&Frame>, Vec<&Frame>) = frames.iter().partition(|f| f.source == 0);
+    let (scanner_profiles, real_profiles) =
+        (SourceProfiles::of(&scanner), SourceProfiles::of(&real));
+    [(scanner, scanner_profiles), (real, real_profiles)]
+}
+
+fn statistics(sources: &[(Vec<&Frame>, SourceProfiles); 2]) -> Statistics {
+    let [(scanner, s), (real, r)] = sources;
+    Statistics {
+        intensity_w1: wasserstein1(&s.histogram, &r.histogram),
+        spectrum_log10_distance: mean_abs_difference(&s.spectrum, &r.spectrum),
+        depth_profile_distance: mean_abs_difference(&s.depth, &r.depth),
+        scanner: source_statistics(scanner),
+        real: source_statistics(real),
+    }
+}
+
+fn write_profiles(sources: &[(Vec<&Frame>, SourceProfiles); 2], out: &Path) -> anyhow::Result<()> {
     let mut table = MetricsTable::new();
     let mut depth_curves = Vec::new();
-    for (name, part) in [("scanner", &scanner), ("real", &real)] {
-        let depth = depth_profile(part);
-        let h = depth.len().max(1) as f64;
-        let curve: Vec<(f64, f64)> = depth
+    for (name, (_, profiles)) in SOURCES.iter().zip(sources) {
+        let h = profiles.depth.len().max(1) as f64;
+        let curve: Vec<(f64, f64)> = profiles
+            .depth
             .iter()
             .enumerate()
             .map(|(y, &v)| ((y as f64 + 0.5) / h, v))
@@ -712,32 +726,34 @@ fn write_profiles(frames: &[Frame], out: &Path) -> anyhow::Result<()> {
             ("depth_profile", curve.clone()),
             (
                 "spectrum_log10",
-                radial_spectrum(part)
-                    .into_iter()
+                profiles
+                    .spectrum
+                    .iter()
                     .enumerate()
-                    .map(|(r, v)| ((r as f64 + 1.0) / SPECTRUM_RINGS as f64, v))
+                    .map(|(r, &v)| ((r as f64 + 1.0) / SPECTRUM_RINGS as f64, v))
                     .collect(),
             ),
             (
                 "fov_histogram",
-                fov_histogram(part)
-                    .into_iter()
+                profiles
+                    .histogram
+                    .iter()
                     .enumerate()
-                    .map(|(v, p)| (v as f64, p))
+                    .map(|(v, &p)| (v as f64, p))
                     .collect(),
             ),
         ] {
             for (x, v) in values {
                 table.push_row(
                     Row::new()
-                        .text("source", name)
+                        .text("source", *name)
                         .text("profile", kind)
                         .float("x", x)
                         .float("value", v),
                 )?;
             }
         }
-        depth_curves.push((name, curve));
+        depth_curves.push((*name, curve));
     }
     table.write(&out.join("profiles.csv"), &out.join("profiles.parquet"))?;
     let series: Vec<(&str, &[(f64, f64)])> = depth_curves

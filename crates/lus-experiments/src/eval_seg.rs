@@ -10,7 +10,7 @@ use lus_data::loader::{AnnotatedFileSource, SegmentationSource};
 use lus_data::manifest::{MANIFEST_FILE, read_manifest, resolve_inside};
 use lus_train::{SegModel, device_name, evaluate_segmentation};
 
-use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE, RecipeRef};
+use crate::config::{ExperimentConfig, RecipeRef};
 use crate::provenance::{RunClock, write_run_manifest};
 use crate::report::markdown_eval_table;
 use crate::seg_cell::eval_options;
@@ -39,20 +39,8 @@ pub struct EvalSegArgs {
 }
 
 pub fn run(args: EvalSegArgs) -> anyhow::Result<()> {
-    let config_path = match &args.config {
-        Some(p) => p.clone(),
-        None => args
-            .weights
-            .parent()
-            .map(|d| d.join(RESOLVED_CONFIG_FILE))
-            .context("--weights has no parent folder; pass --config")?,
-    };
-    if !config_path.is_file() {
-        bail!(
-            "{}: not found (the U-Net's configuration is read from it; pass --config)",
-            config_path.display()
-        );
-    }
+    let config_path =
+        crate::cell_input::resolved_config_path(&args.weights, args.config.as_deref())?;
     let experiment = ExperimentConfig::load(&config_path, &[])?;
     let manifest_path = args.data.join(MANIFEST_FILE);
     if !manifest_path.is_file() {

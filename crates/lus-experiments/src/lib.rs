@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cell;
+pub mod cell_input;
 pub mod cls_cell;
 pub mod config;
 pub mod contact_sheet;

@@ -15,24 +15,25 @@
 //! in schema colours, the diagnosis in the column title).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use image::GrayImage;
+use lus_data::LabelSchema;
 use lus_data::cls_loader::{ClassificationLoader, InMemoryClassSource};
 use lus_data::pocus::{
-    AspectMode, DecodedFrame, IngestOptions, Tools, decode_video, is_still_image, square_resized,
+    AspectMode, DecodedFrame, IngestOptions, Tools, is_still_image, square_resized,
 };
-use lus_data::{LabelSchema, image_io};
 use lus_io::{StagedDir, write_atomic};
 use lus_metrics::{OverlayRow, overlay_grid};
 use lus_train::{ClassificationTask, parse_device};
 use lus_unet::Mode;
 use serde::Serialize;
 
-use crate::config::{ClassifyFrom, ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::cell_input::{input_stem, read_input_frames, resolved_config_path};
+use crate::config::{ClassifyFrom, ExperimentConfig};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -111,20 +112,7 @@ fn argmax(values: &[f64]) -> usize {
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    let config_path = match &args.config {
-        Some(p) => p.clone(),
-        None => args
-            .weights
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(RESOLVED_CONFIG_FILE),
-    };
-    if !config_path.is_file() {
-        bail!(
-            "{}: no config beside the weights (pass --config with the cell's {RESOLVED_CONFIG_FILE})",
-            config_path.display()
-        );
-    }
+    let config_path = resolved_config_path(&args.weights, args.config.as_deref())?;
     let config = ExperimentConfig::load(&config_path, &[])?;
     let classify = config.classify.as_ref().with_context(|| {
         format!(
@@ -159,23 +147,18 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
 
     // The input's frames.
     let still = is_still_image(&args.input);
-    let frames: Vec<DecodedFrame> = if still {
-        vec![DecodedFrame {
-            index: 0,
-            time_s: 0.0,
-            image: image_io::load_gray(&args.input)?,
-        }]
-    } else {
-        if !args.input.is_file() {
-            bail!("{}: no such file", args.input.display());
-        }
-        let options = IngestOptions {
-            frames_per_second: args.frames_per_second,
-            max_frames_per_clip: args.max_frames,
-            ..IngestOptions::default()
-        };
-        decode_video(&args.input, &options, &Tools::find()?, None)?
+    let options = IngestOptions {
+        frames_per_second: args.frames_per_second,
+        max_frames_per_clip: args.max_frames,
+        ..IngestOptions::default()
     };
+    // FFmpeg is looked for only when there is a clip to decode.
+    let tools = if still || !args.input.is_file() {
+        None
+    } else {
+        Some(Tools::find()?)
+    };
+    let frames: Vec<DecodedFrame> = read_input_frames(&args.input, &options, tools.as_ref())?;
     let inputs: Vec<GrayImage> = frames
         .iter()
         .map(|f| square_resized(&f.image, aspect, size))
@@ -239,12 +222,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     // The output folder.
     let out = match args.out {
         Some(o) => o,
-        None => PathBuf::from("predictions").join(
-            args.input
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "input".into()),
-        ),
+        None => PathBuf::from("predictions").join(input_stem(&args.input)),
     };
     let stage = StagedDir::open_fresh(&out)?;
     let json = serde_json::to_string_pretty(&prediction)?;

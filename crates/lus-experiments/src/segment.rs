@@ -33,20 +33,21 @@ use clap::Args;
 use image::{GrayImage, Rgb, RgbImage};
 use lus_data::augment::{AugmentParams, Normalize, prepare_with};
 use lus_data::pocus::{
-    AspectMode, DecodedFrame, IngestOptions, POCUS_MANIFEST, Tools, decode_video, is_still_image,
-    is_video, read_frame_rows, square_resized,
+    AspectMode, DecodedFrame, IngestOptions, POCUS_MANIFEST, Tools, is_still_image, is_video,
+    read_frame_rows, square_resized,
 };
 use lus_data::{LabelSchema, image_io};
 use lus_io::{StagedDir, write_atomic};
 use lus_metrics::{
-    ClipFindings, FindingClasses, FindingRules, FrameFindings, MetricsTable, OverlayRow, Row,
-    b_line_verdicts, clip_findings, frame_findings, overlay_grid,
+    ClipFindings, FindingClasses, FindingRules, FrameFindings, FrameReading, MetricsTable,
+    OverlayRow, Row, clip_findings, overlay_grid, read_frame,
 };
 use lus_train::{SegModel, parse_device};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::config::{ExperimentConfig, RESOLVED_CONFIG_FILE};
+use crate::cell_input::{input_stem, read_input_frames, resolved_config_path};
+use crate::config::ExperimentConfig;
 
 #[derive(Args, Debug)]
 pub struct SegmentArgs {
@@ -122,11 +123,13 @@ pub struct SegmentedFrame {
     pub input: GrayImage,
     /// Class ids, row-major.
     pub mask: Vec<u8>,
-    pub findings: FrameFindings,
+    /// Its findings, and the B-line rule's verdict on each b-line component (for overlays).
+    pub reading: FrameReading,
 }
 
 impl Segmenter {
-    /// The cell of `weights` as its `config` (a resolved experiment config) describes it.
+    /// The cell of `weights` as its `config` (a resolved experiment config, see
+    /// [`resolved_config_path`]) describes it.
     pub fn load(
         weights: &Path,
         config: &Path,
@@ -134,12 +137,6 @@ impl Segmenter {
         aspect: AspectMode,
         rules: FindingRules,
     ) -> anyhow::Result<Self> {
-        if !config.is_file() {
-            bail!(
-                "{}: no config beside the weights (pass --config with the cell's {RESOLVED_CONFIG_FILE})",
-                config.display()
-            );
-        }
         let experiment = ExperimentConfig::load(config, &[])?;
         if experiment.classify.is_some() {
             bail!(
@@ -182,7 +179,7 @@ impl Segmenter {
     }
 
     /// Segments `frames` (any sizes) in batches and reads each map's findings.
-    pub fn segment(&self, frames: &[GrayImage]) -> anyhow::Result<Vec<SegmentedFrame>> {
+    pub fn segment(&self, frames: &[&GrayImage]) -> anyhow::Result<Vec<SegmentedFrame>> {
         let side = self.size as usize;
         let inputs: Vec<GrayImage> = frames
             .par_iter()
@@ -206,12 +203,12 @@ impl Segmenter {
             let batch =
                 Tensor::from_vec(values.concat(), (chunk.len(), 1, side, side), &self.device)?;
             let masks = self.model.predict(&batch)?;
-            let found: Vec<anyhow::Result<FrameFindings>> = masks
+            let readings: Vec<anyhow::Result<FrameReading>> = masks
                 .par_chunks(side * side)
                 .zip(chunk.par_iter())
                 .map(|(m, input)| {
                     let fov = field_of_view(input);
-                    Ok(frame_findings(
+                    Ok(read_frame(
                         m,
                         Some(&fov),
                         side,
@@ -221,12 +218,13 @@ impl Segmenter {
                     )?)
                 })
                 .collect();
-            for ((input, mask), findings) in chunk.iter().zip(masks.chunks(side * side)).zip(found)
+            for ((input, mask), reading) in
+                chunk.iter().zip(masks.chunks(side * side)).zip(readings)
             {
                 out.push(SegmentedFrame {
                     input: input.clone(),
                     mask: mask.to_vec(),
-                    findings: findings?,
+                    reading: reading?,
                 });
             }
         }
@@ -236,17 +234,9 @@ impl Segmenter {
     /// The frame beside its map: finding classes blended over the frame, counted B-lines in
     /// the schema colour, rejected `b-line` components in grey; scaled up (nearest) to at
     /// least 256 pixels high so that a 64-pixel map is readable.
-    pub fn overlay(&self, frame: &SegmentedFrame) -> anyhow::Result<RgbImage> {
+    pub fn overlay(&self, frame: &SegmentedFrame) -> RgbImage {
         let side = self.size as usize;
-        let fov = field_of_view(&frame.input);
-        let verdicts = b_line_verdicts(
-            &frame.mask,
-            Some(&fov),
-            side,
-            side,
-            &self.classes,
-            &self.rules,
-        )?;
+        let verdicts = &frame.reading.b_lines;
         let shown = [
             Some(self.classes.pleural_line),
             Some(self.classes.a_line),
@@ -286,7 +276,7 @@ impl Segmenter {
                 }
             }
         }
-        Ok(out)
+        out
     }
 }
 
@@ -312,13 +302,6 @@ struct ClipInput {
     /// The diagnosis an ingested folder's manifest gives (empty otherwise).
     label: String,
     still: bool,
-}
-
-/// A frame of a clip with its place in the clip.
-struct TimedFrame {
-    index: usize,
-    time_s: f64,
-    image: GrayImage,
 }
 
 /// Per-frame JSON row.
@@ -376,14 +359,6 @@ struct SegmentJson<'a> {
 
 pub fn run(args: SegmentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let config_path = match &args.config {
-        Some(p) => p.clone(),
-        None => args
-            .weights
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(RESOLVED_CONFIG_FILE),
-    };
     let rules = match &args.rules {
         Some(path) => {
             let text = lus_io::read_text(path)?;
@@ -399,15 +374,16 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<()> {
         bail!("{}: no such file or folder", args.input.display());
     }
     let folder = args.input.is_dir();
-    let clips = if folder {
-        folder_clips(&args.input)?
+    let (clips, ingested) = if folder {
+        folder_inputs(&args.input)?
     } else {
-        vec![ClipInput {
-            name: file_stem(&args.input),
+        let clip = ClipInput {
+            name: input_stem(&args.input),
             source: args.input.clone(),
             label: String::new(),
             still: is_still_image(&args.input),
-        }]
+        };
+        (vec![clip], IngestedFrames::new())
     };
     if clips.is_empty() {
         bail!(
@@ -415,6 +391,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<()> {
             args.input.display()
         );
     }
+    let config_path = resolved_config_path(&args.weights, args.config.as_deref())?;
     let segmenter = Segmenter::load(
         &args.weights,
         &config_path,
@@ -423,14 +400,9 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<()> {
         rules,
     )?
     .with_batch_size(args.batch_size);
-    let manifest_frames = if folder {
-        manifest_frames(&args.input)?
-    } else {
-        BTreeMap::new()
-    };
     let needs_ffmpeg = clips
         .iter()
-        .any(|c| !c.still && !manifest_frames.contains_key(&c.name))
+        .any(|c| !c.still && !ingested.contains_key(&c.name))
         || (folder && args.overlays);
     let tools = if needs_ffmpeg {
         Some(Tools::find()?)
@@ -447,7 +419,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("segmentations").join(file_stem(&args.input)));
+        .unwrap_or_else(|| PathBuf::from("segmentations").join(input_stem(&args.input)));
     let stage = StagedDir::open_fresh(&out)?;
     let bar = crate::progress::bar(clips.len() as u64, "clips");
     if !folder {
@@ -461,30 +433,28 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<()> {
     let mut total_frames = 0usize;
     for clip in &clips {
         let t = Instant::now();
-        let frames = read_clip(
-            clip,
-            manifest_frames.get(&clip.name),
-            &sampling,
-            tools.as_ref(),
-        )
-        .with_context(|| format!("clip {}", clip.source.display()))?;
+        let frames = read_clip(clip, ingested.get(&clip.name), &sampling, tools.as_ref())
+            .with_context(|| format!("clip {}", clip.source.display()))?;
         decode_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let images: Vec<GrayImage> = frames.iter().map(|f| f.image.clone()).collect();
+        let images: Vec<&GrayImage> = frames.iter().map(|f| &f.image).collect();
         let segmented = segmenter.segment(&images)?;
         segment_s += t.elapsed().as_secs_f64();
         total_frames += segmented.len();
-        let findings: Vec<FrameFindings> = segmented.iter().map(|s| s.findings.clone()).collect();
+        let findings: Vec<FrameFindings> = segmented
+            .iter()
+            .map(|s| s.reading.findings.clone())
+            .collect();
         let summary = clip_findings(&findings, &segmenter.rules)?;
         let records: Vec<FrameRecord> = frames
             .iter()
-            .zip(&findings)
+            .zip(findings)
             .map(|(f, x)| FrameRecord {
                 frame_index: f.index,
                 time_s: f.time_s,
-                findings: x.clone(),
                 b_pattern: x.b_pattern(&segmenter.rules),
                 a_pattern: x.a_pattern(&segmenter.rules),
+                findings: x,
             })
             .collect();
         for r in &records {
@@ -648,12 +618,6 @@ fn clip_row(clip: &ClipInput, s: &ClipFindings) -> Row {
         .float("pleura_irregularity_px_mean", s.pleura_irregularity_px_mean)
 }
 
-fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "input".into())
-}
-
 /// A clip name as a file name: path separators and anything but `[A-Za-z0-9._+()-]` become `_`.
 fn sanitize(name: &str) -> String {
     name.chars()
@@ -667,28 +631,36 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// The clips of a folder: an ingested POCUS folder's clips in manifest order, else every
-/// image and video file under it (sorted by path).
-fn folder_clips(folder: &Path) -> anyhow::Result<Vec<ClipInput>> {
+/// The clips of a folder, with the frames of an ingested one: an ingested POCUS folder's clips
+/// in manifest order and their frames (the manifest read once), else every image and video
+/// file under it (sorted by path) and no frames.
+fn folder_inputs(folder: &Path) -> anyhow::Result<(Vec<ClipInput>, IngestedFrames)> {
     let manifest = folder.join(POCUS_MANIFEST);
     if is_frame_manifest(&manifest) {
-        let rows = read_frame_rows(&manifest)?;
-        let mut seen = std::collections::HashSet::new();
-        return Ok(rows
-            .iter()
-            .filter(|r| seen.insert(r.clip.clone()))
-            .map(|r| ClipInput {
-                name: r.clip.clone(),
-                source: PathBuf::from(&r.source),
-                label: r.label.to_string(),
-                still: false,
-            })
-            .collect());
+        let mut clips = Vec::new();
+        let mut frames = IngestedFrames::new();
+        for row in read_frame_rows(&manifest)? {
+            let path = lus_data::manifest::resolve_inside(folder, &row.path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+            if !frames.contains_key(&row.clip) {
+                clips.push(ClipInput {
+                    name: row.clip.clone(),
+                    source: PathBuf::from(&row.source),
+                    label: row.label.to_string(),
+                    still: false,
+                });
+            }
+            frames
+                .entry(row.clip)
+                .or_default()
+                .push((row.frame_index, row.time_s, path));
+        }
+        return Ok((clips, frames));
     }
     let mut files = Vec::new();
     collect_media(folder, &mut files)?;
     files.sort();
-    Ok(files
+    let clips = files
         .into_iter()
         .map(|path| ClipInput {
             name: path
@@ -700,7 +672,8 @@ fn folder_clips(folder: &Path) -> anyhow::Result<Vec<ClipInput>> {
             source: path,
             label: String::new(),
         })
-        .collect())
+        .collect();
+    Ok((clips, IngestedFrames::new()))
 }
 
 fn collect_media(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -732,33 +705,19 @@ fn is_frame_manifest(path: &Path) -> bool {
 /// An ingested folder's frames by clip: (frame index, time, PNG path) in manifest order.
 type IngestedFrames = BTreeMap<String, Vec<(usize, f64, PathBuf)>>;
 
-fn manifest_frames(folder: &Path) -> anyhow::Result<IngestedFrames> {
-    let manifest = folder.join(POCUS_MANIFEST);
-    let mut by_clip = IngestedFrames::new();
-    if is_frame_manifest(&manifest) {
-        for row in read_frame_rows(&manifest)? {
-            let path = lus_data::manifest::resolve_inside(folder, &row.path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
-            by_clip
-                .entry(row.clip.clone())
-                .or_default()
-                .push((row.frame_index, row.time_s, path));
-        }
-    }
-    Ok(by_clip)
-}
-
+/// The frames of a clip: read from an ingested folder (its PNGs, `ingested`), else from the
+/// file.
 fn read_clip(
     clip: &ClipInput,
     ingested: Option<&Vec<(usize, f64, PathBuf)>>,
     sampling: &IngestOptions,
     tools: Option<&Tools>,
-) -> anyhow::Result<Vec<TimedFrame>> {
+) -> anyhow::Result<Vec<DecodedFrame>> {
     if let Some(frames) = ingested {
         return frames
             .par_iter()
             .map(|(index, time_s, path)| {
-                Ok(TimedFrame {
+                Ok(DecodedFrame {
                     index: *index,
                     time_s: *time_s,
                     image: image_io::load_gray(path)?,
@@ -766,26 +725,11 @@ fn read_clip(
             })
             .collect();
     }
-    if clip.still {
-        return Ok(vec![TimedFrame {
-            index: 0,
-            time_s: 0.0,
-            image: image_io::load_gray(&clip.source)?,
-        }]);
-    }
-    let tools = tools.context("decoding a clip needs FFmpeg")?;
-    let decoded: Vec<DecodedFrame> = decode_video(&clip.source, sampling, tools, None)?;
-    if decoded.is_empty() {
+    let frames = read_input_frames(&clip.source, sampling, tools)?;
+    if frames.is_empty() {
         bail!("{}: no frames decoded", clip.source.display());
     }
-    Ok(decoded
-        .into_iter()
-        .map(|f| TimedFrame {
-            index: f.index,
-            time_s: f.time_s,
-            image: f.image,
-        })
-        .collect())
+    Ok(frames)
 }
 
 /// Up to four frames, evenly spread, beside their maps, each titled with its B-line count.
@@ -845,7 +789,7 @@ fn write_animation(
         .par_iter()
         .enumerate()
         .try_for_each(|(i, frame)| -> anyhow::Result<()> {
-            let image = segmenter.overlay(frame)?;
+            let image = segmenter.overlay(frame);
             let png = scratch.join(format!("{i:05}.png"));
             image
                 .save(&png)
@@ -895,6 +839,7 @@ fn encode_gif(
 mod tests {
     use super::*;
     use lus_data::{LabelRecipe, RasterOptions, Rasterizer, StrokeWidth};
+    use lus_metrics::frame_findings;
     use lus_scanner::{Scanner, ScannerConfig};
 
     /// The B-line rule on the scanner's exact labels finds the scanner's B-lines: on the dense

@@ -48,6 +48,42 @@ overlay_examples = 2
     path
 }
 
+/// `lus train-seg` of `labels` for one epoch into `run` (plus `extra` arguments); must succeed.
+fn train_one_epoch(config: &Path, labels: &str, run: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "train-seg",
+        "--config",
+        config.to_str().unwrap(),
+        "--labels",
+        labels,
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "pretrain.train.epochs=1",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let out = lus(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `lus synth` of three 64-px samples of `seed` into `out`; must succeed.
+fn synth_three(out: &Path, seed: u64) {
+    let seed = seed.to_string();
+    let synth = lus(&[
+        "synth",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--seed",
+        &seed,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+}
+
 /// The metrics table without the two machine-dependent columns (throughput and wall time).
 fn deterministic_columns(csv: &Path) -> Vec<Vec<String>> {
     let text = fs::read_to_string(csv).unwrap();
@@ -195,21 +231,7 @@ fn train_seg_writes_a_run_folder_and_eval_seg_scores_a_synth_folder() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_experiment(dir.path());
     let run = dir.path().join("run");
-    let out = lus(&[
-        "train-seg",
-        "--config",
-        config.to_str().unwrap(),
-        "--labels",
-        "sparse",
-        "--out",
-        run.to_str().unwrap(),
-        "--seed",
-        "5",
-        "--set",
-        "pretrain.train.epochs=1",
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    train_one_epoch(&config, "sparse", &run, &["--seed", "5"]);
     for file in [
         "best.safetensors",
         "metrics.csv",
@@ -230,18 +252,7 @@ fn train_seg_writes_a_run_folder_and_eval_seg_scores_a_synth_folder() {
     assert!(manifest["build_git_revision"].as_str().unwrap().len() >= 7);
 
     let data = dir.path().join("synth");
-    let synth = lus(&[
-        "synth",
-        "--count",
-        "3",
-        "--size",
-        "64",
-        "--seed",
-        "9",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    synth_three(&data, 9);
     let scored = dir.path().join("scored");
     let eval = lus(&[
         "eval-seg",
@@ -388,34 +399,11 @@ fn segment_reads_findings_off_frames_clips_and_folders() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_experiment(dir.path());
     let run = dir.path().join("run");
-    let out = lus(&[
-        "train-seg",
-        "--config",
-        config.to_str().unwrap(),
-        "--labels",
-        "dense",
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        "pretrain.train.epochs=1",
-        "--quiet",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    train_one_epoch(&config, "dense", &run, &[]);
     let weights = run.join("best.safetensors");
     let weights = weights.to_str().unwrap();
     let data = dir.path().join("synth");
-    let synth = lus(&[
-        "synth",
-        "--count",
-        "3",
-        "--size",
-        "64",
-        "--seed",
-        "4",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    synth_three(&data, 4);
     let images: Vec<std::path::PathBuf> = {
         let mut v: Vec<_> = fs::read_dir(data.join("images"))
             .unwrap()

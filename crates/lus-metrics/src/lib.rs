@@ -35,8 +35,8 @@ pub use components::{Components, Connectivity, label_binary, label_class};
 pub use confusion::{ClassScores, ConfusionMatrix, MeanScores, nan_mean};
 pub use error::{MetricsError, Result};
 pub use lung::{
-    BLineVerdicts, ClipFindings, FindingClasses, FindingRules, FrameFindings, b_line_verdicts,
-    clip_findings, frame_findings,
+    BLineVerdicts, ClipFindings, FindingClasses, FindingRules, FrameFindings, FrameReading,
+    clip_findings, frame_findings, read_frame,
 };
 pub use lus_io::write_atomic;
 pub use objects::{ObjectConfig, ObjectCounts, object_counts};

@@ -197,6 +197,26 @@ pub fn frame_findings(
     classes: &FindingClasses,
     rules: &FindingRules,
 ) -> Result<FrameFindings> {
+    read_frame(mask, field_of_view, width, height, classes, rules).map(|r| r.findings)
+}
+
+/// A map's findings and the B-line rule's verdict on each of its `b-line` components (the
+/// overlays draw counted and rejected ones apart).
+#[derive(Debug, Clone)]
+pub struct FrameReading {
+    pub findings: FrameFindings,
+    pub b_lines: BLineVerdicts,
+}
+
+/// [`frame_findings`] with the B-line verdicts it reached them by.
+pub fn read_frame(
+    mask: &[u8],
+    field_of_view: Option<&[bool]>,
+    width: usize,
+    height: usize,
+    classes: &FindingClasses,
+    rules: &FindingRules,
+) -> Result<FrameReading> {
     rules.validate()?;
     check_map(mask, field_of_view, width, height)?;
     let at = |x: usize, y: usize| mask[y * width + x];
@@ -206,7 +226,7 @@ pub fn frame_findings(
     let fov_columns = view.fov_bottom.iter().filter(|b| b.is_some()).count();
     let field_of_view_px = view.field_of_view_px;
     let pleura_rows = &view.pleura_rows;
-    let verdicts = b_line_verdicts_with(mask, width, height, classes, rules, &view)?;
+    let verdicts = b_line_verdicts(mask, width, height, classes, rules, &view)?;
     let b_lines = verdicts.counted.iter().filter(|&&c| c).count() as u32;
     let b_line_rejects = verdicts.counted.len() as u32 - b_lines;
     let mut under_b_lines = vec![false; width];
@@ -294,7 +314,7 @@ pub fn frame_findings(
         }
         _ => 0.0,
     };
-    Ok(FrameFindings {
+    let findings = FrameFindings {
         b_lines,
         b_line_rejects,
         b_line_coverage,
@@ -306,6 +326,10 @@ pub fn frame_findings(
         consolidation_area: area_share(classes.consolidation),
         effusion_area: area_share(classes.effusion),
         field_of_view_px,
+    };
+    Ok(FrameReading {
+        findings,
+        b_lines: verdicts,
     })
 }
 
@@ -359,22 +383,6 @@ pub struct BLineVerdicts {
     pub counted: Vec<bool>,
 }
 
-/// Which `b-line` components of a `width x height` map count as B-lines (the overlays show
-/// counted and rejected ones apart).
-pub fn b_line_verdicts(
-    mask: &[u8],
-    field_of_view: Option<&[bool]>,
-    width: usize,
-    height: usize,
-    classes: &FindingClasses,
-    rules: &FindingRules,
-) -> Result<BLineVerdicts> {
-    rules.validate()?;
-    check_map(mask, field_of_view, width, height)?;
-    let view = ColumnView::of(mask, field_of_view, width, height, classes);
-    b_line_verdicts_with(mask, width, height, classes, rules, &view)
-}
-
 fn check_map(
     mask: &[u8],
     field_of_view: Option<&[bool]>,
@@ -397,7 +405,7 @@ fn check_map(
     Ok(())
 }
 
-fn b_line_verdicts_with(
+fn b_line_verdicts(
     mask: &[u8],
     width: usize,
     height: usize,
