@@ -116,11 +116,13 @@ pub struct ScannerConfig {
     /// point-spread are band-limited at the network's size, while a frame rendered at 64 px
     /// has speckle at the pixel scale. 1 (the default) renders at `size` directly, as before;
     /// at most 4.
+    #[serde(skip_serializing_if = "is_one")]
     pub render_scale: u32,
     /// Share of frames that carry screen overlays (text, depth-scale ticks, focal-zone and
     /// orientation marks), drawn after rendering and never labelled (an overlay is not tissue,
     /// a column of ticks not a B-line). From a random stream of its own: turning it on changes
     /// nothing else of a sample. 0 (the default): none.
+    #[serde(skip_serializing_if = "is_zero")]
     pub overlays: f32,
     /// The range the pleural line's depth is drawn from, as shares of the imaging depth, for
     /// both probes (e.g. `[0.1, 0.5]`: anywhere in the top half, as on real frames, where the
@@ -135,8 +137,14 @@ pub struct ScannerConfig {
     pub near_field_haze: f32,
 }
 
+// The realism options are written out only when set, so the resolved configs (and reports)
+// of runs that do not use them read as before the options existed.
 fn is_zero(v: &f32) -> bool {
     *v == 0.0
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
 }
 
 impl Default for ScannerConfig {
