@@ -155,12 +155,31 @@ impl Annotation {
     /// coordinate and stroke width multiplied by `factor` (pixel corners at integer
     /// coordinates, so the image's edges map onto the resized image's edges).
     pub fn scaled(&self, factor: f32, width: u32, height: u32) -> Annotation {
-        let scale = |points: &[Point]| -> Vec<Point> {
-            points
-                .iter()
-                .map(|p| [p[0] * factor, p[1] * factor])
-                .collect()
-        };
+        self.mapped(|p| [p[0] * factor, p[1] * factor], factor, width, height)
+    }
+
+    /// The annotation of the same image shrunk (or grown) by `factor` and placed with its
+    /// top-left corner at `offset` in an image of `width x height` pixels (a letter-boxed
+    /// frame): every point `p` becomes `p * factor + offset`, stroke widths `* factor`.
+    pub fn placed(&self, factor: f32, offset: Point, width: u32, height: u32) -> Annotation {
+        self.mapped(
+            |p| [p[0] * factor + offset[0], p[1] * factor + offset[1]],
+            factor,
+            width,
+            height,
+        )
+    }
+
+    /// Every point through `map`, stroke widths times `width_factor`, the image size set.
+    fn mapped(
+        &self,
+        map: impl Fn(&Point) -> Point,
+        width_factor: f32,
+        width: u32,
+        height: u32,
+    ) -> Annotation {
+        let factor = width_factor;
+        let scale = |points: &[Point]| -> Vec<Point> { points.iter().map(&map).collect() };
         Annotation {
             width,
             height,

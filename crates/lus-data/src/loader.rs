@@ -80,6 +80,55 @@ impl SegmentationSource for InMemorySource {
     }
 }
 
+/// Several sources one after the other: example `i` of the whole is example `i - offset` of
+/// the part it falls in (a self-training set: pseudo-labelled real frames, then scanner frames).
+pub struct ConcatSource(pub Vec<Arc<dyn SegmentationSource>>);
+
+impl SegmentationSource for ConcatSource {
+    fn len(&self) -> usize {
+        self.0.iter().map(|part| part.len()).sum()
+    }
+
+    fn load(&self, index: usize) -> Result<(GrayImage, Mask)> {
+        let mut local = index;
+        for part in &self.0 {
+            if local < part.len() {
+                return part.load(local);
+            }
+            local -= part.len();
+        }
+        Err(DataError::config(
+            "example index",
+            format!("{index} is out of range for {} examples", self.len()),
+        ))
+    }
+}
+
+/// The examples `indices` of another source, in that order.
+pub struct SubsetSource {
+    pub inner: Arc<dyn SegmentationSource>,
+    pub indices: Vec<usize>,
+}
+
+impl SegmentationSource for SubsetSource {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn load(&self, index: usize) -> Result<(GrayImage, Mask)> {
+        let &inner = self.indices.get(index).ok_or_else(|| {
+            DataError::config(
+                "example index",
+                format!(
+                    "{index} is out of range for a subset of {} examples",
+                    self.indices.len()
+                ),
+            )
+        })?;
+        self.inner.load(inner)
+    }
+}
+
 /// Image and mask files, read on demand (an epoch never holds more than the batches in flight).
 pub struct FileSource {
     pairs: Vec<(PathBuf, PathBuf)>,

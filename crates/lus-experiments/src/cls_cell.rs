@@ -7,6 +7,7 @@
 //! | file | |
 //! |---|---|
 //! | `config.resolved.toml` | the experiment reduced to this cell (one arm, its pretraining arm written out, one seed, `grid.fold` set) |
+//! | `adapt/` | for an arm with `real_unlabelled`: the U-Net adapted to this cell's training frames (see [`crate::adapt`]) |
 //! | `split.csv` | every example of the diagnostic pool with its clip, fold group (patient, else clip), probe, label and role (train / val / test) |
 //! | `best.safetensors`, `last/`, `metrics.{csv,parquet}` | the trainer's |
 //! | `test/predictions.csv` | per test example: index, id, clip, fold group, probe, truth, predicted, probability of each class |
@@ -23,9 +24,10 @@ use lus_metrics::{MetricsTable, Row};
 use lus_train::trainer::{BEST_CHECKPOINT, EpochRecord, Resume};
 use lus_train::{Backbone, ClassificationTask, device_name, train_classifier};
 
+use crate::adapt::{ADAPT_DIR, adapt_backbone, adaptation_frames};
 use crate::cell::{CellStart, Runner};
 use crate::config::{ArmConfig, DatasetConfig, EvaluationConfig, ExperimentConfig};
-use crate::dataset::ClassifyPool;
+use crate::dataset::{ClassifyPool, Dataset};
 use crate::predictions::{TestPrediction, write_predictions};
 use crate::provenance::write_run_manifest;
 use lus_data::splits::stratified_group_kfold;
@@ -68,6 +70,8 @@ pub fn cls_cell_config(
     cell.dataset.sparse_width = DatasetConfig::default().sparse_width;
     cell.evaluation = EvaluationConfig::default();
     cell.grid.arms = vec![arm.clone()];
+    // Which arms the report compares is no business of a cell.
+    cell.grid.comparisons.clear();
     cell.grid.seeds = vec![seed];
     cell.grid.fold = Some(fold);
     cell.resolve_defaults();
@@ -110,6 +114,7 @@ pub fn run_cls_cell(
     pool: &ClassifyPool,
     folds: &[usize],
     backbone: Option<&Path>,
+    data: &Dataset,
     dir: &Path,
     runner: &Runner<'_>,
 ) -> anyhow::Result<()> {
@@ -129,7 +134,7 @@ pub fn run_cls_cell(
     let Some(CellStart { clock }) = crate::cell::start(
         dir,
         cell,
-        &[TEST_DIR],
+        &[TEST_DIR, ADAPT_DIR],
         runner,
         "train-cls",
         *seed,
@@ -159,7 +164,22 @@ pub fn run_cls_cell(
     };
     let names = pool.class_names.clone();
     let label = format!("{}/seed {seed}/fold {fold}", arm.name);
-    let backbone_spec = match backbone {
+    // An arm with `real_unlabelled` starts from its pretrained U-Net adapted to this cell's
+    // training frames.
+    let adapted = match (&arm.real_unlabelled, backbone) {
+        (Some(settings), Some(teacher)) => Some(adapt_backbone(
+            cell,
+            settings,
+            pool,
+            &adaptation_frames(&train),
+            data,
+            teacher,
+            dir,
+            runner,
+        )?),
+        _ => None,
+    };
+    let backbone_spec = match adapted.as_deref().or(backbone) {
         Some(path) => Backbone::Pretrained(path),
         None => Backbone::Fresh,
     };

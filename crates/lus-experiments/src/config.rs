@@ -17,6 +17,7 @@ use lus_data::{LabelRecipe, LabelSchema, StrokeWidth};
 use lus_metrics::ObjectConfig;
 use lus_metrics::components::Connectivity;
 use lus_scanner::ScannerConfig;
+use lus_train::self_training::PseudoLabelConfig;
 use lus_train::{ClsRunConfig, SegRunConfig};
 use serde::{Deserialize, Serialize};
 
@@ -285,6 +286,11 @@ pub const NO_PRETRAINING: &str = "none";
 /// placement or freezing, say). In TOML either a name (`"dense"`: the arm pretrained by the
 /// pretraining arm of that name, with the shared classifier; `"none"`) or a table
 /// `{ name = "dense-frozen", pretrain = "dense", classifier = { freeze = "encoder" } }`.
+///
+/// With `real_unlabelled = { ... }` the arm's U-Net is first adapted to the diagnostic task's
+/// real frames by self-training (see [`RealUnlabelled`] and [`crate::adapt`]), in each
+/// classification cell on that cell's training frames only, then becomes the classifier: the
+/// ablation "scanner only" vs "scanner + real adaptation" is two arms on one pretraining.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(try_from = "ArmSpec")]
 pub struct ArmConfig {
@@ -294,6 +300,76 @@ pub struct ArmConfig {
     /// Keys of `[classify.classifier]` this arm overrides.
     #[serde(skip_serializing_if = "toml::Table::is_empty", default)]
     pub classifier: toml::Table,
+    /// Self-training on the cell's unlabelled real training frames before classification.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub real_unlabelled: Option<RealUnlabelled>,
+}
+
+/// Self-training of a pretrained U-Net on unlabelled real frames (class-balanced
+/// pseudo-labels of the pretrained U-Net as teacher; see [`lus_train::self_training`]). The
+/// adaptation set of a classification cell is its **training** frames: never its test fold,
+/// nor the validation part that picks its epoch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealUnlabelled {
+    /// Epochs of the student over its training set (the pseudo-labelled real frames and the
+    /// scanner frames mixed in).
+    pub epochs: usize,
+    /// The student's learning rate as a share of the pretraining's (constant: the pretraining
+    /// schedule's warm-up and decay are for training from scratch).
+    pub lr_factor: f64,
+    /// Class-balanced pseudo-labels: the share of each class's predicted pixels kept, the most
+    /// confident first, in `(0, 1]`.
+    pub portion: f32,
+    /// The cap of the per-class confidence thresholds, in `(0, 1]`.
+    pub max_threshold: f32,
+    /// Labelled scanner training frames (under the pretraining arm's recipe) mixed in per real
+    /// frame, so that the student keeps what the exact labels taught it; 0: real frames only.
+    pub scanner_per_real: f32,
+}
+
+impl Default for RealUnlabelled {
+    fn default() -> Self {
+        RealUnlabelled {
+            epochs: 4,
+            lr_factor: 0.2,
+            portion: PseudoLabelConfig::default().portion,
+            max_threshold: PseudoLabelConfig::default().max_threshold,
+            scanner_per_real: 1.0,
+        }
+    }
+}
+
+impl RealUnlabelled {
+    /// Every value in range; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.epochs == 0 {
+            bail!("real_unlabelled.epochs must be at least 1");
+        }
+        if !(self.lr_factor.is_finite() && self.lr_factor > 0.0) {
+            bail!(
+                "real_unlabelled.lr_factor must be a positive number, got {}",
+                self.lr_factor
+            );
+        }
+        if !(self.scanner_per_real.is_finite() && (0.0..=100.0).contains(&self.scanner_per_real)) {
+            bail!(
+                "real_unlabelled.scanner_per_real must be in [0, 100], got {}",
+                self.scanner_per_real
+            );
+        }
+        self.pseudo_label_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("real_unlabelled: {e}"))
+    }
+
+    /// The pseudo-labelling settings.
+    pub fn pseudo_label_config(&self) -> PseudoLabelConfig {
+        PseudoLabelConfig {
+            portion: self.portion,
+            max_threshold: self.max_threshold,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -305,6 +381,8 @@ enum ArmSpec {
         pretrain: String,
         #[serde(default)]
         classifier: toml::Table,
+        #[serde(default)]
+        real_unlabelled: Option<RealUnlabelled>,
     },
 }
 
@@ -318,10 +396,12 @@ impl TryFrom<ArmSpec> for ArmConfig {
                 name,
                 pretrain,
                 classifier,
+                real_unlabelled,
             } => ArmConfig {
                 name,
                 pretrain,
                 classifier,
+                real_unlabelled,
             },
         })
     }
@@ -334,6 +414,7 @@ impl ArmConfig {
             name: name.into(),
             pretrain: name.into(),
             classifier: toml::Table::new(),
+            real_unlabelled: None,
         }
     }
 
@@ -381,6 +462,11 @@ pub struct GridConfig {
     /// In the resolved config of a classification cell: its fold. Not set in experiment files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fold: Option<usize>,
+    /// The planned comparisons of classifier arms, as `[first, second]` pairs: the report tests
+    /// these (first minus second) and Holm-adjusts over them alone, so adding an arm for
+    /// another question does not weaken the tests of this one. Empty (the default): every pair.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<[String; 2]>,
 }
 
 impl Default for GridConfig {
@@ -396,6 +482,7 @@ impl Default for GridConfig {
             inner_folds: 5,
             fold_seed: FoldSeed::PerSeed,
             fold: None,
+            comparisons: Vec::new(),
         }
     }
 }
@@ -536,6 +623,25 @@ impl ExperimentConfig {
                         .join(", ")
                 );
             }
+            if let Some(adaptation) = &arm.real_unlabelled {
+                let context = || format!("grid.arms: arm {}", arm.name);
+                adaptation.validate().with_context(context)?;
+                if arm.pretrain_arm().is_none() {
+                    bail!(
+                        "grid.arms: arm {} sets real_unlabelled but starts from no pretraining: \
+                         self-training needs a pretrained U-Net as its teacher",
+                        arm.name
+                    );
+                }
+                if self.dataset.classify_from != ClassifyFrom::Pocus {
+                    bail!(
+                        "grid.arms: arm {} sets real_unlabelled, which adapts the U-Net to real \
+                         frames, but the diagnostic task is not on real frames (set \
+                         dataset.classify_from = \"pocus\")",
+                        arm.name
+                    );
+                }
+            }
             if let Some(classify) = &self.classify {
                 self.arm_classifier(arm, classify)
                     .with_context(|| format!("grid.arms: arm {}", arm.name))?;
@@ -544,6 +650,32 @@ impl ExperimentConfig {
                     "grid.arms: arm {} sets classifier keys but there is no [classify]",
                     arm.name
                 );
+            }
+        }
+        for (i, [a, b]) in self.grid.comparisons.iter().enumerate() {
+            for name in [a, b] {
+                if !self.grid.arms.iter().any(|arm| &arm.name == name) {
+                    bail!(
+                        "grid.comparisons: {name:?} is not a classifier arm ({}); compare pairs of \
+                         these arms, or set grid.comparisons = [] to compare every pair (after \
+                         narrowing grid.arms with --set, say)",
+                        self.grid
+                            .arms
+                            .iter()
+                            .map(|arm| arm.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            if a == b {
+                bail!("grid.comparisons: [{a:?}, {b:?}] compares an arm with itself");
+            }
+            if self.grid.comparisons[..i]
+                .iter()
+                .any(|[c, d]| (c == a && d == b) || (c == b && d == a))
+            {
+                bail!("grid.comparisons: {a} and {b} are compared twice");
             }
         }
         if self.classify.is_some() && self.grid.arms.is_empty() {
@@ -1061,6 +1193,37 @@ mod tests {
                  [grid]\narms = [{ name = \"c\", pretrain = \"b\" }]\n",
                 "neither a pretraining arm",
             ),
+            (
+                "[classify.train]\nepochs = 1\n[dataset]\nclassify_from = \"pocus\"\n[grid]\n\
+                 arms = [\"dense\", { name = \"n\", pretrain = \"none\", real_unlabelled = {} }]\n",
+                "starts from no pretraining",
+            ),
+            (
+                "[grid]\ncomparisons = [[\"dense\", \"sprase\"]]\n",
+                "\"sprase\" is not a classifier arm",
+            ),
+            ("[grid]\ncomparisons = [[\"dense\", \"dense\"]]\n", "itself"),
+            (
+                "[grid]\ncomparisons = [[\"dense\", \"none\"], [\"none\", \"dense\"]]\n",
+                "compared twice",
+            ),
+            (
+                "[classify.train]\nepochs = 1\n[grid]\n\
+                 arms = [\"dense\", { name = \"d\", pretrain = \"dense\", real_unlabelled = {} }]\n",
+                "classify_from",
+            ),
+            (
+                "[classify.train]\nepochs = 1\n[dataset]\nclassify_from = \"pocus\"\n[grid]\n\
+                 arms = [\"dense\", { name = \"d\", pretrain = \"dense\", \
+                 real_unlabelled = { portion = 1.5 } }]\n",
+                "portion",
+            ),
+            (
+                "[classify.train]\nepochs = 1\n[dataset]\nclassify_from = \"pocus\"\n[grid]\n\
+                 arms = [\"dense\", { name = \"d\", pretrain = \"dense\", \
+                 real_unlabelled = { epochs = 0 } }]\n",
+                "real_unlabelled.epochs",
+            ),
         ] {
             let err = ExperimentConfig::from_toml_str(text, &[]).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
@@ -1228,6 +1391,16 @@ mod committed_experiments {
             "found {checked} experiment files in {}",
             dir.display()
         );
+        // Scanner settings files (`lus domain-gap --scanner`, `[dataset.scanner]` tables).
+        for entry in std::fs::read_dir(dir.join("scanner")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config: ScannerConfig =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
     }
 
     /// A class index is the same diagnosis whichever source the pool comes from.

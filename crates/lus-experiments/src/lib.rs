@@ -3,6 +3,7 @@
 //! the modules are public so that fuzz targets and benches can reach the readers (the
 //! experiment config above all) without going through a process.
 
+pub mod adapt;
 pub mod bench;
 pub mod cell;
 pub mod cell_input;

@@ -144,6 +144,28 @@ fn arms_with_cells<'a>(experiment: &'a ExperimentConfig, cells: &[ClsCellResult]
         .collect()
 }
 
+/// The pairs of arms (among `arms`, those with cells) the report compares: the planned
+/// `grid.comparisons`, else every pair in arm order.
+fn compared_pairs<'a>(
+    experiment: &'a ExperimentConfig,
+    arms: &[&'a str],
+) -> Vec<(&'a str, &'a str)> {
+    if experiment.grid.comparisons.is_empty() {
+        arms.iter()
+            .enumerate()
+            .flat_map(|(i, &a)| arms[i + 1..].iter().map(move |&b| (a, b)))
+            .collect()
+    } else {
+        experiment
+            .grid
+            .comparisons
+            .iter()
+            .map(|[a, b]| (a.as_str(), b.as_str()))
+            .filter(|(a, b)| arms.contains(a) && arms.contains(b))
+            .collect()
+    }
+}
+
 /// `n_test / n_train` of a cell of k-fold cross-validation: `1 / (k − 1)` (the training side
 /// of a cell is everything outside its test fold, its validation part included).
 fn test_train_ratio(experiment: &ExperimentConfig) -> f64 {
@@ -160,28 +182,25 @@ pub fn summarize_arms(
 ) -> anyhow::Result<ClsSummary> {
     let arms = arms_with_cells(experiment, cells);
     let mut inputs = Vec::new();
-    for (i, a) in arms.iter().enumerate() {
-        for b in &arms[i + 1..] {
-            for metric in COMPARED_METRICS {
-                let cv_cells = cells_of(cells, a)
-                    .filter_map(|ca| {
-                        let cb =
-                            cells_of(cells, b).find(|c| c.seed == ca.seed && c.fold == ca.fold)?;
-                        Some(CvCell {
-                            repetition: ca.seed,
-                            fold: ca.fold,
-                            x: finite(ca.metric(metric)),
-                            y: finite(cb.metric(metric)),
-                        })
+    for (a, b) in compared_pairs(experiment, &arms) {
+        for metric in COMPARED_METRICS {
+            let cv_cells = cells_of(cells, a)
+                .filter_map(|ca| {
+                    let cb = cells_of(cells, b).find(|c| c.seed == ca.seed && c.fold == ca.fold)?;
+                    Some(CvCell {
+                        repetition: ca.seed,
+                        fold: ca.fold,
+                        x: finite(ca.metric(metric)),
+                        y: finite(cb.metric(metric)),
                     })
-                    .collect();
-                inputs.push(ComparisonInput {
-                    first: a.to_string(),
-                    second: b.to_string(),
-                    metric: metric.to_string(),
-                    cells: cv_cells,
-                });
-            }
+                })
+                .collect();
+            inputs.push(ComparisonInput {
+                first: a.to_string(),
+                second: b.to_string(),
+                metric: metric.to_string(),
+                cells: cv_cells,
+            });
         }
     }
     let spreads = arms
@@ -256,9 +275,20 @@ fn intro(experiment: &ExperimentConfig, cells: &[ClsCellResult]) -> String {
             format!(
                 "**{}** ({}{})",
                 a.name,
-                match a.pretrain_arm() {
-                    Some(p) => format!("the U-Net of pretraining arm {p}"),
-                    None => "a freshly initialised U-Net".to_string(),
+                match (a.pretrain_arm(), &a.real_unlabelled) {
+                    (Some(p), Some(st)) => format!(
+                        "the U-Net of pretraining arm {p}, self-trained on each cell's unlabelled \
+                         real training frames: {} epochs at {} x its learning rate, class-balanced \
+                         pseudo-labels keeping the most confident {:.0} % of each class's pixels \
+                         (thresholds capped at {}), {} labelled scanner frame(s) per real frame",
+                        st.epochs,
+                        st.lr_factor,
+                        100.0 * st.portion,
+                        st.max_threshold,
+                        st.scanner_per_real
+                    ),
+                    (Some(p), None) => format!("the U-Net of pretraining arm {p}"),
+                    (None, _) => "a freshly initialised U-Net".to_string(),
                 },
                 if a.classifier.is_empty() {
                     String::new()
@@ -379,10 +409,18 @@ fn comparisons_table(experiment: &ExperimentConfig, summary: &ClsSummary) -> Str
          training side of a cell is everything outside its test fold, its validation part \
          included); t = mean / sqrt((1/n + 1/{}) · var), df = n − 1, two-sided. 95% CI = mean \
          ± t(0.975, df) · sqrt((1/n + 1/{}) · var). Holm-adjusted p: Holm-Bonferroni over the \
-         {family} tested comparisons of this table (every pair of arms on {}).{}\n",
+         {family} tested comparisons of this table ({} on {}).{}\n",
         k - 1,
         k - 1,
         k - 1,
+        if experiment.grid.comparisons.is_empty() {
+            "every pair of arms".to_string()
+        } else {
+            format!(
+                "the {} planned comparisons of `grid.comparisons`, no other pair",
+                experiment.grid.comparisons.len()
+            )
+        },
         COMPARED_METRICS.join(", "),
         match experiment.grid.fold_seed {
             FoldSeed::PerSeed => "",
@@ -875,4 +913,42 @@ fn levels_section(
     }
     let _ = writeln!(md);
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_comparisons_replace_every_pair() {
+        let text =
+            "[classify.train]\nepochs = 1\n[grid]\narms = [\"dense\", \"sparse\", \"none\"]\n";
+        let all = ExperimentConfig::from_toml_str(text, &[]).unwrap();
+        assert_eq!(
+            compared_pairs(&all, &["dense", "sparse", "none"]),
+            [("dense", "sparse"), ("dense", "none"), ("sparse", "none")]
+        );
+        let planned = ExperimentConfig::from_toml_str(
+            text,
+            &["grid.comparisons=[[\"none\", \"dense\"], [\"sparse\", \"dense\"]]".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            compared_pairs(&planned, &["dense", "sparse", "none"]),
+            [("none", "dense"), ("sparse", "dense")]
+        );
+        // An arm without finished cells drops out of the comparisons it is in.
+        assert_eq!(
+            compared_pairs(&planned, &["dense", "none"]),
+            [("none", "dense")]
+        );
+        // Cells do not carry the comparisons: adding them changes no cell.
+        let arm = &planned.grid.arms[0];
+        let cell = crate::cls_cell::cls_cell_config(&planned, arm, None, 0, 0);
+        assert!(cell.grid.comparisons.is_empty());
+        assert_eq!(
+            cell,
+            crate::cls_cell::cls_cell_config(&all, arm, None, 0, 0)
+        );
+    }
 }

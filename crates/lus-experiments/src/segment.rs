@@ -861,8 +861,10 @@ mod tests {
         let (mut checked, mut with_b_lines, mut mismatches) = (0, 0, Vec::new());
         // (output side, render scale, samples): rendered at the size, and rendered at three
         // times it and shrunk (the labels scaled with the image).
-        // The last: the realism options on (pleura anywhere in the top half, screen overlays,
-        // whose bright ticks and text must not count).
+        // The last: every realism option on (pleura anywhere in the top half; screen overlays,
+        // whose bright ticks and text must not count; Z-lines and comet tails, which are not
+        // B-lines; letter-boxed frames; compression, whose ringing outside the field of view
+        // must not stretch it).
         for (size, render_scale, n, realistic) in [
             (64u32, 1u32, 80u64, false),
             (256, 1, 24, false),
@@ -875,6 +877,13 @@ mod tests {
                     render_scale,
                     overlays: if realistic { 1.0 } else { 0.0 },
                     pleura_depth: realistic.then_some([0.1, 0.5]),
+                    z_lines: if realistic { 1.0 } else { 0.0 },
+                    near_field_haze: if realistic { 0.5 } else { 0.0 },
+                    display_variety: if realistic { 1.0 } else { 0.0 },
+                    compression: if realistic { 0.8 } else { 0.0 },
+                    focal_zone: if realistic { 0.7 } else { 0.0 },
+                    letterbox: if realistic { 0.5 } else { 0.0 },
+                    convex_opening_deg: realistic.then_some([60.0, 100.0]),
                     convex_fraction: 0.5,
                     // COVID-19-heavy: most frames show B-lines, many several or confluent.
                     diagnosis_weights: [1.0, 3.0, 1.0],

@@ -150,6 +150,7 @@ pub fn run(args: RunArgs, stop: &StopRequest) -> anyhow::Result<()> {
                 &pool,
                 folds,
                 backbone.as_deref(),
+                &data,
                 &cell.dir,
                 &runner,
             )

@@ -318,7 +318,7 @@ head_channels = 4
 [classify.data]
 size = 16
 [grid]
-arms = ["dense", "none"]
+arms = ["dense", "none", {{ name = "dense-st", pretrain = "dense", real_unlabelled = {{ epochs = 1 }} }}]
 seeds = [0]
 folds = 3
 inner_folds = 3
@@ -379,6 +379,62 @@ inner_folds = 3
         let previous = role_of_clip.insert(clip.clone(), role.clone());
         assert!(previous.is_none_or(|p| p == role), "clip {clip} split");
     }
+
+    // The adapted arm: each cell adapted to exactly its training frames, never to a clip of
+    // its test fold or validation part; the adapted U-Net segments with `lus segment`.
+    for fold in 0..3 {
+        let cell = dir
+            .path()
+            .join(format!("runs/tiny/classify/dense-st-seed0-fold{fold}"));
+        let split = fs::read_to_string(cell.join("split.csv")).unwrap();
+        let mut train_ids = BTreeSet::new();
+        let mut held_out_clips = BTreeSet::new();
+        for line in split.lines().skip(1) {
+            let cells: Vec<&str> = line.split(',').collect();
+            if cells[6] == "train" {
+                train_ids.insert(cells[1].to_string());
+            } else {
+                held_out_clips.insert(cells[2].to_string());
+            }
+        }
+        let frames = fs::read_to_string(cell.join("adapt/frames.csv")).unwrap();
+        let adapted: BTreeSet<String> = frames
+            .lines()
+            .skip(1)
+            .map(|line| {
+                let cells: Vec<&str> = line.split(',').collect();
+                assert!(
+                    !held_out_clips.contains(cells[2]),
+                    "fold {fold}: adapted to held-out clip {}",
+                    cells[2]
+                );
+                cells[1].to_string()
+            })
+            .collect();
+        assert_eq!(adapted, train_ids, "fold {fold}");
+        let pseudo = fs::read_to_string(cell.join("adapt/pseudo_labels.csv")).unwrap();
+        assert_eq!(pseudo.lines().count(), 1 + 9, "{pseudo}");
+        assert!(cell.join("adapt/adapted.safetensors").is_file());
+    }
+    let adapted = dir
+        .path()
+        .join("runs/tiny/classify/dense-st-seed0-fold0/adapt/adapted.safetensors");
+    let frame = root.join("frames").join(
+        read_frame_rows(&root.join("frames/manifest.csv")).unwrap()[0]
+            .path
+            .clone(),
+    );
+    let out = lus(&[
+        "segment",
+        "--weights",
+        adapted.to_str().unwrap(),
+        "--input",
+        frame.to_str().unwrap(),
+        "--out",
+        dir.path().join("seg-adapted").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // `lus predict` with that cell's weights: a clip and a still frame.
     let weights = dir

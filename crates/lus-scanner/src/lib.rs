@@ -27,6 +27,17 @@
 //!   constant in pixels, incoherent compounding, net attenuation, log compression, then scan
 //!   conversion; outside the field of view every pixel is exactly 0.
 //!
+//! # Opt-in realism (all off by default; `experiments/scanner/realistic.toml` turns all on)
+//! Measured against real frames by `lus domain-gap`, each keeping the labels exact and, left
+//! off, the output bit-identical: `render_scale` (render larger, shrink like a real frame),
+//! `pleura_depth` and `convex_opening_deg` (wider ranges of the scan's geometry, one draw
+//! either way), and, on random streams of their own so that nothing else of a sample changes,
+//! `overlays` (burned-in text and marks), `near_field_haze`, `z_lines` (Z-lines and comet tails:
+//! B-line look-alikes that fade, beside the B-lines, never labelled), `focal_zone` (lateral
+//! resolution varying with depth), `display_variety` (per-frame dynamic range and gamma),
+//! `letterbox` (the frame and its labels shrunk into a black square) and `compression` (8 x 8
+//! block DCT quantisation, last, as the exported clip's codec).
+//!
 //! The annotation uses the default schema's canonical names: `chest-wall` and `lung` tile the
 //! field of view, `rib` (cortex and shadow), `pleural-line`, `a-line` and `b-line` bands (one
 //! per visible segment), `consolidation` and `effusion` polygons. [`Findings`] agree with it:
@@ -54,6 +65,7 @@
 //! `b-line` shape. An effusion in pneumonia lies under the consolidation in 65% of cases when
 //! there is one, otherwise it is a lens beside it.
 
+mod display;
 pub mod error;
 mod geometry;
 mod noise;
@@ -80,6 +92,14 @@ use scene::{Plan, Scene};
 /// Smallest and largest supported image side.
 pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 512;
+/// Mixed into the scanner seed for the stream of the letter-boxing.
+const LETTERBOX_STREAM_SALT: u64 = 0x0fe7_1a75_c0de_0007;
+/// Mixed into the scanner seed for the stream of the focal depth.
+const FOCUS_STREAM_SALT: u64 = 0x0fe7_1a75_c0de_0006;
+/// Mixed into the scanner seed for the stream of the B-line look-alikes.
+const LOOK_ALIKE_STREAM_SALT: u64 = 0x0fe7_1a75_c0de_0003;
+/// A convex probe's sector opening (degrees) unless `convex_opening_deg` says otherwise.
+const DEFAULT_CONVEX_OPENING_DEG: [f32; 2] = [60.0, 75.0];
 /// Largest [`ScannerConfig::render_scale`].
 pub const MAX_RENDER_SCALE: u32 = 4;
 
@@ -135,6 +155,41 @@ pub struct ScannerConfig {
     /// random stream of its own). 0 (the default): none.
     #[serde(skip_serializing_if = "is_zero")]
     pub near_field_haze: f32,
+    /// Share of frames with B-line look-alikes: one to three Z-lines or comet tails, narrow
+    /// vertical artefacts from the pleura that fade with depth, drawn beside (never on) the
+    /// B-lines and never labelled: a look-alike is not a B-line, and a segmenter should learn
+    /// the difference. From a random stream of their own. 0 (the default): none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub z_lines: f32,
+    /// Variety in `[0, 1]` of the display mapping: per frame, another dynamic range and gamma
+    /// (each a factor up to `exp(±0.35 variety)`) inside the field of view, as presets and
+    /// users set them (image only, own random stream). 0 (the default): the one mapping.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub display_variety: f32,
+    /// Share of frames compressed like an exported clip (8 x 8 block DCT quantised with the
+    /// JPEG luminance table at a quality drawn from 15..70: blocking, ringing, lost speckle;
+    /// image only, own random stream; the ringing leaves faint noise outside the field of
+    /// view, which is then no longer exactly black). 0 (the default): none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub compression: f32,
+    /// The range of a convex probe's sector opening in degrees, `[low, high]` within 40..=110
+    /// (real curvilinear probes open 60-100 degrees; the sector is clipped by the image where
+    /// it is wider). Left out: 60-75, drawn the same way (one draw either way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convex_opening_deg: Option<[f32; 2]>,
+    /// Strength in `[0, 1]` of a transmit focus: the lateral point-spread is narrowest at a
+    /// focal depth drawn per frame from 20-60 % of the imaging depth (0.7 x at full strength)
+    /// and widens away from it (about 1.3 x half an image away), as a real probe's beam does;
+    /// image only, own random stream. 0 (the default): the same width at every depth.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub focal_zone: f32,
+    /// Share of frames letter-boxed: the frame (labels with it) shrunk to 60-90 % of the side
+    /// and placed in a black square, centred across and anywhere along the depth, as a
+    /// non-square export padded to a square is (`lus ingest-pocus` pads real clips the same
+    /// way); screen overlays stay in the corners of the whole image. Own random stream. 0 (the
+    /// default): every frame fills the image.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub letterbox: f32,
 }
 
 // The realism options are written out only when set, so the resolved configs (and reports)
@@ -164,6 +219,12 @@ impl Default for ScannerConfig {
             overlays: 0.0,
             pleura_depth: None,
             near_field_haze: 0.0,
+            z_lines: 0.0,
+            display_variety: 0.0,
+            compression: 0.0,
+            convex_opening_deg: None,
+            focal_zone: 0.0,
+            letterbox: 0.0,
         }
     }
 }
@@ -210,6 +271,19 @@ impl ScannerConfig {
         ranged("gain_jitter_db", self.gain_jitter_db, 0.0, 20.0, false)?;
         ranged("overlays", self.overlays, 0.0, 1.0, false)?;
         ranged("near_field_haze", self.near_field_haze, 0.0, 1.0, false)?;
+        ranged("z_lines", self.z_lines, 0.0, 1.0, false)?;
+        ranged("display_variety", self.display_variety, 0.0, 1.0, false)?;
+        ranged("compression", self.compression, 0.0, 1.0, false)?;
+        ranged("focal_zone", self.focal_zone, 0.0, 1.0, false)?;
+        ranged("letterbox", self.letterbox, 0.0, 1.0, false)?;
+        if let Some([lo, hi]) = self.convex_opening_deg
+            && !(lo.is_finite() && hi.is_finite() && 40.0 <= lo && lo <= hi && hi <= 110.0)
+        {
+            return bad(
+                "convex_opening_deg",
+                format!("must be [low, high] with 40 <= low <= high <= 110, got [{lo}, {hi}]"),
+            );
+        }
         if let Some([lo, hi]) = self.pleura_depth
             && !(lo.is_finite() && hi.is_finite() && 0.05 <= lo && lo <= hi && hi <= 0.6)
         {
@@ -307,8 +381,20 @@ pub struct Sample {
     pub diagnosis: Diagnosis,
     pub probe: Probe,
     pub findings: Findings,
-    /// Where the field of view lies (maps probe coordinates to pixels).
+    /// Where the field of view lies (maps probe coordinates to pixels) in the frame as drawn,
+    /// before any letter-boxing (see `placement`).
     pub geometry: ScanGeometry,
+    /// For a letter-boxed frame (`ScannerConfig::letterbox`): how the drawn frame was shrunk
+    /// and placed in the image; `None` when it fills the image.
+    pub placement: Option<Placement>,
+}
+
+/// A frame shrunk by `scale` with its top-left corner at `offset`: pixel `p` of the drawn frame
+/// (of `geometry`) is at `p * scale + offset` in the image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub scale: f32,
+    pub offset: [f32; 2],
 }
 
 /// The scanner: a validated configuration and a seed.
@@ -345,13 +431,23 @@ impl Scanner {
             Probe::Linear
         };
         // Drawn at the rendering side; shrunk to `size` below when `render_scale > 1`.
-        let geometry = draw_geometry(probe, (cfg.size * cfg.render_scale) as f32, &mut rng);
+        let opening = cfg.convex_opening_deg.unwrap_or(DEFAULT_CONVEX_OPENING_DEG);
+        let geometry = draw_geometry(
+            probe,
+            (cfg.size * cfg.render_scale) as f32,
+            opening,
+            &mut rng,
+        );
         let plan = Plan {
             pleura_depth: cfg.pleura_depth,
             ..Plan::draw(diagnosis, &mut rng)
         };
         let nu = lateral_columns(&geometry);
-        let scene = Scene::build(&geometry, &plan, nu, &mut rng);
+        let mut scene = Scene::build(&geometry, &plan, nu, &mut rng);
+        if cfg.z_lines > 0.0 {
+            let mut stream = noise::option_stream(self.seed, LOOK_ALIKE_STREAM_SALT, index);
+            scene.place_look_alikes(cfg.z_lines, &mut stream);
+        }
         let annotation = scene.annotation(&geometry);
         let params = RenderParams {
             speckle: cfg.speckle,
@@ -361,6 +457,10 @@ impl Scanner {
             attenuation_db: cfg.attenuation,
             dynamic_range_db: cfg.dynamic_range_db,
             gain_db: uniform(&mut rng, -cfg.gain_jitter_db, cfg.gain_jitter_db),
+            focus: (cfg.focal_zone > 0.0).then(|| {
+                let mut stream = noise::option_stream(self.seed, FOCUS_STREAM_SALT, index);
+                (uniform(&mut stream, 0.2, 0.6), cfg.focal_zone)
+            }),
         };
         let fov = annotation
             .field_of_view
@@ -389,6 +489,20 @@ impl Scanner {
         } else {
             (image, annotation, geometry)
         };
+        if cfg.display_variety > 0.0 {
+            let (w, h) = image.dimensions();
+            let fov = annotation
+                .field_of_view
+                .as_deref()
+                .expect("the scanner always sets the field of view");
+            let inside = geometry::fill_polygon(fov, w as usize, h as usize);
+            display::vary_display(&mut image, &inside, self.seed, index, cfg.display_variety);
+        }
+        let (mut image, annotation, placement) = if cfg.letterbox > 0.0 {
+            letterbox(image, annotation, self.seed, index, cfg.letterbox)
+        } else {
+            (image, annotation, None)
+        };
         if let Some(layer) = layer {
             let layer = if layer.width() == cfg.size {
                 layer
@@ -404,6 +518,8 @@ impl Scanner {
                 pixel.0[0] = pixel.0[0].max(mark.0[0]);
             }
         }
+        // Last: the codec sees the frame as exported, overlays included.
+        display::compress(&mut image, self.seed, index, cfg.compression);
         Sample {
             index,
             image,
@@ -412,6 +528,7 @@ impl Scanner {
             probe,
             findings: scene.findings(),
             geometry,
+            placement,
         }
     }
 
@@ -445,15 +562,67 @@ fn shrink(
     (small, annotation, geometry.scaled(factor))
 }
 
+/// Letter-boxes the frame with probability `share` (from its own random stream): shrunk by
+/// the triangle filter to a side of 60-90 % of the image, placed centred across and anywhere
+/// along the depth in a black image of the same size, 0 outside the placed field of view; the
+/// annotation placed with it, the factor being exactly the ratio of the sides, so the labels
+/// stay exact.
+fn letterbox(
+    image: GrayImage,
+    annotation: Annotation,
+    seed: u64,
+    index: u64,
+    share: f32,
+) -> (GrayImage, Annotation, Option<Placement>) {
+    let mut rng = noise::option_stream(seed, LETTERBOX_STREAM_SALT, index);
+    if !chance(&mut rng, share) {
+        return (image, annotation, None);
+    }
+    let size = image.width();
+    let side = (libm::roundf(uniform(&mut rng, 0.6, 0.9) * size as f32) as u32).clamp(1, size);
+    let free = size - side;
+    let offset = [
+        free / 2,
+        libm::roundf(uniform(&mut rng, 0.0, 1.0) * free as f32) as u32,
+    ];
+    let small = image::imageops::resize(&image, side, side, image::imageops::FilterType::Triangle);
+    let mut boxed = GrayImage::new(size, size);
+    image::imageops::replace(
+        &mut boxed,
+        &small,
+        i64::from(offset[0]),
+        i64::from(offset[1]),
+    );
+    let placement = Placement {
+        scale: side as f32 / size as f32,
+        offset: [offset[0] as f32, offset[1] as f32],
+    };
+    let annotation = annotation.placed(placement.scale, placement.offset, size, size);
+    if let Some(fov) = &annotation.field_of_view {
+        let inside = geometry::fill_polygon(fov, size as usize, size as usize);
+        for (pixel, inside) in boxed.pixels_mut().zip(inside) {
+            if !inside {
+                pixel.0[0] = 0;
+            }
+        }
+    }
+    (boxed, annotation, Some(placement))
+}
+
 /// Draws the probe geometry of one sample.
-fn draw_geometry(probe: Probe, size: f32, rng: &mut SampleRng) -> ScanGeometry {
+fn draw_geometry(
+    probe: Probe,
+    size: f32,
+    opening_deg: [f32; 2],
+    rng: &mut SampleRng,
+) -> ScanGeometry {
     match probe {
         Probe::Linear => ScanGeometry::Linear {
             width: size,
             height: size,
         },
         Probe::Convex => {
-            let half_angle = uniform(rng, 30.0, 37.5).to_radians();
+            let half_angle = uniform(rng, 0.5 * opening_deg[0], 0.5 * opening_deg[1]).to_radians();
             // Transducer footprint: the top arc spans about a third of the image.
             let footprint_half = uniform(rng, 0.14, 0.2) * size;
             let inner_radius = footprint_half / libm::sinf(half_angle);
@@ -501,7 +670,7 @@ mod tests {
     fn convex_geometry_fits_the_image() {
         let mut rng = SampleRng::seed_from_u64(5);
         for _ in 0..200 {
-            let g = draw_geometry(Probe::Convex, 128.0, &mut rng);
+            let g = draw_geometry(Probe::Convex, 128.0, DEFAULT_CONVEX_OPENING_DEG, &mut rng);
             let ScanGeometry::Convex {
                 apex,
                 inner_radius,

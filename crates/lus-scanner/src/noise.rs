@@ -2,10 +2,21 @@
 //! ChaCha stream, IEEE arithmetic and `libm` (pure Rust) are used, never the platform's libm.
 
 use rand::RngExt;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// The generator of one sample.
 pub(crate) type SampleRng = ChaCha8Rng;
+
+/// The random stream of sample `index` for an image-only option (overlays, haze, look-alikes,
+/// display, compression): the scanner seed mixed with the option's own `salt`, on stream
+/// `index`, so the option draws nothing from the sample's main stream and turning it on changes
+/// no other draw.
+pub(crate) fn option_stream(seed: u64, salt: u64, index: u64) -> SampleRng {
+    let mut rng = SampleRng::seed_from_u64(seed ^ salt);
+    rng.set_stream(index);
+    rng
+}
 
 /// A uniform draw from `[lo, hi)`.
 pub(crate) fn uniform(rng: &mut SampleRng, lo: f32, hi: f32) -> f32 {

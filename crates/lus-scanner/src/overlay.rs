@@ -8,9 +8,9 @@
 //! labels, the image differing only under the overlays.
 
 use image::GrayImage;
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 
-use crate::noise::{SampleRng, chance, uniform};
+use crate::noise::{SampleRng, chance, option_stream, uniform};
 
 /// Mixed into the scanner seed for the overlay stream.
 const OVERLAY_STREAM_SALT: u64 = 0x0fe7_1a75_c0de_0001;
@@ -35,8 +35,7 @@ pub(crate) fn add_near_field_haze(
     if level <= 0.0 {
         return;
     }
-    let mut rng = SampleRng::seed_from_u64(seed ^ HAZE_STREAM_SALT);
-    rng.set_stream(index);
+    let mut rng = option_stream(seed, HAZE_STREAM_SALT, index);
     let depth = geometry.depth();
     let amplitude = level * uniform(&mut rng, 40.0, 90.0);
     let length = uniform(&mut rng, 0.04, 0.12) * depth;
@@ -92,8 +91,7 @@ pub(crate) fn overlay_layer(
     if probability <= 0.0 {
         return None;
     }
-    let mut rng = SampleRng::seed_from_u64(seed ^ OVERLAY_STREAM_SALT);
-    rng.set_stream(index);
+    let mut rng = option_stream(seed, OVERLAY_STREAM_SALT, index);
     if !chance(&mut rng, probability) {
         return None;
     }

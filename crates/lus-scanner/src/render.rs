@@ -37,6 +37,18 @@ pub(crate) struct RenderParams {
     pub attenuation_db: f32,
     pub dynamic_range_db: f32,
     pub gain_db: f32,
+    /// A transmit focus: `(depth as a share of the imaging depth, strength in [0, 1])`. The
+    /// lateral point-spread is narrowest there and widens away from it; `None`: the same width
+    /// at every depth.
+    pub focus: Option<(f32, f32)>,
+}
+
+/// The lateral point-spread width at relative depth `rel` as a factor of the nominal one, for
+/// a focus at `focal_depth` of strength `strength`: `1 - 0.3 s + 2.5 s (rel - focal_depth)^2`
+/// (0.7 at the focus at full strength, about 1.3 half an image away), at least 0.3.
+fn focus_factor(rel: f32, (focal_depth, strength): (f32, f32)) -> f32 {
+    let d = rel - focal_depth;
+    (1.0 - 0.3 * strength + 2.5 * strength * d * d).max(0.3)
 }
 
 /// A soft box of full width `thickness` (pixels) with 1-pixel ramps, so thin lines are sampled
@@ -51,6 +63,13 @@ fn band_profile(d: f32, thickness: f32) -> f32 {
     } else {
         half + 0.5 - a
     }
+}
+
+/// Across a vertical band of columns `span`: 0 at its edges rising smoothly to 1 over the
+/// outer 45 % of each half (column `i`, taken at its centre).
+fn band_taper(i: usize, span: (usize, usize)) -> f32 {
+    let t = (i as f32 + 0.5 - span.0 as f32) / (span.1 - span.0) as f32;
+    smoothstep(t.min(1.0 - t) / 0.45)
 }
 
 fn smoothstep(t: f32) -> f32 {
@@ -165,10 +184,12 @@ fn echogenicity(scene: &Scene, nz: usize, compensation: &[f32]) -> (Vec<f32>, Ve
             .b_lines
             .iter()
             .find(|b| i >= b.span.0 && i < b.span.1)
-            .map(|b| {
-                let t = (i as f32 + 0.5 - b.span.0 as f32) / (b.span.1 - b.span.0) as f32;
-                b.intensity * (0.3 + 0.7 * smoothstep(t.min(1.0 - t) / 0.45))
-            });
+            .map(|b| b.intensity * (0.3 + 0.7 * band_taper(i, b.span)));
+        let look_alike = scene
+            .look_alikes
+            .iter()
+            .find(|l| i >= l.span.0 && i < l.span.1)
+            .map(|l| (l.amplitude * (0.4 + 0.6 * band_taper(i, l.span)), l.length));
         let consolidation = scene
             .consolidations
             .iter()
@@ -272,6 +293,16 @@ fn echogenicity(scene: &Scene, nz: usize, compensation: &[f32]) -> (Vec<f32>, Ve
                     p += 4.5 * w * compensation[j];
                     a += 0.6 * w * libm::sqrtf(compensation[j]);
                 }
+                // A Z-line or comet tail fades with depth (no compensation: it is not a
+                // B-line's undamped reverberation).
+                if let Some((amplitude, length)) = look_alike {
+                    // exp(-d / L) shifted to reach 0 at 3 L and clipped there: it ends
+                    // well above the bottom, where a B-line still shows.
+                    let tail = libm::expf(-3.0);
+                    let fade = ((libm::expf(-below / length) - tail) / (1.0 - tail)).max(0.0);
+                    p += amplitude * fade;
+                    a += 0.4 * amplitude * fade;
+                }
                 // A-lines: part coherent, part diffuse (a blurred replica of the pleura).
                 for &(az, amp, th) in &a_here {
                     let c = amp * band_profile(z - az, th);
@@ -325,10 +356,11 @@ pub(crate) fn render(
     // Point-spread function in grid units. The lateral width is constant in pixels, so in
     // beam columns it depends on depth (columns widen with depth under a convex probe).
     let sigma_px = params.blur_px * scene.scale;
-    let lateral_kernels = |sigma_px: f32| -> Vec<Vec<f32>> {
+    let lateral_kernels = |sigma_of_row: &dyn Fn(usize) -> f32| -> Vec<Vec<f32>> {
         let mut cache: Vec<(usize, Vec<f32>)> = Vec::new();
         (0..nz)
             .map(|j| {
+                let sigma_px = sigma_of_row(j);
                 let col_px = scene.col_px_near + (scene.col_px_far - scene.col_px_near) * rel(j);
                 // Quantise the width so rows share kernels (a few distinct sizes per image).
                 let key = libm::roundf(sigma_px / col_px * 8.0) as usize;
@@ -341,7 +373,10 @@ pub(crate) fn render(
             })
             .collect()
     };
-    let k_lat = lateral_kernels(sigma_px);
+    let k_lat = match params.focus {
+        None => lateral_kernels(&|_| sigma_px),
+        Some(focus) => lateral_kernels(&|j| sigma_px * focus_factor(rel(j), focus)),
+    };
     let k_ax = gaussian_kernel(params.axial_ratio * sigma_px / dz);
     // Blurring sums independent noise: rescale so diffuse power survives the blur.
     let energy = |k: &[f32]| k.iter().map(|v| v * v).sum::<f32>();
@@ -370,7 +405,7 @@ pub(crate) fn render(
     if params.compounding_px > 0.0 {
         let sigma = params.compounding_px * scene.scale;
         power = convolve_columns(
-            &convolve_rows(&power, nu, &lateral_kernels(sigma)),
+            &convolve_rows(&power, nu, &lateral_kernels(&|_| sigma)),
             nu,
             &gaussian_kernel(sigma / dz),
         );

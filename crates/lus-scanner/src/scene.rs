@@ -257,6 +257,19 @@ pub(crate) struct Scene {
     pub texture: Noise2,
     /// Horizontal streaks of the reverberation haze under aerated pleura.
     pub lung_texture: Noise2,
+    /// B-line look-alikes (opt-in): image only, never labelled.
+    pub look_alikes: Vec<LookAlike>,
+}
+
+/// A Z-line or comet tail: a narrow vertical artefact from the pleura that fades with depth
+/// (a B-line does not fade and reaches the bottom; these are not B-lines and are not labelled).
+#[derive(Debug, Clone)]
+pub(crate) struct LookAlike {
+    pub span: Span,
+    /// Scattering power added at the pleura.
+    pub amplitude: f32,
+    /// Depth over which it fades by `1/e`; it ends at 3 lengths.
+    pub length: f32,
 }
 
 /// `spans` minus `cuts` (both sorted or not), keeping order.
@@ -410,6 +423,7 @@ impl Scene {
             lung_echo: 0.0,
             texture: Noise2::new(rng, 9, 7),
             lung_texture: Noise2::new(rng, 6, 30),
+            look_alikes: Vec::new(),
         }
     }
 
@@ -818,6 +832,59 @@ impl Scene {
             }
         }
         self.b_lines.sort_by_key(|b| b.span);
+    }
+
+    /// B-line look-alikes, with probability `probability` (`rng` is a stream of their own, so
+    /// the rest of the sample is unchanged): one to three Z-lines (ill-defined, ending within 0.6
+    /// of the lung's depth) or comet tails (short and bright), each a few pixels wide,
+    /// under visible pleura, away from B-lines, ribs, consolidations and effusions (8 px of a
+    /// 128-px image on either side, beyond the point-spread and compounding blur, so none of
+    /// their echo falls on a B-line's label). They do not cut A-lines (a B-line does).
+    pub(crate) fn place_look_alikes(&mut self, probability: f32, rng: &mut SampleRng) {
+        use rand::RngExt;
+        if !chance(rng, probability) {
+            return;
+        }
+        let (nu, s) = (self.nu, self.scale);
+        let zp0 = self.pleura_base.iter().sum::<f32>() / self.pleura_base.len().max(1) as f32;
+        let clearance = self.px_to_cols(8.0 * s, zp0);
+        let keep_out: Vec<Span> = self
+            .b_lines
+            .iter()
+            .map(|b| b.span)
+            .chain(self.consolidations.iter().map(|c| c.region.span))
+            .chain(self.effusions.iter().map(|e| e.region.span))
+            .chain(self.ribs.iter().map(|r| r.span))
+            .map(|span| widen(span, clearance, nu))
+            .collect();
+        let free = subtract(&self.pleura_segments, &keep_out);
+        let lung_depth = (self.depth - zp0).max(1.0);
+        let gap = self.px_to_cols(3.0 * s, zp0);
+        let count = rng.random_range(1..=3u32);
+        for _ in 0..count {
+            let comet = chance(rng, 0.5);
+            let width = self.px_to_cols(uniform(rng, 1.0, 2.5) * s, zp0);
+            let (amplitude, length) = if comet {
+                (
+                    uniform(rng, 6.0, 10.0),
+                    uniform(rng, 0.03, 0.08) * self.depth,
+                )
+            } else {
+                (uniform(rng, 3.0, 5.5), uniform(rng, 0.08, 0.2) * lung_depth)
+            };
+            let taken: Vec<Span> = self
+                .look_alikes
+                .iter()
+                .map(|l| widen(l.span, gap, nu))
+                .collect();
+            if let Some(span) = place(rng, &subtract(&free, &taken), width) {
+                self.look_alikes.push(LookAlike {
+                    span,
+                    amplitude,
+                    length,
+                });
+            }
+        }
     }
 
     /// A-lines (when the plan shows them): reverberations at multiples of the pleural depth

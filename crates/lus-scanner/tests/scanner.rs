@@ -834,6 +834,30 @@ fn assert_same_patient_and_labels(a: &Sample, b: &Sample) {
     assert_eq!(a.findings, b.findings);
 }
 
+/// Samples `indices` of a scanner set by `base` and of the same scanner with `option` on too,
+/// for an image-only option: each pair has the same patient, labels and findings, and the
+/// sample with the option is the same when drawn again.
+fn image_only_pairs(
+    seed: u64,
+    base: impl Fn(&mut ScannerConfig),
+    option: impl Fn(&mut ScannerConfig),
+    indices: std::ops::Range<u64>,
+) -> Vec<(Sample, Sample)> {
+    let plain = scanner_with(seed, &base);
+    let with = scanner_with(seed, |c| {
+        base(c);
+        option(c);
+    });
+    indices
+        .map(|index| {
+            let (a, b) = (plain.sample(index), with.sample(index));
+            assert_same_patient_and_labels(&a, &b);
+            assert_eq!(b, with.sample(index), "sample {index}: not deterministic");
+            (a, b)
+        })
+        .collect()
+}
+
 /// Screen overlays are drawn on the image only: with them on, every sample has the same
 /// patient, annotation (so no overlay pixel is ever in the b-line mask) and findings as with
 /// them off, and its image differs only in a few bright overlay pixels. The default draws none.
@@ -990,4 +1014,290 @@ fn near_field_haze_brightens_the_near_field_and_never_labels() {
             }
         }
     }
+}
+
+/// Z-lines and comet tails are B-line look-alikes that are not B-lines: with them on, every
+/// sample has the same patient, annotation and findings (B-line count included) as with them
+/// off; the changed pixels lie in the lung below the pleura (but for a blurred fringe), none in
+/// the b-line mask nor within 2 px of it; they fade with depth, so the bottom rows are untouched; and most frames
+/// show one. Also rendered at 2x and shrunk.
+#[test]
+fn z_lines_never_enter_the_b_line_mask() {
+    let schema = LabelSchema::default();
+    for render_scale in [1, 2] {
+        let pairs = image_only_pairs(
+            41,
+            |c| {
+                c.size = 128;
+                c.render_scale = render_scale;
+            },
+            |c| c.z_lines = 1.0,
+            0..24,
+        );
+        let mut shown = 0;
+        let mut near_b_lines = 0;
+        for (index, (a, b)) in pairs.iter().enumerate() {
+            let classes = paint_dense(&b.annotation, &schema);
+            let changed: Vec<usize> = (0..128 * 128)
+                .filter(|&k| a.image.as_raw()[k] != b.image.as_raw()[k])
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            shown += 1;
+            near_b_lines += usize::from(b.findings.b_lines > 0);
+            for &k in &changed {
+                let (x, y) = (k % 128, k / 128);
+                for dy in -2i64..=2 {
+                    for dx in -2i64..=2 {
+                        let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                        if (0..128).contains(&nx) && (0..128).contains(&ny) {
+                            assert_ne!(
+                                classes[ny as usize * 128 + nx as usize],
+                                id("b-line"),
+                                "sample {index} (scale {render_scale}): a look-alike at ({x}, {y}) \
+                                 is within 2 px of the b-line mask"
+                            );
+                        }
+                    }
+                }
+                assert_ne!(classes[k], id("background"), "sample {index}: ({x}, {y})");
+            }
+            // Under the pleura: the point-spread blurs a few pixels onto a rib or the chest
+            // wall beside or above, no more.
+            let in_lung = changed
+                .iter()
+                .filter(|&&k| [id("lung"), id("pleural-line"), id("a-line")].contains(&classes[k]))
+                .count();
+            assert!(
+                in_lung * 10 >= changed.len() * 9,
+                "sample {index}: {in_lung} of {} changed pixels in the lung ({:?})",
+                changed.len(),
+                changed.iter().fold([0usize; 9], |mut h, &k| {
+                    h[usize::from(classes[k])] += 1;
+                    h
+                })
+            );
+            assert!(
+                changed.len() < 128 * 128 / 8,
+                "sample {index}: {} pixels changed",
+                changed.len()
+            );
+            assert_eq!(
+                a.image.as_raw()[120 * 128..],
+                b.image.as_raw()[120 * 128..],
+                "sample {index}: a look-alike reached the bottom"
+            );
+        }
+        assert!(shown >= 16, "{shown} of 24 frames show a look-alike");
+        assert!(near_b_lines >= 4, "{near_b_lines} frames with B-lines too");
+    }
+}
+
+/// Per-frame display mappings are monotone grey-level maps inside the field of view: the
+/// labels and findings stay, outside stays black, each grey level of the plain frame becomes
+/// one grey level, never reordered; most frames get a mapping other than the identity.
+#[test]
+fn display_variety_remaps_grey_levels_monotonically_and_never_labels() {
+    let mut remapped = 0;
+    let pairs = image_only_pairs(43, |c| c.size = 96, |c| c.display_variety = 1.0, 0..12);
+    for (index, (a, b)) in pairs.iter().enumerate() {
+        let fov = fill(b.annotation.field_of_view.as_deref().unwrap(), 96, 96);
+        let mut map: [Option<u8>; 256] = [None; 256];
+        for ((&x, &y), &inside) in a.image.as_raw().iter().zip(b.image.as_raw()).zip(&fov) {
+            if !inside {
+                assert_eq!(y, 0, "sample {index}: outside the field of view");
+                continue;
+            }
+            match map[usize::from(x)] {
+                None => map[usize::from(x)] = Some(y),
+                Some(m) => assert_eq!(m, y, "sample {index}: grey {x} maps to two levels"),
+            }
+        }
+        let levels: Vec<(usize, u8)> = map
+            .iter()
+            .enumerate()
+            .filter_map(|(g, m)| m.map(|m| (g, m)))
+            .collect();
+        assert!(
+            levels.windows(2).all(|w| w[0].1 <= w[1].1),
+            "sample {index}: not monotone"
+        );
+        remapped += usize::from(levels.iter().any(|&(g, m)| g != usize::from(m)));
+    }
+    assert!(remapped >= 10, "{remapped} of 12 frames remapped");
+}
+
+/// Compression keeps the labels and makes 8 x 8 blocks: across block edges neighbouring
+/// pixels differ more, relative to inside blocks, than on the plain frames.
+#[test]
+fn compression_makes_blocks_and_never_labels() {
+    // Mean absolute difference of horizontal neighbours across block edges over the mean
+    // inside blocks.
+    let blockiness = |image: &GrayImage| {
+        let (mut edge, mut inner) = ((0.0f64, 0usize), (0.0f64, 0usize));
+        for y in 0..128usize {
+            for x in 0..127usize {
+                let d = f64::from(
+                    image.as_raw()[y * 128 + x].abs_diff(image.as_raw()[y * 128 + x + 1]),
+                );
+                let slot = if x % 8 == 7 { &mut edge } else { &mut inner };
+                slot.0 += d;
+                slot.1 += 1;
+            }
+        }
+        (edge.0 / edge.1 as f64) / (inner.0 / inner.1 as f64).max(1e-9)
+    };
+    let (mut before, mut after) = (0.0, 0.0);
+    for (index, (a, b)) in image_only_pairs(47, |c| c.size = 128, |c| c.compression = 1.0, 0..8)
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(a.image, b.image, "sample {index}");
+        before += blockiness(&a.image) / 8.0;
+        after += blockiness(&b.image) / 8.0;
+    }
+    assert!((0.9..1.1).contains(&before), "plain frames: {before}");
+    assert!(after > 1.3 * before, "blockiness {before:.3} -> {after:.3}");
+}
+
+/// A wider convex opening is drawn from its own range; the sector is clipped by the image and
+/// the labels stay inside the field of view.
+#[test]
+fn convex_opening_range_is_honoured() {
+    let wide = scanner_with(53, |c| {
+        c.size = 96;
+        c.convex_fraction = 1.0;
+        c.convex_opening_deg = Some([90.0, 100.0]);
+    });
+    for index in 0..10 {
+        let s = wide.sample(index);
+        let ScanGeometry::Convex { half_angle, .. } = s.geometry else {
+            panic!("sample {index} is not convex")
+        };
+        let opening = 2.0 * half_angle.to_degrees();
+        assert!((89.99..=100.01).contains(&opening), "{opening}");
+        let fov = s.annotation.field_of_view.as_deref().unwrap();
+        assert!(
+            fov.iter()
+                .all(|p| (0.0..=96.0).contains(&p[0]) && (0.0..=96.0).contains(&p[1]))
+        );
+    }
+    let bad = ScannerConfig {
+        convex_opening_deg: Some([30.0, 80.0]),
+        ..ScannerConfig::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("convex_opening_deg")
+    );
+}
+
+/// A focal zone keeps the labels and makes the lateral resolution depend on depth: in some
+/// band of rows the speckle is finer than without it (horizontal neighbours differ more), in
+/// another coarser.
+#[test]
+fn focal_zone_sharpens_one_depth_and_blurs_another() {
+    // Mean absolute difference of horizontal neighbours inside the field of view, per band of
+    // 16 rows.
+    let sharpness = |image: &GrayImage, fov: &[bool]| -> Vec<f64> {
+        (0..8)
+            .map(|band| {
+                let (mut sum, mut n) = (0.0f64, 0usize);
+                for y in band * 16..(band + 1) * 16 {
+                    for x in 0..127 {
+                        let k = y * 128 + x;
+                        if fov[k] && fov[k + 1] {
+                            sum += f64::from(image.as_raw()[k].abs_diff(image.as_raw()[k + 1]));
+                            n += 1;
+                        }
+                    }
+                }
+                sum / n.max(1) as f64
+            })
+            .collect()
+    };
+    let (mut sharper, mut blurrier) = (0, 0);
+    for (a, b) in image_only_pairs(59, |c| c.size = 128, |c| c.focal_zone = 1.0, 0..8) {
+        let fov = fill(a.annotation.field_of_view.as_deref().unwrap(), 128, 128);
+        let ratios: Vec<f64> = sharpness(&b.image, &fov)
+            .iter()
+            .zip(sharpness(&a.image, &fov))
+            .map(|(f, p)| f / p.max(1e-9))
+            .collect();
+        sharper += usize::from(ratios.iter().any(|&r| r > 1.05));
+        blurrier += usize::from(ratios.iter().any(|&r| r < 0.95));
+    }
+    assert!(
+        sharper >= 6 && blurrier >= 6,
+        "sharper {sharper}, blurrier {blurrier} of 8"
+    );
+}
+
+/// A letter-boxed frame is the plain frame shrunk and placed in a black square, its
+/// annotation placed with it: same patient and findings, black outside the placed field of
+/// view, the image inside equal to the plain one shrunk the same way, and the dense class map
+/// (so the b-line mask) the plain annotation's placed one. Frames not letter-boxed are the
+/// plain frames.
+#[test]
+fn letterboxing_shrinks_frame_and_labels_together() {
+    let plain = scanner_with(61, |c| c.size = 128);
+    let boxed = scanner_with(61, |c| {
+        c.size = 128;
+        c.letterbox = 0.7;
+    });
+    let schema = LabelSchema::default();
+    let mut placed = 0;
+    for index in 0..16 {
+        let (a, b) = (plain.sample(index), boxed.sample(index));
+        assert_eq!((a.diagnosis, a.probe), (b.diagnosis, b.probe));
+        assert_eq!(a.findings, b.findings);
+        assert_eq!(b, boxed.sample(index), "deterministic");
+        let Some(p) = b.placement else {
+            assert_eq!(a, b, "sample {index}: not letter-boxed, yet changed");
+            continue;
+        };
+        placed += 1;
+        assert!((0.59..=0.91).contains(&p.scale), "{p:?}");
+        let side = (p.scale * 128.0).round() as u32;
+        assert_eq!(side as f32 / 128.0, p.scale);
+        assert_eq!(
+            b.annotation,
+            a.annotation.placed(p.scale, p.offset, 128, 128),
+            "sample {index}"
+        );
+        let (ox, oy) = (p.offset[0] as u32, p.offset[1] as u32);
+        assert!(ox + side <= 128 && oy + side <= 128);
+        let fov = fill(b.annotation.field_of_view.as_deref().unwrap(), 128, 128);
+        let small =
+            image::imageops::resize(&a.image, side, side, image::imageops::FilterType::Triangle);
+        for y in 0..128u32 {
+            for x in 0..128u32 {
+                let v = b.image.get_pixel(x, y).0[0];
+                if !fov[(y * 128 + x) as usize] {
+                    assert_eq!(v, 0, "sample {index}: ({x}, {y}) outside the field of view");
+                } else {
+                    assert!(x >= ox && y >= oy && x < ox + side && y < oy + side);
+                    assert_eq!(v, small.get_pixel(x - ox, y - oy).0[0]);
+                }
+            }
+        }
+        // The b-line pixels of the placed map are the plain map's b-lines, shrunk: the same
+        // share of the field of view within a pixel's rounding per band.
+        let bline = |s: &Sample| {
+            paint_dense(&s.annotation, &schema)
+                .iter()
+                .filter(|&&c| c == id("b-line"))
+                .count() as f32
+        };
+        let expected = bline(&a) * p.scale * p.scale;
+        assert!(
+            (bline(&b) - expected).abs() <= 0.1 * expected + 4.0 * 128.0 * p.scale,
+            "sample {index}: {} b-line pixels, {expected} expected",
+            bline(&b)
+        );
+    }
+    assert!((6..=15).contains(&placed), "{placed} of 16 letter-boxed");
 }

@@ -23,6 +23,7 @@ pub mod rng;
 pub mod schedule;
 pub mod seg;
 pub mod seg_eval;
+pub mod self_training;
 pub mod table;
 pub mod task;
 pub mod trainer;
@@ -39,7 +40,8 @@ pub use optim::{Optimizer, OptimizerConfig, ParamGroup};
 pub use schedule::LrSchedule;
 pub use seg::{
     ImageDataConfig, SEGMENTATION_BEST_METRIC, SegEvaluation, SegRunConfig, SegmentationTask,
-    segmentation_metric_names, train_segmentation, train_segmentation_with,
+    segmentation_metric_names, train_segmentation, train_segmentation_from,
+    train_segmentation_with,
 };
 pub use seg_eval::{SegEvalOptions, SegEvalReport, SegModel, evaluate_segmentation};
 pub use task::{BatchSource, Task, TaskBatch};

@@ -429,6 +429,32 @@ pub fn train_segmentation_with(
     resume: Resume,
     configure: impl FnOnce(Trainer) -> Trainer,
 ) -> Result<TrainSummary> {
+    train_segmentation_from(
+        config,
+        None,
+        train,
+        val,
+        class_names,
+        out_dir,
+        resume,
+        configure,
+    )
+}
+
+/// [`train_segmentation_with`] starting from the weights of `init` (a checkpoint of a U-Net of
+/// the same configuration: fine-tuning, self-training) instead of a fresh initialisation
+/// (`None`). A resumed run continues from its own `last/` checkpoint either way.
+#[allow(clippy::too_many_arguments)]
+pub fn train_segmentation_from(
+    config: &SegRunConfig,
+    init: Option<&Path>,
+    train: Arc<dyn SegmentationSource>,
+    val: Arc<dyn SegmentationSource>,
+    class_names: Vec<String>,
+    out_dir: &Path,
+    resume: Resume,
+    configure: impl FnOnce(Trainer) -> Trainer,
+) -> Result<TrainSummary> {
     config.validate()?;
     let mut trainer = configure(Trainer::new(config.train.clone(), out_dir)?);
     let device = trainer.device().clone();
@@ -440,6 +466,9 @@ pub fn train_segmentation_with(
     let mut task =
         SegmentationTask::new(&config.unet, &loss, class_names, &device, config.train.seed)?
             .with_background_in_means(config.background_in_means);
+    if let Some(weights) = init {
+        lus_unet::load_weights(task.varmap(), weights)?;
+    }
     let seed = config.train.seed;
     let train_loader =
         SegmentationLoader::new(train, config.loader_config(true), seed, device.clone())?;
