@@ -468,11 +468,9 @@ impl Scanner {
             .expect("the scanner always sets the field of view");
         let mut image = render::render(&scene, &geometry, fov, &params, &mut rng);
         if cfg.near_field_haze > 0.0 {
-            let (w, h) = image.dimensions();
-            let inside = geometry::fill_polygon(fov, w as usize, h as usize);
             overlay::add_near_field_haze(
                 &mut image,
-                &inside,
+                &field_of_view_mask(&annotation),
                 &geometry,
                 self.seed,
                 index,
@@ -490,12 +488,7 @@ impl Scanner {
             (image, annotation, geometry)
         };
         if cfg.display_variety > 0.0 {
-            let (w, h) = image.dimensions();
-            let fov = annotation
-                .field_of_view
-                .as_deref()
-                .expect("the scanner always sets the field of view");
-            let inside = geometry::fill_polygon(fov, w as usize, h as usize);
+            let inside = field_of_view_mask(&annotation);
             display::vary_display(&mut image, &inside, self.seed, index, cfg.display_variety);
         }
         let (mut image, annotation, placement) = if cfg.letterbox > 0.0 {
@@ -551,15 +544,27 @@ fn shrink(
     let mut small =
         image::imageops::resize(&image, size, size, image::imageops::FilterType::Triangle);
     let annotation = annotation.scaled(factor, size, size);
-    if let Some(fov) = &annotation.field_of_view {
-        let inside = geometry::fill_polygon(fov, size as usize, size as usize);
-        for (pixel, inside) in small.pixels_mut().zip(inside) {
-            if !inside {
-                pixel.0[0] = 0;
-            }
+    black_outside_field_of_view(&mut small, &annotation);
+    (small, annotation, geometry.scaled(factor))
+}
+
+/// The pixels (row-major) inside the annotation's field of view, at the annotation's size.
+fn field_of_view_mask(annotation: &Annotation) -> Vec<bool> {
+    let fov = annotation
+        .field_of_view
+        .as_deref()
+        .expect("the scanner always sets the field of view");
+    geometry::fill_polygon(fov, annotation.width as usize, annotation.height as usize)
+}
+
+/// Sets every pixel outside the annotation's field of view to 0: a resampled frame is black
+/// there again, as every scanner frame is (the filter's support blurs the edge by a pixel).
+fn black_outside_field_of_view(image: &mut GrayImage, annotation: &Annotation) {
+    for (pixel, inside) in image.pixels_mut().zip(field_of_view_mask(annotation)) {
+        if !inside {
+            pixel.0[0] = 0;
         }
     }
-    (small, annotation, geometry.scaled(factor))
 }
 
 /// Letter-boxes the frame with probability `share` (from its own random stream): shrunk by
@@ -598,14 +603,7 @@ fn letterbox(
         offset: [offset[0] as f32, offset[1] as f32],
     };
     let annotation = annotation.placed(placement.scale, placement.offset, size, size);
-    if let Some(fov) = &annotation.field_of_view {
-        let inside = geometry::fill_polygon(fov, size as usize, size as usize);
-        for (pixel, inside) in boxed.pixels_mut().zip(inside) {
-            if !inside {
-                pixel.0[0] = 0;
-            }
-        }
-    }
+    black_outside_field_of_view(&mut boxed, &annotation);
     (boxed, annotation, Some(placement))
 }
 
